@@ -1,0 +1,338 @@
+//! Reading configuration from YAML: one file, a directory of files, or text.
+//!
+//! A directory is read in file-name order and its files merged: resource lists are
+//! concatenated, and `node` may be set in one file only. Every error carries its origin.
+
+use std::path::{Path, PathBuf};
+
+use crate::locate::Locator;
+use crate::error::Segment;
+use crate::{validate, ConfigError, ConfigErrors, FieldPath, GatewaySpec, Origin};
+
+/// Where a configuration was read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// A YAML file.
+    File(PathBuf),
+    /// A directory of `*.yaml` / `*.yml` files.
+    Directory(PathBuf),
+    /// Text compiled into the binary.
+    Embedded(&'static str),
+}
+
+impl ConfigSource {
+    /// A file or directory, whichever `path` is.
+    pub fn from_path(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        if path.is_dir() {
+            ConfigSource::Directory(path)
+        } else {
+            ConfigSource::File(path)
+        }
+    }
+
+    /// Reads, merges and checks the configuration.
+    pub fn load(&self) -> Result<LoadedConfig, ConfigErrors> {
+        match self {
+            ConfigSource::File(path) => load_files(&[path.clone()]),
+            ConfigSource::Directory(dir) => load_files(&yaml_files_in(dir)?),
+            ConfigSource::Embedded(text) => {
+                let document = parse_document(text, None)?;
+                let mut loaded = LoadedConfig::default();
+                loaded.add(document, DocumentOrigin::Embedded)?;
+                Ok(loaded)
+            }
+        }
+    }
+}
+
+/// Reads a file or directory.
+pub fn load_path(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
+    ConfigSource::from_path(path).load()
+}
+
+/// Parses configuration text that came from no file (tests, admin input).
+pub fn load_str(text: &str) -> Result<GatewaySpec, ConfigErrors> {
+    parse_document(text, None).map(|document| document.spec)
+}
+
+/// A parsed, merged configuration and a map back to where each part was written.
+#[derive(Debug, Default)]
+pub struct LoadedConfig {
+    /// The merged configuration.
+    pub spec: GatewaySpec,
+    /// The files read, in order.
+    pub files: Vec<PathBuf>,
+    documents: Vec<LocatedDocument>,
+    /// For each resource list, which document and position each merged item came from.
+    provenance: Vec<(String, usize, usize)>,
+}
+
+#[derive(Debug)]
+struct LocatedDocument {
+    origin: DocumentOrigin,
+    locator: Locator,
+}
+
+#[derive(Clone, Debug)]
+enum DocumentOrigin {
+    File(PathBuf),
+    Embedded,
+}
+
+struct ParsedDocument {
+    spec: GatewaySpec,
+    locator: Locator,
+}
+
+impl LoadedConfig {
+    /// Where the value at `path` (in merged terms) was written, if known.
+    pub fn locate(&self, path: &FieldPath) -> Option<Origin> {
+        let segments = path.segments();
+        let (document, local_path) = match segments {
+            [Segment::Key(list), Segment::Index { index, id }, rest @ ..] => {
+                let (_, document, local_index) = self
+                    .provenance
+                    .iter()
+                    .filter(|(name, _, _)| name == list)
+                    .nth(*index)?;
+                let mut local = FieldPath::root().key(list);
+                local = match id {
+                    Some(id) => local.item(*local_index, id),
+                    None => local.index(*local_index),
+                };
+                for segment in rest {
+                    local = match segment {
+                        Segment::Key(key) => local.key(key),
+                        Segment::Index { index, .. } => local.index(*index),
+                    };
+                }
+                (self.documents.get(*document)?, local)
+            }
+            [Segment::Key(section), ..] if section == "node" => {
+                let node = FieldPath::root().key("node");
+                (self.documents.iter().find(|doc| doc.locator.contains(&node))?, path.clone())
+            }
+            _ => (self.documents.first()?, path.clone()),
+        };
+        let (line, column) = document.locator.find(&local_path)?;
+        Some(match &document.origin {
+            DocumentOrigin::File(file) => Origin::File { path: file.clone(), line, column },
+            DocumentOrigin::Embedded => Origin::Embedded { line, column },
+        })
+    }
+
+    /// Gives every error without an origin the one found by [`Self::locate`].
+    pub fn attach_origins(&self, errors: &mut ConfigErrors) {
+        for error in &mut errors.0 {
+            if error.origin.is_none() {
+                error.origin = self.locate(&error.path);
+            }
+        }
+    }
+
+    fn add(&mut self, document: ParsedDocument, origin: DocumentOrigin) -> Result<(), ConfigErrors> {
+        let index = self.documents.len();
+        let ParsedDocument { spec, locator } = document;
+        if spec.node.is_some() {
+            if self.spec.node.is_some() {
+                let message = "`node` is set in more than one file; keep it in one";
+                let mut errors = ConfigErrors::one(FieldPath::root().key("node"), message);
+                let (line, column) = locator.find(&FieldPath::root().key("node")).unwrap_or((1, 1));
+                errors.0[0].origin = Some(match &origin {
+                    DocumentOrigin::File(path) => Origin::File { path: path.clone(), line, column },
+                    DocumentOrigin::Embedded => Origin::Embedded { line, column },
+                });
+                return Err(errors);
+            }
+            self.spec.node = spec.node;
+        }
+        let mut record = |list: &str, count: usize| {
+            for local in 0..count {
+                self.provenance.push((list.to_owned(), index, local));
+            }
+        };
+        record("routes", spec.routes.len());
+        record("services", spec.services.len());
+        record("upstreams", spec.upstreams.len());
+        record("consumers", spec.consumers.len());
+        record("policy_sets", spec.policy_sets.len());
+        record("global_policies", spec.global_policies.len());
+        self.spec.routes.extend(spec.routes);
+        self.spec.services.extend(spec.services);
+        self.spec.upstreams.extend(spec.upstreams);
+        self.spec.consumers.extend(spec.consumers);
+        self.spec.policy_sets.extend(spec.policy_sets);
+        self.spec.global_policies.extend(spec.global_policies);
+        if let DocumentOrigin::File(path) = &origin {
+            self.files.push(path.clone());
+        }
+        self.documents.push(LocatedDocument { origin, locator });
+        Ok(())
+    }
+}
+
+fn load_files(files: &[PathBuf]) -> Result<LoadedConfig, ConfigErrors> {
+    let mut loaded = LoadedConfig::default();
+    let mut errors = ConfigErrors::default();
+    for file in files {
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(err) => {
+                errors.0.push(file_error(file, format!("cannot read the file: {err}")));
+                continue;
+            }
+        };
+        match parse_document(&text, Some(file)) {
+            Ok(document) => {
+                if let Err(more) = loaded.add(document, DocumentOrigin::File(file.clone())) {
+                    errors.extend(more.0);
+                }
+            }
+            Err(more) => errors.extend(more.0),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut semantic = validate::validate_spec(&loaded.spec);
+    loaded.attach_origins(&mut semantic);
+    semantic.into_result(loaded)
+}
+
+fn yaml_files_in(dir: &Path) -> Result<Vec<PathBuf>, ConfigErrors> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|err| ConfigErrors(vec![file_error(dir, format!("cannot read the directory: {err}"))]))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| {
+            path.is_file()
+                && matches!(path.extension().and_then(|ext| ext.to_str()), Some("yaml" | "yml"))
+                && !path.file_name().and_then(|name| name.to_str()).is_some_and(|name| name.starts_with('.'))
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(ConfigErrors(vec![file_error(dir, "no *.yaml or *.yml file in the directory")]));
+    }
+    Ok(files)
+}
+
+fn file_error(path: &Path, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        origin: Some(Origin::File { path: path.to_owned(), line: 1, column: 1 }),
+        path: FieldPath::root(),
+        message: message.into(),
+    }
+}
+
+/// Parses one YAML document into a [`GatewaySpec`], with the field path and position of a
+/// failure. An empty document is an empty configuration.
+fn parse_document(text: &str, file: Option<&Path>) -> Result<ParsedDocument, ConfigErrors> {
+    let locator = Locator::index(text);
+    if text.trim().is_empty() || text.lines().all(|line| line.trim().is_empty() || line.trim_start().starts_with('#')) {
+        return Ok(ParsedDocument { spec: GatewaySpec::default(), locator });
+    }
+    let mut failed_at = None;
+    let result = serde_saphyr::with_deserializer_from_str(text, |deserializer| {
+        let mut track = serde_path_to_error::Track::new();
+        let tracked = serde_path_to_error::Deserializer::new(deserializer, &mut track);
+        let result = serde::Deserialize::deserialize(tracked);
+        if result.is_err() {
+            failed_at = Some(track.path());
+        }
+        result
+    });
+    match result {
+        Ok(spec) => Ok(ParsedDocument { spec, locator }),
+        Err(err) => {
+            let path = failed_at.as_ref().map(FieldPath::from_serde).unwrap_or_default();
+            let position = err
+                .location()
+                .map(|location| (location.line(), location.column()))
+                .filter(|(line, _)| *line > 0)
+                .or_else(|| locator.find(&path))
+                .unwrap_or((1, 1));
+            let origin = match file {
+                Some(path) => Origin::File { path: path.to_owned(), line: position.0, column: position.1 },
+                None => Origin::Embedded { line: position.0, column: position.1 },
+            };
+            Err(ConfigErrors(vec![ConfigError { origin: Some(origin), path, message: describe(&err) }]))
+        }
+    }
+}
+
+/// The reason alone: the position is reported separately, so the crate's own rendering
+/// (which repeats it with a source snippet) is reduced to its first line.
+fn describe(err: &serde_saphyr::Error) -> String {
+    let text = err.without_snippet().to_string();
+    let first = text.lines().next().unwrap_or("invalid configuration").trim();
+    let reason = first.split(" at line ").next().unwrap_or(first);
+    reason.trim_end_matches('.').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_temp(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("gantry-config-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("gantry.yaml");
+        std::fs::write(&file, text).expect("write config");
+        file
+    }
+
+    #[test]
+    fn reports_an_unknown_field_with_file_line_and_path() {
+        let file = write_temp("unknown", "routes:\n  - id: a\n    paths: [/x]\n    upstrem: up\n");
+        let errors = load_path(&file).expect_err("typo must be rejected");
+        let text = errors.to_string();
+        assert!(text.contains("gantry.yaml:4:"), "{text}");
+        assert!(text.contains("routes[0]"), "{text}");
+        assert!(text.contains("upstrem"), "{text}");
+    }
+
+    #[test]
+    fn reports_every_semantic_error_at_its_line() {
+        let file = write_temp(
+            "semantic",
+            "routes:\n  - id: a\n    paths: [/x]\n    upstream: missing\n  - id: b\n    paths: [nope]\n",
+        );
+        let errors = load_path(&file).expect_err("two errors");
+        assert_eq!(errors.0.len(), 2, "{errors}");
+        let text = errors.to_string();
+        assert!(text.contains("gantry.yaml:4:5: routes[a].upstream: unknown upstream `missing`"), "{text}");
+        assert!(text.contains("gantry.yaml:6:13: routes[b].paths[0]: `nope` must start with `/`"), "{text}");
+    }
+
+    #[test]
+    fn merges_a_directory_and_locates_errors_in_the_right_file() {
+        let first = write_temp("dir", "upstreams:\n  - id: up\n    endpoints: [127.0.0.1:1]\n");
+        let dir = first.parent().expect("parent").to_owned();
+        std::fs::write(dir.join("routes.yaml"), "routes:\n  - id: r\n    paths: [/]\n    service: nope\n").expect("write");
+        let errors = load_path(&dir).expect_err("unknown service");
+        let text = errors.to_string();
+        assert!(text.contains("routes.yaml:4:5: routes[r].service"), "{text}");
+        std::fs::write(dir.join("routes.yaml"), "routes:\n  - id: r\n    paths: [/]\n    upstream: up\n").expect("write");
+        let loaded = load_path(&dir).expect("valid directory");
+        assert_eq!(loaded.spec.routes.len(), 1);
+        assert_eq!(loaded.spec.upstreams.len(), 1);
+    }
+
+    #[test]
+    fn reads_endpoints_in_short_and_long_form_and_policies_by_name() {
+        let spec = load_str(
+            "upstreams:\n  - id: up\n    endpoints:\n      - 10.0.0.1:80\n      - {address: 10.0.0.2:80, weight: 3}\n    load_balancer: {consistent_hash: {header: x-user}}\nglobal_policies:\n  - ip_restriction: {deny: [10.0.0.0/8]}\n",
+        )
+        .expect("valid");
+        assert_eq!(spec.upstreams[0].endpoints[1].weight, 3);
+        assert_eq!(spec.global_policies[0].name, "ip_restriction");
+    }
+
+    #[test]
+    fn rejects_a_policy_entry_naming_two_policies() {
+        let errors = load_str("global_policies:\n  - cors: {}\n    redirect: {}\n").expect_err("two names");
+        assert!(errors.to_string().contains("exactly one policy"), "{errors}");
+    }
+}

@@ -1,0 +1,163 @@
+//! Node settings: how this gateway process listens and runs. They need a restart; a reload
+//! that changes them keeps the running values and warns.
+
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{Duration, Secret};
+
+/// Settings of one gateway process.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Where client traffic is accepted.
+    #[serde(default = "default_listeners")]
+    pub listeners: Vec<ListenerSpec>,
+    /// The admin API listener. Absent: no admin API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminSpec>,
+    /// Limits on what clients may send.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    /// How long a graceful shutdown waits for in-flight requests.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: Duration,
+    /// Worker threads of the data plane. Absent: one per core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_threads: Option<usize>,
+    /// The access log: one JSON line per request, written off the request path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLogSpec>,
+    /// Starts the built-in demo upstream on this address (`host:port`), for trying Gantry out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demo_upstream: Option<String>,
+}
+
+impl Default for NodeSpec {
+    fn default() -> Self {
+        Self {
+            listeners: default_listeners(),
+            admin: None,
+            limits: LimitsSpec::default(),
+            shutdown_timeout: default_shutdown_timeout(),
+            worker_threads: None,
+            access_log: None,
+            demo_upstream: None,
+        }
+    }
+}
+
+fn default_listeners() -> Vec<ListenerSpec> {
+    vec![ListenerSpec { address: "0.0.0.0:8080".to_owned(), tls: None, http2: true }]
+}
+
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// One listening socket for client traffic.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSpec {
+    /// `ip:port` to bind; port 0 picks a free port.
+    pub address: String,
+    /// Terminate TLS here with these certificates (chosen by SNI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTlsSpec>,
+    /// Accept HTTP/2 (h2 by ALPN over TLS, h2c prior knowledge in clear text).
+    #[serde(default = "default_true")]
+    pub http2: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// TLS termination on a listener.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsSpec {
+    /// Certificates; the one whose names match the client's SNI is used, the first one otherwise.
+    pub certificates: Vec<CertificateSpec>,
+}
+
+/// A certificate chain and its key, in PEM files.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSpec {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+/// The admin API listener.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSpec {
+    /// `ip:port` to bind.
+    #[serde(default = "default_admin_address")]
+    pub address: String,
+    /// Key expected in `X-Api-Key` or `Authorization: Bearer`. Absent: a random key is
+    /// generated at start and logged once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<Secret<String>>,
+}
+
+fn default_admin_address() -> String {
+    "127.0.0.1:9180".to_owned()
+}
+
+/// Limits on client requests.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// Largest request head (request line and headers), in bytes; larger gets 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most request headers; more gets 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Time a client has to send the request head.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Duration,
+}
+
+impl Default for LimitsSpec {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            header_read_timeout: default_header_read_timeout(),
+        }
+    }
+}
+
+fn default_max_header_bytes() -> usize {
+    32 * 1024
+}
+
+fn default_max_headers() -> usize {
+    100
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Where and how the access log is written.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSpec {
+    /// File the records are appended to; `-` for standard output.
+    pub path: PathBuf,
+    /// Records held while the writer catches up; past this they are dropped and counted.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+}
+
+fn default_queue_capacity() -> usize {
+    16 * 1024
+}
