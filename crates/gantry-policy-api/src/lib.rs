@@ -1,1 +1,65 @@
-//! placeholder
+//! The policy contract: what a policy is, when it runs and what it may do.
+//!
+//! A [`PolicyFactory`] turns typed settings into an `Arc<dyn Policy>` once, at config compile
+//! time. The data plane then calls the policy's hooks for every request of the routes it is
+//! attached to: [`Policy::on_request`] in [`Stage`] order, [`Policy::on_response`] in reverse,
+//! [`Policy::on_log`] last. Policies see `http` crate types only, never the HTTP engine.
+
+mod exchange;
+mod factory;
+mod flow;
+pub mod problem;
+mod stage;
+pub mod testing;
+
+pub use exchange::{Consumer, Exchange, LogRecord};
+pub use factory::{BuildContext, PolicyFactory, RegisteredPolicy, Validate};
+pub use flow::{Flow, Hook};
+pub use stage::Stage;
+
+/// The request head a policy sees and may change.
+pub type RequestParts = http::request::Parts;
+/// The response head a policy sees and may change.
+pub type ResponseParts = http::response::Parts;
+/// A response made by a policy (a denial, a mock, a redirect).
+pub type PolicyResponse = http::Response<bytes::Bytes>;
+
+/// The hooks a policy implements, so the pipeline lists it only where it has work to do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hooks {
+    /// Runs [`Policy::on_request`].
+    pub request: bool,
+    /// Runs [`Policy::on_response`].
+    pub response: bool,
+    /// Runs [`Policy::on_log`].
+    pub log: bool,
+}
+
+impl Hooks {
+    /// Only `on_request`.
+    pub const REQUEST: Hooks = Hooks { request: true, response: false, log: false };
+    /// Only `on_response`.
+    pub const RESPONSE: Hooks = Hooks { request: false, response: true, log: false };
+}
+
+/// One configured policy instance, shared by every request of the routes it is attached to.
+pub trait Policy: Send + Sync + 'static {
+    /// Which hooks this policy implements; the others are never called.
+    fn hooks(&self) -> Hooks;
+
+    /// Inspects or changes the request before it goes upstream; may answer instead.
+    fn on_request<'a>(&'a self, request: &'a mut RequestParts, exchange: &'a mut Exchange) -> Hook<'a> {
+        let _ = (request, exchange);
+        Hook::Done(Flow::Continue)
+    }
+
+    /// Inspects or changes the response head before it goes to the client.
+    fn on_response(&self, response: &mut ResponseParts, exchange: &mut Exchange) {
+        let _ = (response, exchange);
+    }
+
+    /// Sees the finished exchange. Runs after the response was sent; must not block.
+    fn on_log(&self, record: &LogRecord<'_>) {
+        let _ = record;
+    }
+}

@@ -1,0 +1,92 @@
+//! Request-scoped state shared by the policies of one exchange.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+
+/// A recognised client, set by an identity policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Consumer {
+    /// The consumer's id.
+    pub id: Arc<str>,
+    /// Its groups.
+    pub groups: Arc<[String]>,
+}
+
+/// State of one request/response exchange: who, where, and what policies decided.
+/// Typed values a policy wants to pass to a later one go in `extensions`.
+#[derive(Debug)]
+pub struct Exchange {
+    /// The request id, also sent upstream and to the client as `X-Request-Id`.
+    pub request_id: Arc<str>,
+    /// The matched route's id.
+    pub route_id: Arc<str>,
+    /// The downstream peer's address.
+    pub client_addr: SocketAddr,
+    /// Whether the client connection is TLS.
+    pub is_tls: bool,
+    /// The consumer, once an identity policy has recognised one.
+    pub consumer: Option<Consumer>,
+    /// Values captured by `{name}` segments of the matched path.
+    pub path_params: Vec<(Arc<str>, String)>,
+    /// When the request head was received.
+    pub started_at: Instant,
+    /// Largest request body forwarded, in bytes; a longer body is cut off with 413.
+    pub request_body_limit: Option<u64>,
+    /// Typed values passed between policies.
+    pub extensions: http::Extensions,
+}
+
+impl Exchange {
+    /// A new exchange for a request on `route_id` from `client_addr`.
+    pub fn new(request_id: Arc<str>, route_id: Arc<str>, client_addr: SocketAddr, is_tls: bool) -> Self {
+        Self {
+            request_id,
+            route_id,
+            client_addr,
+            is_tls,
+            consumer: None,
+            path_params: Vec::new(),
+            started_at: Instant::now(),
+            request_body_limit: None,
+            extensions: http::Extensions::new(),
+        }
+    }
+
+    /// Lowers the request body limit to `bytes` (limits only ever tighten).
+    pub fn limit_request_body(&mut self, bytes: u64) {
+        self.request_body_limit = Some(self.request_body_limit.map_or(bytes, |current| current.min(bytes)));
+    }
+
+    /// The value of path parameter `name`, if the route's template captured one.
+    pub fn path_param(&self, name: &str) -> Option<&str> {
+        self.path_params.iter().find(|(key, _)| &**key == name).map(|(_, value)| value.as_str())
+    }
+}
+
+/// The facts of a finished exchange, given to log hooks and the access log.
+#[derive(Debug)]
+pub struct LogRecord<'a> {
+    /// Request id.
+    pub request_id: &'a str,
+    /// Matched route, if any.
+    pub route_id: Option<&'a str>,
+    /// Consumer id, if recognised.
+    pub consumer_id: Option<&'a str>,
+    /// Client address.
+    pub client_addr: SocketAddr,
+    /// Request method.
+    pub method: &'a Method,
+    /// Request path and query as received.
+    pub uri: &'a http::Uri,
+    /// Status sent to the client.
+    pub status: StatusCode,
+    /// Endpoint that served the request, if it was forwarded.
+    pub upstream_addr: Option<&'a str>,
+    /// Time from request head to response head.
+    pub duration: Duration,
+    /// Time spent waiting for the upstream's response head, if forwarded.
+    pub upstream_duration: Option<Duration>,
+}

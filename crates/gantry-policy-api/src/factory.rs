@@ -1,0 +1,112 @@
+//! How a policy is built from its settings, and the entry the registry keeps for it.
+
+use std::sync::Arc;
+
+use gantry_config::{ConfigErrors, FieldPath, GatewaySpec};
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+
+use crate::{Policy, Stage};
+
+/// Checks that span several fields of a policy's settings. Field types and unknown fields
+/// are already checked by deserialization.
+pub trait Validate {
+    /// Adds every problem found to `errors`, with paths below `path`.
+    fn validate(&self, path: &FieldPath, errors: &mut ConfigErrors) {
+        let _ = (path, errors);
+    }
+}
+
+/// What a factory may consult while building: the whole configuration being compiled.
+#[derive(Clone, Copy, Debug)]
+pub struct BuildContext<'a> {
+    /// The configuration being compiled.
+    pub spec: &'a GatewaySpec,
+}
+
+/// Builds one kind of policy. Implemented once per policy, listed once in the registry.
+pub trait PolicyFactory: 'static {
+    /// The name used in configuration (`ip_restriction`).
+    const NAME: &'static str;
+    /// When its request hook runs.
+    const STAGE: Stage;
+    /// True when the policy always answers itself, so its route needs no upstream.
+    const TERMINAL: bool = false;
+    /// The policy's documentation (its markdown file).
+    const DOCS: &'static str;
+    /// Typed settings.
+    type Config: DeserializeOwned + JsonSchema + Validate;
+
+    /// Builds a policy from checked settings. `path` is where the settings are written.
+    fn build(config: Self::Config, path: &FieldPath, context: &BuildContext<'_>) -> Result<Arc<dyn Policy>, ConfigErrors>;
+}
+
+/// A policy kind as the registry lists it: name, stage and type-erased constructor.
+#[derive(Clone, Copy)]
+pub struct RegisteredPolicy {
+    /// Configuration name.
+    pub name: &'static str,
+    /// Stage of its request hook.
+    pub stage: Stage,
+    /// Whether it always answers itself.
+    pub terminal: bool,
+    /// Markdown documentation.
+    pub docs: &'static str,
+    build: fn(&serde_json::Value, &FieldPath, &BuildContext<'_>) -> Result<Arc<dyn Policy>, ConfigErrors>,
+    schema: fn() -> schemars::Schema,
+}
+
+impl RegisteredPolicy {
+    /// The registry entry for factory `F`.
+    pub fn of<F: PolicyFactory>() -> Self {
+        Self {
+            name: F::NAME,
+            stage: F::STAGE,
+            terminal: F::TERMINAL,
+            docs: F::DOCS,
+            build: build_erased::<F>,
+            schema: || schemars::schema_for!(F::Config),
+        }
+    }
+
+    /// Types, checks and builds raw settings written at `path`.
+    pub fn build(
+        &self,
+        raw: &serde_json::Value,
+        path: &FieldPath,
+        context: &BuildContext<'_>,
+    ) -> Result<Arc<dyn Policy>, ConfigErrors> {
+        (self.build)(raw, path, context)
+    }
+
+    /// JSON Schema of the policy's settings.
+    pub fn schema(&self) -> schemars::Schema {
+        (self.schema)()
+    }
+}
+
+impl std::fmt::Debug for RegisteredPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisteredPolicy").field("name", &self.name).field("stage", &self.stage).finish()
+    }
+}
+
+fn build_erased<F: PolicyFactory>(
+    raw: &serde_json::Value,
+    path: &FieldPath,
+    context: &BuildContext<'_>,
+) -> Result<Arc<dyn Policy>, ConfigErrors> {
+    let config: F::Config = parse_config(raw, path)?;
+    let mut errors = ConfigErrors::default();
+    config.validate(path, &mut errors);
+    errors.into_result(())?;
+    F::build(config, path, context)
+}
+
+/// Deserializes settings, reporting a failure at its full path.
+pub(crate) fn parse_config<C: DeserializeOwned>(raw: &serde_json::Value, path: &FieldPath) -> Result<C, ConfigErrors> {
+    serde_path_to_error::deserialize(raw).map_err(|err| {
+        let at = path.join(&FieldPath::from_serde(err.path()));
+        ConfigErrors::one(at, err.into_inner().to_string())
+    })
+}

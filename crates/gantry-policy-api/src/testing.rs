@@ -1,0 +1,72 @@
+//! Helpers for testing policies without a gateway: build one from YAML, run its hooks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use gantry_config::{ConfigErrors, FieldPath, GatewaySpec};
+
+use crate::{BuildContext, Exchange, Flow, Policy, RegisteredPolicy, RequestParts, ResponseParts};
+
+/// Builds the policy `entry` from YAML settings, as the compiler would for a global policy.
+pub fn build_policy(entry: RegisteredPolicy, yaml: &str) -> Result<Arc<dyn Policy>, ConfigErrors> {
+    let raw: serde_json::Value = if yaml.trim().is_empty() {
+        serde_json::Value::Object(Default::default())
+    } else {
+        parse_settings(yaml)?
+    };
+    let spec = GatewaySpec::default();
+    entry.build(&raw, &policy_path(entry.name), &BuildContext { spec: &spec })
+}
+
+/// The path a test policy's settings are reported at: `global_policies[0].<name>`.
+pub fn policy_path(name: &str) -> FieldPath {
+    FieldPath::root().key("global_policies").index(0).key(name)
+}
+
+fn parse_settings(yaml: &str) -> Result<serde_json::Value, ConfigErrors> {
+    // Settings go through the same loader as real files: wrap them as a global policy.
+    let text = format!("global_policies:\n  - policy:\n{}", indent(yaml, 6));
+    let spec = gantry_config::load_str(&text)?;
+    Ok(spec.global_policies.into_iter().next().map(|policy| policy.config).unwrap_or_default())
+}
+
+fn indent(text: &str, spaces: usize) -> String {
+    let pad = " ".repeat(spaces);
+    text.lines().map(|line| format!("{pad}{line}\n")).collect()
+}
+
+/// An exchange for a request from `client`.
+pub fn exchange_from(client: &str) -> Exchange {
+    let client_addr: SocketAddr = client.parse().expect("test client address is `ip:port`");
+    Exchange::new("test-request".into(), "test-route".into(), client_addr, false)
+}
+
+/// The head of `request`.
+pub fn request_parts(request: http::Request<()>) -> RequestParts {
+    request.into_parts().0
+}
+
+/// Runs `policy`'s request hook to completion.
+pub fn run_request(policy: &dyn Policy, request: &mut RequestParts, exchange: &mut Exchange) -> Flow {
+    futures_lite_block_on(policy.on_request(request, exchange).resolve())
+}
+
+/// Runs `policy`'s response hook on a response with `status`.
+pub fn run_response(policy: &dyn Policy, response: http::Response<()>, exchange: &mut Exchange) -> ResponseParts {
+    let mut parts = response.into_parts().0;
+    policy.on_response(&mut parts, exchange);
+    parts
+}
+
+/// Polls a future to completion on this thread; test policies complete without real I/O.
+fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Waker};
+    let mut future = std::pin::pin!(future);
+    let mut context = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+        std::thread::yield_now();
+    }
+}
