@@ -1,0 +1,203 @@
+//! The access log: one JSON line per request, written by its own task.
+//!
+//! The request path only does a `try_send` into a bounded queue. When the writer falls
+//! behind, records are dropped and counted, never waited for.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{Method, Uri};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+/// One request's record, owned so it can cross to the writer task.
+#[derive(Debug)]
+pub struct AccessRecord {
+    /// When the request head arrived.
+    pub time: SystemTime,
+    /// Request id.
+    pub request_id: Arc<str>,
+    /// Matched route.
+    pub route_id: Option<Arc<str>>,
+    /// Recognised consumer.
+    pub consumer_id: Option<Arc<str>>,
+    /// Client address.
+    pub client: SocketAddr,
+    /// Method.
+    pub method: Method,
+    /// Path and query as received.
+    pub uri: Uri,
+    /// HTTP version, e.g. `HTTP/1.1`.
+    pub version: http::Version,
+    /// Status sent.
+    pub status: u16,
+    /// Time to the response head.
+    pub duration: Duration,
+    /// Endpoint that answered.
+    pub upstream_addr: Option<Arc<str>>,
+    /// Upstream time to response head.
+    pub upstream_duration: Option<Duration>,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    route: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consumer: Option<&'a str>,
+    client_ip: String,
+    method: &'a str,
+    uri: String,
+    protocol: String,
+    status: u16,
+    duration_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_duration_ms: Option<f64>,
+}
+
+impl AccessRecord {
+    fn write_json(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let line = Line {
+            time: humantime_rfc3339(self.time),
+            request_id: &self.request_id,
+            route: self.route_id.as_deref(),
+            consumer: self.consumer_id.as_deref(),
+            client_ip: self.client.ip().to_string(),
+            method: self.method.as_str(),
+            uri: self.uri.to_string(),
+            protocol: format!("{:?}", self.version),
+            status: self.status,
+            duration_ms: self.duration.as_secs_f64() * 1000.0,
+            upstream: self.upstream_addr.as_deref(),
+            upstream_duration_ms: self.upstream_duration.map(|d| d.as_secs_f64() * 1000.0),
+        };
+        serde_json::to_writer(&mut *out, &line)?;
+        out.write_all(b"\n")
+    }
+}
+
+fn humantime_rfc3339(time: SystemTime) -> String {
+    let since_epoch = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let seconds = since_epoch.as_secs();
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        (rest % 3600) / 60,
+        rest % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The sending side of the access log; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AccessLog {
+    sender: mpsc::Sender<AccessRecord>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// Opens `path` (`-` for standard output) and starts the writer task. Must run inside a
+    /// Tokio runtime.
+    pub fn start(path: &Path, queue_capacity: usize) -> std::io::Result<Self> {
+        let writer: Box<dyn Write + Send> = if path == Path::new("-") {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?)
+        };
+        let (sender, receiver) = mpsc::channel(queue_capacity);
+        let path: PathBuf = path.to_owned();
+        tokio::task::spawn_blocking(move || write_records(receiver, writer, &path));
+        Ok(Self { sender, dropped: Arc::new(AtomicU64::new(0)) })
+    }
+
+    /// Queues a record; drops and counts it when the queue is full.
+    pub fn emit(&self, record: AccessRecord) {
+        if self.sender.try_send(record).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Writes records as they come, flushing whenever the queue runs empty, so a burst costs
+/// one write call rather than one per record.
+fn write_records(mut receiver: mpsc::Receiver<AccessRecord>, writer: Box<dyn Write + Send>, path: &Path) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, writer);
+    while let Some(record) = receiver.blocking_recv() {
+        let mut result = record.write_json(&mut out);
+        while let Ok(record) = receiver.try_recv() {
+            result = result.and_then(|()| record.write_json(&mut out));
+        }
+        if let Err(err) = result.and_then(|()| out.flush()) {
+            tracing::warn!(path = %path.display(), error = %err, "access log write failed");
+        }
+    }
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_timestamps_as_rfc3339_utc() {
+        let time = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(humantime_rfc3339(time), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn writes_one_json_object_per_line() {
+        let record = AccessRecord {
+            time: SystemTime::UNIX_EPOCH,
+            request_id: "r1".into(),
+            route_id: Some("demo".into()),
+            consumer_id: None,
+            client: "127.0.0.1:5000".parse().expect("addr"),
+            method: Method::GET,
+            uri: "/demo/hello?x=1".parse().expect("uri"),
+            version: http::Version::HTTP_11,
+            status: 200,
+            duration: Duration::from_micros(1500),
+            upstream_addr: Some("127.0.0.1:8081".into()),
+            upstream_duration: Some(Duration::from_millis(1)),
+        };
+        let mut out = Vec::new();
+        record.write_json(&mut out).expect("write");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text.ends_with('\n'));
+        let value: serde_json::Value = serde_json::from_str(text.trim()).expect("json");
+        assert_eq!(value["route"], "demo");
+        assert_eq!(value["status"], 200);
+        assert_eq!(value["uri"], "/demo/hello?x=1");
+        assert_eq!(value["duration_ms"], 1.5);
+        assert!(value.get("consumer").is_none());
+    }
+}

@@ -1,0 +1,269 @@
+//! Sending a request upstream: endpoint choice, timeouts, retries, passive health, and the
+//! one mapping from forwarding failures to client statuses.
+//!
+//! Runs per request.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::HOST;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::body::GatewayBody;
+use crate::upstream::balancer::SelectionInput;
+use crate::upstream::{CompiledUpstream, HostHeader};
+
+/// Why a request could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// Every endpoint is unhealthy or ejected.
+    #[error("upstream `{upstream}` has no available endpoint")]
+    NoAvailableEndpoint {
+        /// Upstream id.
+        upstream: Arc<str>,
+    },
+    /// The connection could not be made.
+    #[error("connecting to {endpoint} failed: {reason}")]
+    Connect {
+        /// Endpoint address.
+        endpoint: Arc<str>,
+        /// Why.
+        reason: String,
+    },
+    /// No response head within the read or total timeout.
+    #[error("{endpoint} did not answer within {after:?}")]
+    Timeout {
+        /// Endpoint address.
+        endpoint: Arc<str>,
+        /// The limit that ran out.
+        after: Duration,
+    },
+    /// The upstream broke the exchange (reset, protocol error).
+    #[error("exchange with {endpoint} failed: {reason}")]
+    Upstream {
+        /// Endpoint address.
+        endpoint: Arc<str>,
+        /// Why.
+        reason: String,
+    },
+    /// The client's body passed the configured limit.
+    #[error("request body exceeds {limit} bytes")]
+    BodyTooLarge {
+        /// Limit in bytes.
+        limit: u64,
+    },
+    /// The upstream URI could not be built from the request.
+    #[error("cannot build the upstream request: {0}")]
+    BadRequest(String),
+}
+
+impl ForwardError {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ForwardError::NoAvailableEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ForwardError::Connect { .. } | ForwardError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ForwardError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ForwardError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ForwardError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// Stable problem type code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ForwardError::NoAvailableEndpoint { .. } => "no-available-endpoint",
+            ForwardError::Connect { .. } => "upstream-connect-failed",
+            ForwardError::Timeout { .. } => "upstream-timeout",
+            ForwardError::Upstream { .. } => "upstream-failed",
+            ForwardError::BodyTooLarge { .. } => "request-body-too-large",
+            ForwardError::BadRequest(_) => "bad-request",
+        }
+    }
+
+    /// Whether another try may succeed.
+    fn is_retryable(&self) -> bool {
+        matches!(self, ForwardError::Connect { .. } | ForwardError::Timeout { .. } | ForwardError::Upstream { .. })
+    }
+
+    /// Whether the endpoint is to blame (counts for passive health).
+    fn blames_endpoint(&self) -> bool {
+        self.is_retryable()
+    }
+}
+
+/// A forwarded exchange's response and facts for the log.
+#[derive(Debug)]
+pub struct Forwarded {
+    /// The upstream response, body still streaming.
+    pub response: Response<Incoming>,
+    /// The endpoint that answered.
+    pub endpoint: Arc<str>,
+    /// Time from sending to the response head (last try).
+    pub upstream_duration: Duration,
+}
+
+/// What the forwarder needs besides the upstream.
+pub struct ForwardRequest<'a> {
+    /// The request head, already rewritten by policies.
+    pub parts: http::request::Parts,
+    /// Its body.
+    pub body: GatewayBody,
+    /// Path and query to send upstream.
+    pub path_and_query: PathAndQuery,
+    /// Client address, for hashing.
+    pub client: std::net::SocketAddr,
+    /// The original host (for `HostHeader::Pass` when the client sent no `Host`, as in h2).
+    pub original_host: Option<&'a str>,
+    /// Set by the body when it passed its limit.
+    pub body_limit: Option<(u64, Arc<std::sync::atomic::AtomicBool>)>,
+}
+
+/// Sends the request to `upstream`, retrying per its policy.
+pub async fn forward(upstream: &CompiledUpstream, request: ForwardRequest<'_>) -> Result<Forwarded, ForwardError> {
+    let started = Instant::now();
+    let deadline = upstream.timeouts.total.map(|total| started + total);
+    let ForwardRequest { mut parts, body, path_and_query, client, original_host, body_limit } = request;
+
+    parts.version = match upstream.scheme {
+        gantry_config::UpstreamScheme::H2c => Version::HTTP_2,
+        _ => Version::HTTP_11,
+    };
+    match &upstream.host_header {
+        HostHeader::Pass => {
+            if !parts.headers.contains_key(HOST) {
+                if let Some(host) = original_host.and_then(|host| HeaderValue::from_str(host).ok()) {
+                    parts.headers.insert(HOST, host);
+                }
+            }
+        }
+        HostHeader::Rewrite(value) => {
+            parts.headers.insert(HOST, value.clone());
+        }
+        HostHeader::Endpoint => {}
+    }
+
+    // Only a request with no body can be sent twice.
+    let body_is_empty = matches!(body, GatewayBody::Empty) || http_body::Body::is_end_stream(&body);
+    let may_retry = upstream.retry.attempts > 0 && body_is_empty && upstream.retry.allows_method(&parts.method);
+    let mut body = Some(body);
+    let mut avoid = None;
+    let mut attempt = 0u32;
+    loop {
+        let input = SelectionInput { request: &parts, client };
+        let Some(position) = upstream.balancer.select(&upstream.endpoints, &input, avoid) else {
+            return Err(ForwardError::NoAvailableEndpoint { upstream: upstream.id.clone() });
+        };
+        let endpoint = &upstream.endpoints[position];
+        let attempt_body = body.take().unwrap_or(GatewayBody::Empty);
+        let outgoing = build_request(upstream, &parts, &endpoint.authority, &path_and_query, attempt_body)?;
+
+        let sent_at = Instant::now();
+        let limit = match deadline {
+            Some(deadline) => upstream.timeouts.read.min(deadline.saturating_duration_since(sent_at)),
+            None => upstream.timeouts.read,
+        };
+        endpoint.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        let result = tokio::time::timeout(limit, upstream.client.request(outgoing)).await;
+        endpoint.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let now = Instant::now();
+
+        let outcome = match result {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(err)) => Err(classify(err, &endpoint.address, body_limit.as_ref())),
+            Err(_) => Err(ForwardError::Timeout { endpoint: endpoint.address.clone(), after: limit }),
+        };
+        let failed_status = match &outcome {
+            Ok(response) => upstream.passive.as_ref().is_some_and(|passive| passive.failure_statuses.contains(&response.status())),
+            Err(err) => err.blames_endpoint(),
+        };
+        endpoint.state.record_outcome(failed_status, upstream.passive.as_ref(), now);
+        if outcome.is_ok() {
+            endpoint.state.record_latency(now - sent_at, now);
+        }
+
+        let retry_wanted = match &outcome {
+            Ok(response) => upstream.retry.on_statuses.contains(&response.status()),
+            Err(err) => err.is_retryable(),
+        };
+        attempt += 1;
+        let out_of_time = deadline.is_some_and(|deadline| now >= deadline);
+        if !(retry_wanted && may_retry && attempt <= upstream.retry.attempts && !out_of_time) {
+            return outcome.map(|response| Forwarded {
+                response,
+                endpoint: endpoint.address.clone(),
+                upstream_duration: now - sent_at,
+            });
+        }
+        tracing::debug!(upstream = &*upstream.id, endpoint = &*endpoint.address, attempt, "retrying upstream request");
+        avoid = Some(position);
+        let mut wait = upstream.retry.backoff_for(attempt);
+        if let Some(deadline) = deadline {
+            wait = wait.min(deadline.saturating_duration_since(now));
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+fn build_request(
+    upstream: &CompiledUpstream,
+    parts: &http::request::Parts,
+    authority: &Authority,
+    path_and_query: &PathAndQuery,
+    body: GatewayBody,
+) -> Result<Request<GatewayBody>, ForwardError> {
+    let scheme = if upstream.uri_scheme() == "https" { Scheme::HTTPS } else { Scheme::HTTP };
+    let uri = Uri::builder()
+        .scheme(scheme)
+        .authority(authority.clone())
+        .path_and_query(path_and_query.clone())
+        .build()
+        .map_err(|err| ForwardError::BadRequest(err.to_string()))?;
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    if matches!(upstream.host_header, HostHeader::Endpoint) {
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            request.headers_mut().insert(HOST, host);
+        }
+    }
+    if parts.version == Version::HTTP_2 {
+        // HTTP/2 carries the authority in the pseudo-header, not in Host.
+        request.headers_mut().remove(HOST);
+    }
+    Ok(request)
+}
+
+fn classify(
+    err: hyper_util::client::legacy::Error,
+    endpoint: &Arc<str>,
+    body_limit: Option<&(u64, Arc<std::sync::atomic::AtomicBool>)>,
+) -> ForwardError {
+    if let Some((limit, exceeded)) = body_limit {
+        if exceeded.load(Ordering::Acquire) {
+            return ForwardError::BodyTooLarge { limit: *limit };
+        }
+    }
+    let reason = error_chain(&err);
+    if err.is_connect() {
+        ForwardError::Connect { endpoint: endpoint.clone(), reason }
+    } else {
+        ForwardError::Upstream { endpoint: endpoint.clone(), reason }
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,195 @@
+//! Listeners: binding (SO_REUSEPORT, so several processes can share a port), accepting,
+//! TLS termination, serving HTTP/1.1 and HTTP/2 on one port, and graceful shutdown.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::proxy::{Connection, Gateway};
+
+/// How long a client has to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings of one listener.
+#[derive(Clone, Debug)]
+pub struct ListenerSettings {
+    /// TLS termination, if any.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Accept HTTP/2.
+    pub http2: bool,
+    /// Largest request head in bytes.
+    pub max_header_bytes: usize,
+    /// Most request headers.
+    pub max_headers: usize,
+    /// Time allowed for the request head.
+    pub header_read_timeout: Duration,
+}
+
+/// Binds a listening socket with `SO_REUSEADDR` and `SO_REUSEPORT`, so a new process can
+/// bind while an old one drains, and several processes can share the port.
+pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(address);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    if address.is_ipv6() {
+        socket.set_only_v6(false).or_else(|_| Ok::<(), io::Error>(()))?;
+    }
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Running listeners, stoppable with a drain deadline.
+#[derive(Debug)]
+pub struct Server {
+    addresses: Vec<SocketAddr>,
+    stop: watch::Sender<bool>,
+    accept_tasks: Vec<JoinHandle<()>>,
+    graceful: Arc<GracefulShutdown>,
+}
+
+impl Server {
+    /// Starts accepting on every listener. Must run inside a Tokio runtime.
+    pub fn start(listeners: Vec<(TcpListener, ListenerSettings)>, gateway: Gateway) -> io::Result<Self> {
+        let (stop, stopped) = watch::channel(false);
+        let graceful = Arc::new(GracefulShutdown::new());
+        let mut addresses = Vec::with_capacity(listeners.len());
+        let mut accept_tasks = Vec::with_capacity(listeners.len());
+        for (listener, settings) in listeners {
+            addresses.push(listener.local_addr()?);
+            let builder = Arc::new(http_builder(&settings));
+            let task = tokio::spawn(accept_loop(
+                listener,
+                Arc::new(settings),
+                builder,
+                gateway.clone(),
+                stopped.clone(),
+                graceful.clone(),
+            ));
+            accept_tasks.push(task);
+        }
+        Ok(Self { addresses, stop, accept_tasks, graceful })
+    }
+
+    /// The bound addresses, in listener order (useful with port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addresses
+    }
+
+    /// Stops accepting, then waits up to `deadline` for open connections to finish their
+    /// requests. Returns true when everything drained in time.
+    pub async fn shutdown(self, deadline: Duration) -> bool {
+        let _ = self.stop.send(true);
+        for task in self.accept_tasks {
+            let _ = task.await;
+        }
+        match Arc::try_unwrap(self.graceful) {
+            Ok(graceful) => tokio::time::timeout(deadline, graceful.shutdown()).await.is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+fn http_builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes.max(8192))
+        .max_headers(settings.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    if settings.http2 {
+        builder
+    } else {
+        builder.http1_only()
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    settings: Arc<ListenerSettings>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    gateway: Gateway,
+    mut stopped: watch::Receiver<bool>,
+    graceful: Arc<GracefulShutdown>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped.changed() => break,
+        };
+        let (stream, client) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let gateway = gateway.clone();
+        let settings = settings.clone();
+        tokio::spawn(async move {
+            match &settings.tls {
+                None => serve_connection(stream, client, false, &builder, gateway, watcher).await,
+                Some(config) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve_connection(tls, client, true, &builder, gateway, watcher).await,
+                        Ok(Err(err)) => tracing::debug!(%client, error = %err, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    client: SocketAddr,
+    is_tls: bool,
+    builder: &auto::Builder<TokioExecutor>,
+    gateway: Gateway,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = Connection { client, is_tls };
+    let service = service_fn(move |request| {
+        let gateway = gateway.clone();
+        async move { Ok::<_, Infallible>(gateway.handle(request, connection).await) }
+    });
+    let serving = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+    if let Err(err) = watcher.watch(serving).await {
+        tracing::debug!(%client, error = %err, "connection ended with an error");
+    }
+}
+
+/// Accepts on `listener` only to hand connections to `handle` (used by the demo upstream).
+pub async fn accept_plain(listener: TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    listener.accept().await
+}

@@ -1,0 +1,197 @@
+//! A route's policies in running order, and the code that runs them.
+//!
+//! Runs per request. Request hooks run in stage order; when one answers, only the policies
+//! reached so far see the response, in reverse (as in Envoy). Lists are fixed at compile time,
+//! so a policy is never called for a hook it does not implement.
+
+use std::sync::Arc;
+
+use gantry_policy_api::{Exchange, Flow, LogRecord, Policy, PolicyResponse, RequestParts, ResponseParts, Stage};
+
+/// One policy in a pipeline.
+#[derive(Clone)]
+pub struct PipelineEntry {
+    /// Registered name, for logs and errors.
+    pub name: &'static str,
+    /// Stage of its request hook.
+    pub stage: Stage,
+    /// The policy.
+    pub policy: Arc<dyn Policy>,
+}
+
+impl std::fmt::Debug for PipelineEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.name, self.stage.name())
+    }
+}
+
+/// The policies of one route, in running order.
+#[derive(Clone, Debug, Default)]
+pub struct Pipeline {
+    entries: Vec<PipelineEntry>,
+    /// Positions (in `entries`) of policies with a request hook.
+    request: Vec<usize>,
+    /// Positions of policies with a response hook, in running (forward) order.
+    response: Vec<usize>,
+    /// Positions of policies with a log hook.
+    log: Vec<usize>,
+}
+
+/// How far the request hooks got.
+#[derive(Debug)]
+pub enum RequestOutcome {
+    /// Every request hook continued: forward upstream.
+    Forward,
+    /// Entry at `position` answered.
+    Respond {
+        /// Position of the answering policy; response hooks run up to it.
+        position: usize,
+        /// Its response.
+        response: PolicyResponse,
+    },
+}
+
+impl Pipeline {
+    /// A pipeline of `entries`, ordered by stage; the given order is kept within a stage.
+    pub fn new(mut entries: Vec<PipelineEntry>) -> Self {
+        entries.sort_by_key(|entry| entry.stage);
+        let positions = |wanted: fn(&PipelineEntry) -> bool| -> Vec<usize> {
+            entries.iter().enumerate().filter(|(_, entry)| wanted(entry)).map(|(position, _)| position).collect()
+        };
+        let request = positions(|entry| entry.policy.hooks().request);
+        let response = positions(|entry| entry.policy.hooks().response);
+        let log = positions(|entry| entry.policy.hooks().log);
+        Self { entries, request, response, log }
+    }
+
+    /// The policies in running order.
+    pub fn entries(&self) -> &[PipelineEntry] {
+        &self.entries
+    }
+
+    /// Runs request hooks until one answers.
+    pub async fn run_request(&self, request: &mut RequestParts, exchange: &mut Exchange) -> RequestOutcome {
+        for &position in &self.request {
+            let entry = &self.entries[position];
+            if let Flow::Respond(response) = entry.policy.on_request(request, exchange).resolve().await {
+                tracing::debug!(policy = entry.name, status = response.status().as_u16(), "policy answered the request");
+                return RequestOutcome::Respond { position, response };
+            }
+        }
+        RequestOutcome::Forward
+    }
+
+    /// Runs response hooks in reverse, for the policies up to `reached` (all when `None`).
+    pub fn run_response(&self, response: &mut ResponseParts, exchange: &mut Exchange, reached: Option<usize>) {
+        for &position in self.response.iter().rev() {
+            if reached.is_some_and(|last| position > last) {
+                continue;
+            }
+            self.entries[position].policy.on_response(response, exchange);
+        }
+    }
+
+    /// Runs log hooks.
+    pub fn run_log(&self, record: &LogRecord<'_>) {
+        for &position in &self.log {
+            self.entries[position].policy.on_log(record);
+        }
+    }
+
+    /// True when no policy has a request hook.
+    pub fn has_request_hooks(&self) -> bool {
+        !self.request.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use gantry_policy_api::testing::{exchange_from, request_parts};
+    use gantry_policy_api::{Hook, Hooks};
+    use http::StatusCode;
+
+    use super::*;
+
+    /// Records the order hooks are called in; answers with 403 when `deny`.
+    struct Recorder {
+        name: &'static str,
+        deny: bool,
+        calls: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Policy for Recorder {
+        fn hooks(&self) -> Hooks {
+            Hooks { request: true, response: true, log: false }
+        }
+
+        fn on_request<'a>(&'a self, _: &'a mut RequestParts, _: &'a mut Exchange) -> Hook<'a> {
+            self.calls.lock().expect("lock").push(format!("request {}", self.name));
+            if self.deny {
+                let mut response = PolicyResponse::new(Default::default());
+                *response.status_mut() = StatusCode::FORBIDDEN;
+                return response.into();
+            }
+            Flow::Continue.into()
+        }
+
+        fn on_response(&self, _: &mut ResponseParts, _: &mut Exchange) {
+            self.calls.lock().expect("lock").push(format!("response {}", self.name));
+        }
+    }
+
+    fn entry(name: &'static str, stage: Stage, deny: bool, calls: &Arc<Mutex<Vec<String>>>) -> PipelineEntry {
+        PipelineEntry { name, stage, policy: Arc::new(Recorder { name, deny, calls: calls.clone() }) }
+    }
+
+    fn run(pipeline: &Pipeline) -> Option<usize> {
+        let mut request = request_parts(http::Request::new(()));
+        let mut exchange = exchange_from("127.0.0.1:1");
+        let outcome = futures_util::FutureExt::now_or_never(pipeline.run_request(&mut request, &mut exchange))
+            .expect("recorders never wait");
+        let reached = match outcome {
+            RequestOutcome::Forward => None,
+            RequestOutcome::Respond { position, .. } => Some(position),
+        };
+        let mut response = http::Response::new(()).into_parts().0;
+        pipeline.run_response(&mut response, &mut exchange, reached);
+        reached
+    }
+
+    #[test]
+    fn runs_requests_in_stage_order_and_responses_in_reverse() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let pipeline = Pipeline::new(vec![
+            entry("transform", Stage::Transform, false, &calls),
+            entry("ingress", Stage::Ingress, false, &calls),
+            entry("access", Stage::Access, false, &calls),
+        ]);
+        assert_eq!(run(&pipeline), None);
+        let calls = calls.lock().expect("lock").clone();
+        assert_eq!(
+            calls,
+            [
+                "request ingress",
+                "request access",
+                "request transform",
+                "response transform",
+                "response access",
+                "response ingress"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_answer_skips_later_policies_and_only_earlier_ones_see_the_response() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let pipeline = Pipeline::new(vec![
+            entry("ingress", Stage::Ingress, false, &calls),
+            entry("access", Stage::Access, true, &calls),
+            entry("transform", Stage::Transform, false, &calls),
+        ]);
+        assert_eq!(run(&pipeline), Some(1));
+        let calls = calls.lock().expect("lock").clone();
+        assert_eq!(calls, ["request ingress", "request access", "response access", "response ingress"]);
+    }
+}

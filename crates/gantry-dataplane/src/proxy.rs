@@ -1,0 +1,342 @@
+//! The request handler: one request through routing, policies, forwarding and logging.
+//!
+//! Runs per request. One atomic snapshot load; no locks.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use gantry_policy_api::problem::problem_response;
+use gantry_policy_api::{Exchange, LogRecord, PolicyResponse};
+use http::header::{CONNECTION, HOST, UPGRADE};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use crate::access_log::{AccessLog, AccessRecord};
+use crate::body::{GatewayBody, LimitedBody};
+use crate::forward::{forward, ForwardError, ForwardRequest};
+use crate::headers::{add_forwarded, remove_hop_by_hop, request_id, X_REQUEST_ID};
+use crate::pipeline::RequestOutcome;
+use crate::route::CompiledRoute;
+use crate::router::RequestFacts;
+use crate::snapshot::SnapshotHandle;
+
+/// Facts about the client connection a request arrived on.
+#[derive(Clone, Copy, Debug)]
+pub struct Connection {
+    /// The peer.
+    pub client: SocketAddr,
+    /// Whether TLS was terminated.
+    pub is_tls: bool,
+}
+
+/// The data plane's request handler, shared by every connection.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    snapshot: SnapshotHandle,
+    access_log: Option<AccessLog>,
+}
+
+/// Where the response of one exchange came from, for logging.
+struct Served {
+    response: Response<GatewayBody>,
+    route: Option<Arc<CompiledRoute>>,
+    upstream: Option<Arc<str>>,
+    upstream_duration: Option<std::time::Duration>,
+    exchange: Option<Exchange>,
+}
+
+impl Gateway {
+    /// A handler serving from `snapshot`, logging to `access_log` if given.
+    pub fn new(snapshot: SnapshotHandle, access_log: Option<AccessLog>) -> Self {
+        Self { snapshot, access_log }
+    }
+
+    /// The snapshot handle.
+    pub fn snapshot(&self) -> &SnapshotHandle {
+        &self.snapshot
+    }
+
+    /// Serves one request. Never fails: every problem becomes a problem response.
+    pub async fn handle(&self, mut request: Request<Incoming>, connection: Connection) -> Response<GatewayBody> {
+        let started = Instant::now();
+        let time = SystemTime::now();
+        let request_id_value = request_id(request.headers());
+        let request_id: Arc<str> = Arc::from(request_id_value.to_str().unwrap_or("-"));
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        let version = request.version();
+
+        let on_upgrade = is_upgrade_request(&request).then(|| hyper::upgrade::on(&mut request));
+        let mut served = self.serve(request, connection, &request_id, on_upgrade).await;
+        served.response.headers_mut().insert(&X_REQUEST_ID, request_id_value);
+
+        let status = served.response.status();
+        let duration = started.elapsed();
+        let route_id = served.route.as_ref().map(|route| route.id.clone());
+        if let (Some(exchange), Some(route)) = (&served.exchange, &served.route) {
+            {
+                let record = LogRecord {
+                    request_id: &request_id,
+                    route_id: Some(&route.id),
+                    consumer_id: exchange.consumer.as_ref().map(|consumer| &*consumer.id),
+                    client_addr: connection.client,
+                    method: &method,
+                    uri: &uri,
+                    status,
+                    upstream_addr: served.upstream.as_deref(),
+                    duration,
+                    upstream_duration: served.upstream_duration,
+                };
+                route.pipeline.run_log(&record);
+            }
+        }
+        if let Some(log) = &self.access_log {
+            log.emit(AccessRecord {
+                time,
+                request_id,
+                route_id,
+                consumer_id: served.exchange.as_ref().and_then(|exchange| exchange.consumer.as_ref().map(|c| c.id.clone())),
+                client: connection.client,
+                method,
+                uri,
+                version,
+                status: status.as_u16(),
+                duration,
+                upstream_addr: served.upstream,
+                upstream_duration: served.upstream_duration,
+            });
+        }
+        served.response
+    }
+
+    async fn serve(
+        &self,
+        request: Request<Incoming>,
+        connection: Connection,
+        request_id: &Arc<str>,
+        on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Served {
+        let snapshot = self.snapshot.load_full();
+        let (mut parts, body) = request.into_parts();
+        let host = request_host(&parts);
+        let facts = RequestFacts {
+            host: host.as_deref().map(strip_port),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            method: &parts.method,
+            headers: &parts.headers,
+        };
+        let Some(found) = snapshot.router.find(&facts) else {
+            let detail = format!("no route matches {} {}", parts.method, parts.uri.path());
+            return Served {
+                response: into_gateway_response(problem_response(StatusCode::NOT_FOUND, "route-not-found", "Not Found", Some(&detail))),
+                route: None,
+                upstream: None,
+                upstream_duration: None,
+                exchange: None,
+            };
+        };
+        let route = found.route.clone();
+        let mut exchange = Exchange::new(request_id.clone(), route.id.clone(), connection.client, connection.is_tls);
+        exchange.path_params = found.params;
+
+        if let RequestOutcome::Respond { position, response } = route.pipeline.run_request(&mut parts, &mut exchange).await {
+            let (mut head, body) = response.into_parts();
+            route.pipeline.run_response(&mut head, &mut exchange, Some(position));
+            return Served {
+                response: Response::from_parts(head, GatewayBody::full(body)),
+                route: Some(route.clone()),
+                upstream: None,
+                upstream_duration: None,
+                exchange: Some(exchange),
+            };
+        }
+
+        let Some(upstream) = &route.upstream else {
+            let response = problem_response(
+                StatusCode::BAD_GATEWAY,
+                "no-upstream",
+                "Bad Gateway",
+                Some("the route has no upstream and no policy answered"),
+            );
+            return respond_with(&route, exchange, response);
+        };
+
+        let path_and_query = upstream_path(&parts, route.rewrite.as_ref());
+        let path_and_query = match path_and_query {
+            Ok(path_and_query) => path_and_query,
+            Err(detail) => {
+                let response = problem_response(StatusCode::BAD_REQUEST, "bad-request", "Bad Request", Some(&detail));
+                return respond_with(&route, exchange, response);
+            }
+        };
+        let is_upgrade = on_upgrade.is_some();
+        remove_hop_by_hop(&mut parts.headers, is_upgrade);
+        if is_upgrade {
+            parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        add_forwarded(&mut parts.headers, connection.client, connection.is_tls, host.as_deref());
+        if let Ok(value) = HeaderValue::from_str(request_id) {
+            parts.headers.insert(&X_REQUEST_ID, value);
+        }
+
+        let body_limit = exchange.request_body_limit.map(|limit| (limit, Arc::new(AtomicBool::new(false))));
+        let body = if http_body::Body::is_end_stream(&body) {
+            GatewayBody::Empty
+        } else {
+            match &body_limit {
+                Some((limit, exceeded)) => GatewayBody::Limited(LimitedBody::new(body, *limit, exceeded.clone())),
+                None => GatewayBody::Streamed(body),
+            }
+        };
+        let forward_request = ForwardRequest {
+            parts,
+            body,
+            path_and_query,
+            client: connection.client,
+            original_host: host.as_deref(),
+            body_limit,
+        };
+        match forward(upstream, forward_request).await {
+            Ok(mut forwarded) => {
+                let upgraded = forwarded.response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                if upgraded {
+                    if let Some(client_side) = on_upgrade {
+                        let upstream_side = hyper::upgrade::on(&mut forwarded.response);
+                        tokio::spawn(tunnel(client_side, upstream_side, route.id.clone()));
+                    }
+                }
+                let (mut head, body) = forwarded.response.into_parts();
+                remove_hop_by_hop(&mut head.headers, upgraded);
+                if upgraded {
+                    head.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                }
+                // The client's protocol decides the response framing, not the upstream's.
+                head.version = Version::HTTP_11;
+                route.pipeline.run_response(&mut head, &mut exchange, None);
+                Served {
+                    response: Response::from_parts(head, GatewayBody::Streamed(body)),
+                    route: Some(route.clone()),
+                    upstream: Some(forwarded.endpoint),
+                    upstream_duration: Some(forwarded.upstream_duration),
+                    exchange: Some(exchange),
+                }
+            }
+            Err(err) => {
+                log_forward_error(&err, &route.id, &upstream.id);
+                let detail = err.to_string();
+                let title = err.status().canonical_reason().unwrap_or("Error");
+                let response = problem_response(err.status(), err.code(), title, Some(&detail));
+                respond_with(&route, exchange, response)
+            }
+        }
+    }
+
+}
+
+/// Answers with a gateway-made response that every policy of the route gets to see.
+fn respond_with(route: &Arc<CompiledRoute>, mut exchange: Exchange, response: PolicyResponse) -> Served {
+    let (mut head, body) = response.into_parts();
+    route.pipeline.run_response(&mut head, &mut exchange, None);
+    Served {
+        response: Response::from_parts(head, GatewayBody::full(body)),
+        route: Some(route.clone()),
+        upstream: None,
+        upstream_duration: None,
+        exchange: Some(exchange),
+    }
+}
+
+fn log_forward_error(err: &ForwardError, route: &str, upstream: &str) {
+    match err {
+        ForwardError::BodyTooLarge { .. } | ForwardError::BadRequest(_) => {
+            tracing::debug!(route, upstream, error = %err, "request refused while forwarding");
+        }
+        _ => tracing::warn!(route, upstream, error = %err, "upstream request failed"),
+    }
+}
+
+/// Turns a policy's response into a gateway response.
+pub fn into_gateway_response(response: PolicyResponse) -> Response<GatewayBody> {
+    let (head, body): (_, Bytes) = response.into_parts();
+    Response::from_parts(head, GatewayBody::full(body))
+}
+
+/// The request's host: the URI authority (HTTP/2, absolute-form) or the `Host` header.
+fn request_host(parts: &http::request::Parts) -> Option<String> {
+    if let Some(authority) = parts.uri.authority() {
+        return Some(authority.as_str().to_owned());
+    }
+    parts.headers.get(HOST).and_then(|value| value.to_str().ok()).map(str::to_owned)
+}
+
+/// `host:port` or `[v6]:port` without the port.
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    host.rsplit_once(':').map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host })
+}
+
+fn upstream_path(parts: &http::request::Parts, rewrite: Option<&crate::route::PathRewrite>) -> Result<PathAndQuery, String> {
+    let path = parts.uri.path();
+    let rewritten = match rewrite {
+        Some(rewrite) => rewrite.apply(path),
+        None => std::borrow::Cow::Borrowed(path),
+    };
+    let text = match parts.uri.query() {
+        Some(query) => format!("{rewritten}?{query}"),
+        None if matches!(rewritten, std::borrow::Cow::Borrowed(_)) => {
+            return match parts.uri.path_and_query() {
+                Some(original) => Ok(PathAndQuery::from(original.clone())),
+                None => Ok(PathAndQuery::from_static("/")),
+            };
+        }
+        None => rewritten.into_owned(),
+    };
+    PathAndQuery::try_from(text).map_err(|err| format!("rewritten path is invalid: {err}"))
+}
+
+fn is_upgrade_request<B>(request: &Request<B>) -> bool {
+    request.version() == Version::HTTP_11
+        && request.headers().contains_key(UPGRADE)
+        && request
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Copies bytes both ways between an upgraded client connection and upstream connection.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, route: Arc<str>) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(err) => {
+            tracing::debug!(route = &*route, error = %err, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(route = &*route, error = %err, "upgraded connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_ports_from_hosts() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:8080"), "::1");
+    }
+}
