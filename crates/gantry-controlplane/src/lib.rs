@@ -1,1 +1,13 @@
-//! placeholder
+//! Gantry's control plane: turns configuration into snapshots and keeps them current.
+//!
+//! [`compile`] checks a whole [`gantry_config::GatewaySpec`] and builds a
+//! [`gantry_dataplane::Snapshot`]; [`reload`] serializes every change (file watch, SIGHUP,
+//! admin API) through validate, compile and swap, keeping the running snapshot when anything
+//! is wrong; [`sources`] watches files.
+
+pub mod compile;
+pub mod reload;
+pub mod sources;
+
+pub use compile::compile_snapshot;
+pub use reload::{ControlPlane, ReloadError};

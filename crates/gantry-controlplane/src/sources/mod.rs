@@ -1,0 +1,3 @@
+//! Where configuration changes come from besides the admin API.
+
+pub mod file;
