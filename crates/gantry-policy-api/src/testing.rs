@@ -18,6 +18,15 @@ pub fn build_policy(entry: RegisteredPolicy, yaml: &str) -> Result<Arc<dyn Polic
     entry.build(&raw, &policy_path(entry.name), &BuildContext { spec: &spec })
 }
 
+/// Builds the policy `entry` from YAML settings that must be rejected, and gives the errors.
+/// (`build_policy(..).expect_err(..)` cannot be written: `dyn Policy` is not `Debug`.)
+pub fn build_policy_error(entry: RegisteredPolicy, yaml: &str) -> ConfigErrors {
+    match build_policy(entry, yaml) {
+        Ok(_) => panic!("`{}` accepted settings that should be rejected:\n{yaml}", entry.name),
+        Err(errors) => errors,
+    }
+}
+
 /// The path a test policy's settings are reported at: `global_policies[0].<name>`.
 pub fn policy_path(name: &str) -> FieldPath {
     FieldPath::root().key("global_policies").index(0).key(name)

@@ -1,0 +1,3 @@
+//! Forward-stage policies: answering instead of the upstream.
+
+pub mod mock_response;

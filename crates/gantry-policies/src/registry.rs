@@ -1,0 +1,41 @@
+//! The one list of every policy Gantry knows, in stage order.
+//!
+//! The control plane builds each configured policy through [`find`]; the docs index and the
+//! admin API's JSON Schemas are generated from [`all`]. No other list of policies exists:
+//! adding a policy adds one line here.
+
+use std::sync::LazyLock;
+
+use gantry_policy_api::RegisteredPolicy;
+
+use crate::access::ip_restriction::IpRestriction;
+use crate::forward::mock_response::MockResponse;
+use crate::ingress::redirect::Redirect;
+use crate::traffic::request_size_limit::RequestSizeLimit;
+use crate::transform::request_headers::RequestHeaders;
+use crate::transform::response_headers::ResponseHeaders;
+
+static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
+    vec![
+        RegisteredPolicy::of::<Redirect>(),
+        RegisteredPolicy::of::<IpRestriction>(),
+        RegisteredPolicy::of::<RequestSizeLimit>(),
+        RegisteredPolicy::of::<RequestHeaders>(),
+        RegisteredPolicy::of::<ResponseHeaders>(),
+        RegisteredPolicy::of::<MockResponse>(),
+    ]
+});
+
+/// Every registered policy, in stage order.
+pub fn all() -> &'static [RegisteredPolicy] {
+    &POLICIES
+}
+
+/// The policy registered as `name`, if any.
+pub fn find(name: &str) -> Option<RegisteredPolicy> {
+    // A linear scan: the list is short and this runs at config compile time only.
+    all().iter().find(|policy| policy.name == name).copied()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,8 @@
+//! Transform-stage policies: changing the request on its way upstream and the response on its
+//! way back.
+
+pub(crate) mod header_ops;
+pub mod request_headers;
+pub mod response_headers;
+
+pub use header_ops::HeaderOpsConfig;
