@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::locate::Locator;
 use crate::error::Segment;
+use crate::locate::Locator;
 use crate::{validate, ConfigError, ConfigErrors, FieldPath, GatewaySpec, Origin};
 
 /// Where a configuration was read from.
@@ -91,11 +91,8 @@ impl LoadedConfig {
         let segments = path.segments();
         let (document, local_path) = match segments {
             [Segment::Key(list), Segment::Index { index, id }, rest @ ..] => {
-                let (_, document, local_index) = self
-                    .provenance
-                    .iter()
-                    .filter(|(name, _, _)| name == list)
-                    .nth(*index)?;
+                let (_, document, local_index) =
+                    self.provenance.iter().filter(|(name, _, _)| name == list).nth(*index)?;
                 let mut local = FieldPath::root().key(list);
                 local = match id {
                     Some(id) => local.item(*local_index, id),
@@ -310,11 +307,13 @@ mod tests {
     fn merges_a_directory_and_locates_errors_in_the_right_file() {
         let first = write_temp("dir", "upstreams:\n  - id: up\n    endpoints: [127.0.0.1:1]\n");
         let dir = first.parent().expect("parent").to_owned();
-        std::fs::write(dir.join("routes.yaml"), "routes:\n  - id: r\n    paths: [/]\n    service: nope\n").expect("write");
+        std::fs::write(dir.join("routes.yaml"), "routes:\n  - id: r\n    paths: [/]\n    service: nope\n")
+            .expect("write");
         let errors = load_path(&dir).expect_err("unknown service");
         let text = errors.to_string();
         assert!(text.contains("routes.yaml:4:5: routes[r].service"), "{text}");
-        std::fs::write(dir.join("routes.yaml"), "routes:\n  - id: r\n    paths: [/]\n    upstream: up\n").expect("write");
+        std::fs::write(dir.join("routes.yaml"), "routes:\n  - id: r\n    paths: [/]\n    upstream: up\n")
+            .expect("write");
         let loaded = load_path(&dir).expect("valid directory");
         assert_eq!(loaded.spec.routes.len(), 1);
         assert_eq!(loaded.spec.upstreams.len(), 1);

@@ -208,7 +208,9 @@ pub fn check_route_path(path: &str) -> Result<(), String> {
         return Err("unclosed `{` in path template".to_owned());
     }
     if path.ends_with('*') && path.contains('{') {
-        return Err("a path is either a template or a prefix (`/*`), not both: use `{*rest}` for the remainder".to_owned());
+        return Err(
+            "a path is either a template or a prefix (`/*`), not both: use `{*rest}` for the remainder".to_owned()
+        );
     }
     Ok(())
 }
@@ -246,8 +248,7 @@ fn check_value_match(condition: &ValueMatchSpec, path: &FieldPath, is_header: bo
 }
 
 fn http_header_name_invalid(name: &str) -> bool {
-    name.is_empty()
-        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn validate_upstream(upstream: &UpstreamSpec, path: &FieldPath, errors: &mut ConfigErrors) {

@@ -26,7 +26,11 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 
 /// Checks and compiles `spec` into generation `generation`. Upstream state (endpoint
 /// health, connection pools) is taken from `states`, so it survives the swap.
-pub fn compile_snapshot(spec: &GatewaySpec, generation: u64, states: &UpstreamStates) -> Result<Snapshot, ConfigErrors> {
+pub fn compile_snapshot(
+    spec: &GatewaySpec,
+    generation: u64,
+    states: &UpstreamStates,
+) -> Result<Snapshot, ConfigErrors> {
     let mut errors = validate_spec(spec);
     if !errors.is_empty() {
         return Err(errors);
@@ -90,10 +94,9 @@ pub fn compile_snapshot(spec: &GatewaySpec, generation: u64, states: &UpstreamSt
         let own = build_policies(&route.policies, &path.key("policies"), &context, &mut errors);
         layer(&mut entries, &own);
 
-        let upstream_id = route
-            .upstream
-            .as_deref()
-            .or_else(|| route.service.as_deref().and_then(|id| spec.services.iter().find(|s| s.id == id)?.upstream.as_deref()));
+        let upstream_id = route.upstream.as_deref().or_else(|| {
+            route.service.as_deref().and_then(|id| spec.services.iter().find(|s| s.id == id)?.upstream.as_deref())
+        });
         let upstream = upstream_id.and_then(|id| upstreams.get(id).cloned());
         let has_terminal = entries
             .iter()
@@ -119,7 +122,8 @@ pub fn compile_snapshot(spec: &GatewaySpec, generation: u64, states: &UpstreamSt
     }
     let router = router.build().map_err(|err| {
         let index = spec.routes.iter().position(|route| *route.id == *err.route).unwrap_or(0);
-        let path_index = spec.routes.get(index).and_then(|route| route.paths.iter().position(|p| *p == err.path)).unwrap_or(0);
+        let path_index =
+            spec.routes.get(index).and_then(|route| route.paths.iter().position(|p| *p == err.path)).unwrap_or(0);
         ConfigErrors::one(
             root.key("routes").item(index, &err.route).key("paths").index(path_index),
             format!("clashes with another route's path template: {}", err.reason),
@@ -147,7 +151,10 @@ fn build_policies(
         let at = path.index(index).key(&policy.name);
         let Some(registered) = gantry_policies::registry::find(&policy.name) else {
             let known: Vec<&str> = gantry_policies::registry::all().iter().map(|p| p.name).collect();
-            errors.push(path.index(index), format!("unknown policy `{}`; known policies: {}", policy.name, known.join(", ")));
+            errors.push(
+                path.index(index),
+                format!("unknown policy `{}`; known policies: {}", policy.name, known.join(", ")),
+            );
             continue;
         };
         match registered.build(&policy.config, &at, context) {
@@ -226,7 +233,11 @@ fn compile_rule(condition: &ValueMatchSpec, path: &FieldPath, errors: &mut Confi
     condition.present.map(ValueRule::Present)
 }
 
-fn compile_upstream(spec: &UpstreamSpec, path: &FieldPath, states: &UpstreamStates) -> Result<CompiledUpstream, ConfigErrors> {
+fn compile_upstream(
+    spec: &UpstreamSpec,
+    path: &FieldPath,
+    states: &UpstreamStates,
+) -> Result<CompiledUpstream, ConfigErrors> {
     let mut errors = ConfigErrors::default();
     let id: Arc<str> = spec.id.as_str().into();
     let mut endpoints = Vec::with_capacity(spec.endpoints.len());
@@ -242,7 +253,8 @@ fn compile_upstream(spec: &UpstreamSpec, path: &FieldPath, states: &UpstreamStat
             Err(_) => errors.push(path.key("endpoints").index(index).key("address"), "not a valid `host:port`"),
         }
     }
-    let balancer = Balancer::new(&spec.load_balancer, &endpoints).map_err(|reason| ConfigErrors::one(path.key("load_balancer"), reason));
+    let balancer = Balancer::new(&spec.load_balancer, &endpoints)
+        .map_err(|reason| ConfigErrors::one(path.key("load_balancer"), reason));
     let statuses = |list: &[u16], at: FieldPath, errors: &mut ConfigErrors| -> Vec<StatusCode> {
         list.iter()
             .enumerate()
@@ -259,7 +271,9 @@ fn compile_upstream(spec: &UpstreamSpec, path: &FieldPath, states: &UpstreamStat
     for (index, method) in spec.retries.methods.iter().enumerate() {
         match Method::from_bytes(method.as_bytes()) {
             Ok(method) => retry_methods.push(method),
-            Err(_) => errors.push(path.key("retries").key("methods").index(index), format!("`{method}` is not a method")),
+            Err(_) => {
+                errors.push(path.key("retries").key("methods").index(index), format!("`{method}` is not a method"))
+            }
         }
     }
     let retry = RetryPolicy {
@@ -326,7 +340,11 @@ fn compile_upstream(spec: &UpstreamSpec, path: &FieldPath, states: &UpstreamStat
         scheme: spec.scheme,
         endpoints,
         balancer,
-        timeouts: Timeouts { connect: spec.timeouts.connect.get(), read: spec.timeouts.read.get(), total: spec.timeouts.total.map(|t| t.get()) },
+        timeouts: Timeouts {
+            connect: spec.timeouts.connect.get(),
+            read: spec.timeouts.read.get(),
+            total: spec.timeouts.total.map(|t| t.get()),
+        },
         retry,
         passive,
         active,

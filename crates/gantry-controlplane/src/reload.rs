@@ -127,7 +127,12 @@ impl ControlPlane {
             self.health.sync(snapshot.upstreams.iter());
         }
         *applied = Applied { spec, generation };
-        tracing::info!(generation, routes = snapshot.routes.len(), upstreams = snapshot.upstreams.len(), "configuration applied");
+        tracing::info!(
+            generation,
+            routes = snapshot.routes.len(),
+            upstreams = snapshot.upstreams.len(),
+            "configuration applied"
+        );
         Ok(generation)
     }
 

@@ -177,7 +177,9 @@ pub async fn forward(upstream: &CompiledUpstream, request: ForwardRequest<'_>) -
             Err(_) => Err(ForwardError::Timeout { endpoint: endpoint.address.clone(), after: limit }),
         };
         let failed_status = match &outcome {
-            Ok(response) => upstream.passive.as_ref().is_some_and(|passive| passive.failure_statuses.contains(&response.status())),
+            Ok(response) => {
+                upstream.passive.as_ref().is_some_and(|passive| passive.failure_statuses.contains(&response.status()))
+            }
             Err(err) => err.blames_endpoint(),
         };
         endpoint.state.record_outcome(failed_status, upstream.passive.as_ref(), now);

@@ -74,7 +74,11 @@ impl Pipeline {
         for &position in &self.request {
             let entry = &self.entries[position];
             if let Flow::Respond(response) = entry.policy.on_request(request, exchange).resolve().await {
-                tracing::debug!(policy = entry.name, status = response.status().as_u16(), "policy answered the request");
+                tracing::debug!(
+                    policy = entry.name,
+                    status = response.status().as_u16(),
+                    "policy answered the request"
+                );
                 return RequestOutcome::Respond { position, response };
             }
         }

@@ -99,7 +99,10 @@ impl Gateway {
                 time,
                 request_id,
                 route_id,
-                consumer_id: served.exchange.as_ref().and_then(|exchange| exchange.consumer.as_ref().map(|c| c.id.clone())),
+                consumer_id: served
+                    .exchange
+                    .as_ref()
+                    .and_then(|exchange| exchange.consumer.as_ref().map(|c| c.id.clone())),
                 client: connection.client,
                 method,
                 uri,
@@ -133,7 +136,12 @@ impl Gateway {
         let Some(found) = snapshot.router.find(&facts) else {
             let detail = format!("no route matches {} {}", parts.method, parts.uri.path());
             return Served {
-                response: into_gateway_response(problem_response(StatusCode::NOT_FOUND, "route-not-found", "Not Found", Some(&detail))),
+                response: into_gateway_response(problem_response(
+                    StatusCode::NOT_FOUND,
+                    "route-not-found",
+                    "Not Found",
+                    Some(&detail),
+                )),
                 route: None,
                 upstream: None,
                 upstream_duration: None,
@@ -144,7 +152,9 @@ impl Gateway {
         let mut exchange = Exchange::new(request_id.clone(), route.id.clone(), connection.client, connection.is_tls);
         exchange.path_params = found.params;
 
-        if let RequestOutcome::Respond { position, response } = route.pipeline.run_request(&mut parts, &mut exchange).await {
+        if let RequestOutcome::Respond { position, response } =
+            route.pipeline.run_request(&mut parts, &mut exchange).await
+        {
             let (mut head, body) = response.into_parts();
             route.pipeline.run_response(&mut head, &mut exchange, Some(position));
             return Served {
@@ -235,7 +245,6 @@ impl Gateway {
             }
         }
     }
-
 }
 
 /// Answers with a gateway-made response that every policy of the route gets to see.
@@ -279,10 +288,14 @@ fn strip_port(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
-    host.rsplit_once(':').map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host })
+    host.rsplit_once(':')
+        .map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host })
 }
 
-fn upstream_path(parts: &http::request::Parts, rewrite: Option<&crate::route::PathRewrite>) -> Result<PathAndQuery, String> {
+fn upstream_path(
+    parts: &http::request::Parts,
+    rewrite: Option<&crate::route::PathRewrite>,
+) -> Result<PathAndQuery, String> {
     let path = parts.uri.path();
     let rewritten = match rewrite {
         Some(rewrite) => rewrite.apply(path),

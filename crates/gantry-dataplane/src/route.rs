@@ -174,11 +174,7 @@ mod tests {
 
     #[test]
     fn strips_then_adds_prefixes() {
-        let rewrite = PathRewrite {
-            regex: None,
-            strip_prefix: Some("/demo".into()),
-            add_prefix: Some("/v2".into()),
-        };
+        let rewrite = PathRewrite { regex: None, strip_prefix: Some("/demo".into()), add_prefix: Some("/v2".into()) };
         assert_eq!(rewrite.apply("/demo/hello"), "/v2/hello");
         assert_eq!(rewrite.apply("/demo"), "/v2/");
         assert_eq!(rewrite.apply("/other"), "/v2/other");
@@ -197,11 +193,7 @@ mod tests {
     #[test]
     fn matches_decoded_query_values() {
         let conditions = Conditions {
-            query: vec![ValueCondition {
-                name: "q".into(),
-                rule: ValueRule::Exact("a b".into()),
-                invert: false,
-            }],
+            query: vec![ValueCondition { name: "q".into(), rule: ValueRule::Exact("a b".into()), invert: false }],
             ..Conditions::default()
         };
         let headers = HeaderMap::new();

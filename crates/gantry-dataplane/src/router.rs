@@ -234,7 +234,8 @@ impl HostTable {
     }
 
     fn find<'r>(&'r self, request: &RequestFacts<'_>) -> Option<RouteMatch<'r>> {
-        let holds = |route: &&Arc<CompiledRoute>| route.conditions.matches(request.method, request.headers, request.query);
+        let holds =
+            |route: &&Arc<CompiledRoute>| route.conditions.matches(request.method, request.headers, request.query);
         if let Some(route) = self.exact.get(request.path).and_then(|candidates| candidates.iter().find(holds)) {
             return Some(RouteMatch { route, params: Vec::new() });
         }

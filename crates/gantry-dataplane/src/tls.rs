@@ -62,10 +62,13 @@ pub fn server_config(certificates: &[CertificateSpec], http2: bool) -> Result<Ar
         if chain.is_empty() {
             return Err(pem_error(&certificate.cert_file, "no certificate in the file"));
         }
-        let key = PrivateKeyDer::from_pem_file(&certificate.key_file).map_err(|err| pem_error(&certificate.key_file, err))?;
+        let key =
+            PrivateKeyDer::from_pem_file(&certificate.key_file).map_err(|err| pem_error(&certificate.key_file, err))?;
         let signing_key = provider.key_provider.load_private_key(key)?;
         let certified = CertifiedKey::new(chain, signing_key);
-        certified.keys_match().map_err(|err| pem_error(&certificate.key_file, format!("key does not match the certificate: {err}")))?;
+        certified
+            .keys_match()
+            .map_err(|err| pem_error(&certificate.key_file, format!("key does not match the certificate: {err}")))?;
         keys.push(Arc::new(certified));
     }
     let mut config = rustls::ServerConfig::builder_with_provider(provider)

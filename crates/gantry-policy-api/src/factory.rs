@@ -38,7 +38,11 @@ pub trait PolicyFactory: 'static {
     type Config: DeserializeOwned + JsonSchema + Validate;
 
     /// Builds a policy from checked settings. `path` is where the settings are written.
-    fn build(config: Self::Config, path: &FieldPath, context: &BuildContext<'_>) -> Result<Arc<dyn Policy>, ConfigErrors>;
+    fn build(
+        config: Self::Config,
+        path: &FieldPath,
+        context: &BuildContext<'_>,
+    ) -> Result<Arc<dyn Policy>, ConfigErrors>;
 }
 
 /// A policy kind as the registry lists it: name, stage and type-erased constructor.

@@ -27,7 +27,8 @@ pub struct Problem<'a> {
 
 /// A problem response with status `status`, stable `code` (e.g. `ip-denied`), title and detail.
 pub fn problem_response(status: StatusCode, code: &str, title: &str, detail: Option<&str>) -> PolicyResponse {
-    let problem = Problem { kind: format!("https://gantry.dev/problems/{code}"), title, status: status.as_u16(), detail };
+    let problem =
+        Problem { kind: format!("https://gantry.dev/problems/{code}"), title, status: status.as_u16(), detail };
     let body = serde_json::to_vec(&problem).unwrap_or_else(|_| b"{}".to_vec());
     let mut response = PolicyResponse::new(Bytes::from(body));
     *response.status_mut() = status;

@@ -9,11 +9,8 @@ use crate::{BuildContext, Exchange, Flow, Policy, RegisteredPolicy, RequestParts
 
 /// Builds the policy `entry` from YAML settings, as the compiler would for a global policy.
 pub fn build_policy(entry: RegisteredPolicy, yaml: &str) -> Result<Arc<dyn Policy>, ConfigErrors> {
-    let raw: serde_json::Value = if yaml.trim().is_empty() {
-        serde_json::Value::Object(Default::default())
-    } else {
-        parse_settings(yaml)?
-    };
+    let raw: serde_json::Value =
+        if yaml.trim().is_empty() { serde_json::Value::Object(Default::default()) } else { parse_settings(yaml)? };
     let spec = GatewaySpec::default();
     entry.build(&raw, &policy_path(entry.name), &BuildContext { spec: &spec })
 }

@@ -1,1 +1,21 @@
-fn main() {}
+//! The `gantry` command: parses the command line and hands over to [`run`].
+
+mod cli;
+mod demo;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli.command.unwrap_or(cli::Command::Run(cli.run)) {
+        cli::Command::Run(args) => run::run(args),
+        cli::Command::Validate(args) => run::validate(args),
+        cli::Command::Version => {
+            println!("gantry {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+    }
+}

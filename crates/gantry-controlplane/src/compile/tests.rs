@@ -11,7 +11,8 @@ const UPSTREAM: &str = "upstreams:\n  - id: up\n    endpoints: [127.0.0.1:9]\n";
 
 #[test]
 fn compiles_routes_with_their_upstream() {
-    let snapshot = compile(&format!("{UPSTREAM}routes:\n  - id: r\n    paths: [/x]\n    upstream: up\n")).expect("valid");
+    let snapshot =
+        compile(&format!("{UPSTREAM}routes:\n  - id: r\n    paths: [/x]\n    upstream: up\n")).expect("valid");
     assert_eq!(snapshot.routes.len(), 1);
     assert_eq!(snapshot.routes[0].upstream.as_ref().map(|u| &*u.id), Some("up"));
 }
@@ -40,7 +41,10 @@ fn a_route_policy_replaces_the_global_one_of_the_same_name() {
     .expect("valid");
     assert_eq!(snapshot.routes[0].pipeline.entries().len(), 1);
     assert_eq!(snapshot.routes[1].pipeline.entries().len(), 1);
-    assert!(!std::sync::Arc::ptr_eq(&snapshot.routes[0].pipeline.entries()[0].policy, &snapshot.routes[1].pipeline.entries()[0].policy));
+    assert!(!std::sync::Arc::ptr_eq(
+        &snapshot.routes[0].pipeline.entries()[0].policy,
+        &snapshot.routes[1].pipeline.entries()[0].policy
+    ));
 }
 
 #[test]

@@ -40,7 +40,11 @@ pub fn watch(path: &Path, control: Arc<ControlPlane>) -> notify::Result<FileWatc
         }
     })?;
     // Watch the directory holding a file, since editors often replace the file by renaming.
-    let watched = if is_dir { path.to_owned() } else { path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned() };
+    let watched = if is_dir {
+        path.to_owned()
+    } else {
+        path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned()
+    };
     watcher.watch(&watched, RecursiveMode::NonRecursive)?;
     let task = tokio::spawn(async move {
         while receiver.recv().await.is_some() {

@@ -32,7 +32,13 @@ impl Table {
     }
 }
 
-fn find(router: &Router, host: Option<&str>, method: Method, path_and_query: &str, headers: &HeaderMap) -> Option<String> {
+fn find(
+    router: &Router,
+    host: Option<&str>,
+    method: Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+) -> Option<String> {
     let (path, query) = match path_and_query.split_once('?') {
         Some((path, query)) => (path, Some(query)),
         None => (path_and_query, None),
@@ -135,7 +141,8 @@ fn captures_template_parameters() {
     let router = Table(vec![("t", vec![], vec!["/users/{id}/files/{*rest}"], Conditions::default(), 0)]).build();
     let method = Method::GET;
     let headers = HeaderMap::new();
-    let facts = RequestFacts { host: None, path: "/users/7/files/a/b.txt", query: None, method: &method, headers: &headers };
+    let facts =
+        RequestFacts { host: None, path: "/users/7/files/a/b.txt", query: None, method: &method, headers: &headers };
     let found = router.find(&facts).expect("match");
     let params: Vec<(String, String)> = found.params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     assert_eq!(params, [("id".to_owned(), "7".to_owned()), ("rest".to_owned(), "a/b.txt".to_owned())]);

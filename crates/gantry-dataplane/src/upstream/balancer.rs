@@ -84,7 +84,8 @@ impl Balancer {
                 ring: build_ring(endpoints),
                 key: match key {
                     HashKeySpec::Header(name) => HashKey::Header(
-                        HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("`{name}` is not a valid header name"))?,
+                        HeaderName::from_bytes(name.as_bytes())
+                            .map_err(|_| format!("`{name}` is not a valid header name"))?,
                     ),
                     HashKeySpec::Cookie(name) => HashKey::Cookie(name.clone()),
                     HashKeySpec::ClientIp => HashKey::ClientIp,
@@ -108,7 +109,12 @@ impl Balancer {
         }
     }
 
-    fn select_among(&self, endpoints: &[Endpoint], input: &SelectionInput<'_>, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn select_among(
+        &self,
+        endpoints: &[Endpoint],
+        input: &SelectionInput<'_>,
+        usable: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
         let count = endpoints.len();
         match self {
             Balancer::RoundRobin { next } => {
@@ -120,7 +126,9 @@ impl Balancer {
                     return None;
                 }
                 let start = next.fetch_add(1, Ordering::Relaxed);
-                (0..schedule.len()).map(|offset| schedule[(start + offset) % schedule.len()]).find(|&position| usable(position))
+                (0..schedule.len())
+                    .map(|offset| schedule[(start + offset) % schedule.len()])
+                    .find(|&position| usable(position))
             }
             Balancer::LeastConnections => {
                 let offset = fastrand::usize(..count.max(1));
@@ -169,7 +177,9 @@ fn ewma_cost(endpoint: &Endpoint) -> f64 {
 fn hash_request(key: &HashKey, input: &SelectionInput<'_>) -> u64 {
     match key {
         HashKey::Header(name) => input.request.headers.get(name).map_or(0, |value| xxh3_64(value.as_bytes())),
-        HashKey::Cookie(name) => cookie_value(&input.request.headers, name).map_or(0, |value| xxh3_64(value.as_bytes())),
+        HashKey::Cookie(name) => {
+            cookie_value(&input.request.headers, name).map_or(0, |value| xxh3_64(value.as_bytes()))
+        }
         HashKey::ClientIp => match input.client.ip() {
             std::net::IpAddr::V4(ip) => xxh3_64(&ip.octets()),
             std::net::IpAddr::V6(ip) => xxh3_64(&ip.octets()),
@@ -180,15 +190,12 @@ fn hash_request(key: &HashKey, input: &SelectionInput<'_>) -> u64 {
 
 /// The value of cookie `name` in the request's `Cookie` headers.
 pub fn cookie_value<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .find_map(|pair| {
+    headers.get_all(COOKIE).iter().filter_map(|value| value.to_str().ok()).flat_map(|value| value.split(';')).find_map(
+        |pair| {
             let (key, value) = pair.trim().split_once('=')?;
             (key == name).then_some(value)
-        })
+        },
+    )
 }
 
 /// The ring: each endpoint gets points in proportion to its weight, hashed from its address
@@ -226,7 +233,8 @@ fn smooth_weighted_schedule(weights: &[u32]) -> Vec<usize> {
         for (slot, weight) in current.iter_mut().zip(&reduced) {
             *slot += *weight as i64;
         }
-        let Some((best, _)) = current.iter().enumerate().max_by_key(|(position, value)| (**value, -(*position as i64))) else {
+        let Some((best, _)) = current.iter().enumerate().max_by_key(|(position, value)| (**value, -(*position as i64)))
+        else {
             break;
         };
         current[best] -= total as i64;

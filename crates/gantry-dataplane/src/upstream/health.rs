@@ -56,11 +56,7 @@ impl ProbePlan {
         self.check == other.check
             && self.scheme == other.scheme
             && self.targets.len() == other.targets.len()
-            && self
-                .targets
-                .iter()
-                .zip(&other.targets)
-                .all(|(a, b)| a.0 == b.0 && Arc::ptr_eq(&a.1, &b.1))
+            && self.targets.iter().zip(&other.targets).all(|(a, b)| a.0 == b.0 && Arc::ptr_eq(&a.1, &b.1))
     }
 }
 

@@ -79,7 +79,8 @@ const EWMA_DECAY: Duration = Duration::from_secs(10);
 impl EndpointState {
     /// True when the endpoint may receive traffic: healthy and not ejected.
     pub fn is_available(&self, now: Instant) -> bool {
-        self.healthy.load(Ordering::Relaxed) && self.ejected_until_ms.load(Ordering::Relaxed) <= millis_since_origin(now)
+        self.healthy.load(Ordering::Relaxed)
+            && self.ejected_until_ms.load(Ordering::Relaxed) <= millis_since_origin(now)
     }
 
     /// Records a request's outcome for passive health checking.
@@ -96,7 +97,11 @@ impl EndpointState {
             self.consecutive_failures.store(0, Ordering::Relaxed);
             let until = millis_since_origin(now) + passive.ejection.as_millis() as u64;
             self.ejected_until_ms.store(until.max(1), Ordering::Relaxed);
-            tracing::warn!(failures, ejection_ms = passive.ejection.as_millis() as u64, "endpoint ejected after consecutive failures");
+            tracing::warn!(
+                failures,
+                ejection_ms = passive.ejection.as_millis() as u64,
+                "endpoint ejected after consecutive failures"
+            );
         }
     }
 
@@ -239,7 +244,11 @@ impl UpstreamStates {
     }
 
     /// The pooled client of `upstream`, reused while its settings stay the same.
-    pub fn client(&self, upstream: &Arc<str>, settings: client::ClientSettings) -> Result<UpstreamClient, client::ClientError> {
+    pub fn client(
+        &self,
+        upstream: &Arc<str>,
+        settings: client::ClientSettings,
+    ) -> Result<UpstreamClient, client::ClientError> {
         let mut clients = self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some((existing_settings, client)) = clients.get(upstream) {
             if *existing_settings == settings {

@@ -46,10 +46,7 @@ impl Validate for Config {
             errors.push(path.clone(), "give `allow`, `deny` or both");
         }
         if !(400..=599).contains(&self.status) {
-            errors.push(
-                path.key("status"),
-                format!("{} is not an error status: use 400 to 599", self.status),
-            );
+            errors.push(path.key("status"), format!("{} is not an error status: use 400 to 599", self.status));
         }
         // Parsing is the check; `build` parses again to keep the sets.
         let _ = CidrSet::parse(&self.allow, &path.key("allow"), errors);
@@ -67,31 +64,19 @@ impl PolicyFactory for IpRestriction {
     const DOCS: &'static str = include_str!("ip_restriction.md");
     type Config = Config;
 
-    fn build(
-        config: Config,
-        path: &FieldPath,
-        _: &BuildContext<'_>,
-    ) -> Result<Arc<dyn Policy>, ConfigErrors> {
+    fn build(config: Config, path: &FieldPath, _: &BuildContext<'_>) -> Result<Arc<dyn Policy>, ConfigErrors> {
         let mut errors = ConfigErrors::default();
         let allow = CidrSet::parse(&config.allow, &path.key("allow"), &mut errors);
         let deny = CidrSet::parse(&config.deny, &path.key("deny"), &mut errors);
         let status = match StatusCode::from_u16(config.status) {
             Ok(status) => status,
             Err(_) => {
-                errors.push(
-                    path.key("status"),
-                    format!("{} is not an HTTP status", config.status),
-                );
+                errors.push(path.key("status"), format!("{} is not an HTTP status", config.status));
                 StatusCode::FORBIDDEN
             }
         };
         errors.into_result(())?;
-        Ok(Arc::new(CompiledIpRestriction {
-            allow,
-            deny,
-            status,
-            message: config.message,
-        }))
+        Ok(Arc::new(CompiledIpRestriction { allow, deny, status, message: config.message }))
     }
 }
 
@@ -120,13 +105,7 @@ impl Policy for CompiledIpRestriction {
             return Hook::Done(Flow::Continue);
         }
         tracing::debug!(client_ip = %ip, "client address denied by ip_restriction");
-        problem_response(
-            self.status,
-            "ip-denied",
-            "Client IP address denied",
-            Some(&self.message),
-        )
-        .into()
+        problem_response(self.status, "ip-denied", "Client IP address denied", Some(&self.message)).into()
     }
 }
 
@@ -172,28 +151,21 @@ impl CidrSet {
 fn parse_network(entry: &str) -> Result<IpNet, String> {
     let text = entry.trim();
     let net = if text.contains('/') {
-        let net: IpNet = text.parse().map_err(|_| {
-            format!("`{entry}` is not a CIDR such as `10.0.0.0/8` or `2001:db8::/32`")
-        })?;
+        let net: IpNet =
+            text.parse().map_err(|_| format!("`{entry}` is not a CIDR such as `10.0.0.0/8` or `2001:db8::/32`"))?;
         // A set bit after the prefix is most often a typo for another network.
         if net.trunc() != net {
-            return Err(format!(
-                "`{entry}` has bits set after the prefix length: write `{}`",
-                net.trunc()
-            ));
+            return Err(format!("`{entry}` has bits set after the prefix length: write `{}`", net.trunc()));
         }
         net
     } else {
-        let ip: IpAddr = text.parse().map_err(|_| {
-            format!("`{entry}` is not an IP address or a CIDR such as `10.0.0.0/8`")
-        })?;
+        let ip: IpAddr =
+            text.parse().map_err(|_| format!("`{entry}` is not an IP address or a CIDR such as `10.0.0.0/8`"))?;
         IpNet::from(ip)
     };
     if let IpNet::V6(v6) = net {
         if v6.network().to_ipv4_mapped().is_some() {
-            return Err(format!(
-                "`{entry}` is an IPv4-mapped IPv6 address: write it as IPv4"
-            ));
+            return Err(format!("`{entry}` is an IPv4-mapped IPv6 address: write it as IPv4"));
         }
     }
     Ok(net)
@@ -215,17 +187,12 @@ fn merge<T: Ord + Copy>(ranges: &mut Vec<(T, T)>) {
 /// Whether `value` is in one of `ranges` (sorted and disjoint).
 fn in_ranges<T: Ord + Copy>(ranges: &[(T, T)], value: T) -> bool {
     let after = ranges.partition_point(|(start, _)| *start <= value);
-    after
-        .checked_sub(1)
-        .and_then(|index| ranges.get(index))
-        .is_some_and(|(_, end)| value <= *end)
+    after.checked_sub(1).and_then(|index| ranges.get(index)).is_some_and(|(_, end)| value <= *end)
 }
 
 #[cfg(test)]
 mod tests {
-    use gantry_policy_api::testing::{
-        build_policy, build_policy_error, exchange_from, request_parts, run_request,
-    };
+    use gantry_policy_api::testing::{build_policy, build_policy_error, exchange_from, request_parts, run_request};
     use gantry_policy_api::RegisteredPolicy;
 
     use super::*;
@@ -241,10 +208,7 @@ mod tests {
         match run_request(&*policy, &mut request, &mut exchange_from(client)) {
             Flow::Continue => None,
             Flow::Respond(response) => {
-                assert_eq!(
-                    response.headers()[http::header::CONTENT_TYPE],
-                    "application/problem+json"
-                );
+                assert_eq!(response.headers()[http::header::CONTENT_TYPE], "application/problem+json");
                 let body = serde_json::from_slice(response.body()).expect("problem json");
                 Some((response.status(), body))
             }
@@ -301,11 +265,8 @@ mod tests {
 
     #[test]
     fn answers_with_the_configured_status_and_message() {
-        let (status, body) = decide(
-            "deny: [127.0.0.1]\nstatus: 404\nmessage: Not here",
-            "127.0.0.1:1",
-        )
-        .expect("denied");
+        let (status, body) =
+            decide("deny: [127.0.0.1]\nstatus: 404\nmessage: Not here", "127.0.0.1:1").expect("denied");
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(body["status"], 404);
         assert_eq!(body["detail"], "Not here");
@@ -315,32 +276,20 @@ mod tests {
     fn rejects_a_bad_cidr_at_its_index() {
         let errors = build_policy_error(entry(), "allow: [10.0.0.0/8, 10.0.0.300/24]");
         assert_eq!(errors.0.len(), 1, "{errors}");
-        assert_eq!(
-            errors.0[0].path.to_string(),
-            "global_policies[0].ip_restriction.allow[1]"
-        );
+        assert_eq!(errors.0[0].path.to_string(), "global_policies[0].ip_restriction.allow[1]");
         assert!(errors.0[0].message.contains("is not a CIDR"), "{errors}");
     }
 
     #[test]
     fn rejects_host_bits_after_the_prefix_with_the_intended_network() {
         let errors = build_policy_error(entry(), "deny: [10.0.0.1/8]");
-        assert_eq!(
-            errors.0[0].path.to_string(),
-            "global_policies[0].ip_restriction.deny[0]"
-        );
-        assert!(
-            errors.0[0].message.contains("write `10.0.0.0/8`"),
-            "{errors}"
-        );
+        assert_eq!(errors.0[0].path.to_string(), "global_policies[0].ip_restriction.deny[0]");
+        assert!(errors.0[0].message.contains("write `10.0.0.0/8`"), "{errors}");
     }
 
     #[test]
     fn rejects_every_problem_at_once() {
-        let errors = build_policy_error(
-            entry(),
-            "allow: [nope]\ndeny: [1.2.3.4, ::ffff:1.2.3.4]\nstatus: 302",
-        );
+        let errors = build_policy_error(entry(), "allow: [nope]\ndeny: [1.2.3.4, ::ffff:1.2.3.4]\nstatus: 302");
         let paths: Vec<String> = errors.iter().map(|error| error.path.to_string()).collect();
         assert_eq!(
             paths,
@@ -355,10 +304,7 @@ mod tests {
     #[test]
     fn rejects_settings_with_neither_allow_nor_deny() {
         let errors = build_policy_error(entry(), "status: 403");
-        assert_eq!(
-            errors.0[0].path.to_string(),
-            "global_policies[0].ip_restriction"
-        );
+        assert_eq!(errors.0[0].path.to_string(), "global_policies[0].ip_restriction");
     }
 
     #[test]

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use gantry_config::{ConfigErrors, Duration, FieldPath};
 use gantry_policy_api::{
-    BuildContext, Exchange, Flow, Hook, Hooks, Policy, PolicyFactory, PolicyResponse, RequestParts,
-    Stage, Validate,
+    BuildContext, Exchange, Flow, Hook, Hooks, Policy, PolicyFactory, PolicyResponse, RequestParts, Stage, Validate,
 };
 use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use http::StatusCode;
@@ -61,11 +60,7 @@ impl PolicyFactory for MockResponse {
     const DOCS: &'static str = include_str!("mock_response.md");
     type Config = Config;
 
-    fn build(
-        config: Config,
-        path: &FieldPath,
-        _: &BuildContext<'_>,
-    ) -> Result<Arc<dyn Policy>, ConfigErrors> {
+    fn build(config: Config, path: &FieldPath, _: &BuildContext<'_>) -> Result<Arc<dyn Policy>, ConfigErrors> {
         let mut errors = ConfigErrors::default();
         let compiled = compile(&config, path, &mut errors);
         errors.into_result(())?;
@@ -79,10 +74,7 @@ fn compile(config: &Config, path: &FieldPath, errors: &mut ConfigErrors) -> Comp
     let status = match StatusCode::from_u16(config.status) {
         Ok(status) if (200..=599).contains(&config.status) => status,
         _ => {
-            errors.push(
-                path.key("status"),
-                format!("{} is not a final status: use 200 to 599", config.status),
-            );
+            errors.push(path.key("status"), format!("{} is not a final status: use 200 to 599", config.status));
             StatusCode::OK
         }
     };
@@ -99,10 +91,7 @@ fn compile(config: &Config, path: &FieldPath, errors: &mut ConfigErrors) -> Comp
         (None, Some(value)) => match serde_json::to_vec(value) {
             Ok(json) => (Bytes::from(json), Some("application/json")),
             Err(err) => {
-                errors.push(
-                    path.key("json"),
-                    format!("cannot be written as JSON: {err}"),
-                );
+                errors.push(path.key("json"), format!("cannot be written as JSON: {err}"));
                 (Bytes::new(), None)
             }
         },
@@ -111,31 +100,16 @@ fn compile(config: &Config, path: &FieldPath, errors: &mut ConfigErrors) -> Comp
     // RFC 9110 §15.3.5 and §15.4.5: these responses end at the header section.
     let forbids_body = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     if forbids_body && (config.body.is_some() || config.json.is_some()) {
-        let field = if config.body.is_some() {
-            "body"
-        } else {
-            "json"
-        };
-        errors.push(
-            path.key(field),
-            format!("a {} response has no body", status.as_u16()),
-        );
+        let field = if config.body.is_some() { "body" } else { "json" };
+        errors.push(path.key(field), format!("a {} response has no body", status.as_u16()));
     }
     if let Some(content_type) = content_type {
         if !headers.contains_key(CONTENT_TYPE) {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         }
     }
-    let delay = config
-        .delay
-        .map(Duration::get)
-        .filter(|delay| !delay.is_zero());
-    CompiledMockResponse {
-        status,
-        headers,
-        body,
-        delay,
-    }
+    let delay = config.delay.map(Duration::get).filter(|delay| !delay.is_zero());
+    CompiledMockResponse { status, headers, body, delay }
 }
 
 /// Runs per request: clones a pre-built response (reference-counted body).
@@ -174,9 +148,7 @@ impl Policy for CompiledMockResponse {
 
 #[cfg(test)]
 mod tests {
-    use gantry_policy_api::testing::{
-        build_policy, build_policy_error, exchange_from, request_parts, run_request,
-    };
+    use gantry_policy_api::testing::{build_policy, build_policy_error, exchange_from, request_parts, run_request};
     use gantry_policy_api::RegisteredPolicy;
 
     use super::*;
@@ -207,10 +179,7 @@ mod tests {
         let response = respond("status: 418\nheaders: {X-Mock: 'yes'}\nbody: I am a teapot");
         assert_eq!(response.status(), StatusCode::IM_A_TEAPOT);
         assert_eq!(response.headers()["x-mock"], "yes");
-        assert_eq!(
-            response.headers()[CONTENT_TYPE],
-            "text/plain; charset=utf-8"
-        );
+        assert_eq!(response.headers()[CONTENT_TYPE], "text/plain; charset=utf-8");
         assert_eq!(response.body(), "I am a teapot");
     }
 
@@ -219,16 +188,12 @@ mod tests {
         let response = respond("json:\n  id: 7\n  tags: [a, b]\n  ok: true");
         assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
         let body: serde_json::Value = serde_json::from_slice(response.body()).expect("json body");
-        assert_eq!(
-            body,
-            serde_json::json!({"id": 7, "tags": ["a", "b"], "ok": true})
-        );
+        assert_eq!(body, serde_json::json!({"id": 7, "tags": ["a", "b"], "ok": true}));
     }
 
     #[test]
     fn keeps_a_configured_content_type() {
-        let response =
-            respond("headers: {Content-Type: application/vnd.api+json}\njson: {data: []}");
+        let response = respond("headers: {Content-Type: application/vnd.api+json}\njson: {data: []}");
         assert_eq!(response.headers()[CONTENT_TYPE], "application/vnd.api+json");
     }
 
@@ -237,9 +202,7 @@ mod tests {
         let policy = build_policy(entry(), "body: same").expect("valid settings");
         for _ in 0..2 {
             let mut request = request_parts(http::Request::get("/").body(()).expect("request"));
-            let Flow::Respond(response) =
-                run_request(&*policy, &mut request, &mut exchange_from("10.0.0.1:1"))
-            else {
+            let Flow::Respond(response) = run_request(&*policy, &mut request, &mut exchange_from("10.0.0.1:1")) else {
                 panic!("a mock always answers");
             };
             assert_eq!(response.body(), "same");
@@ -253,13 +216,8 @@ mod tests {
         let mut exchange = exchange_from("10.0.0.1:5000");
         let started = std::time::Instant::now();
         let hook = policy.on_request(&mut request, &mut exchange);
-        assert!(
-            matches!(hook, Hook::Wait(_)),
-            "a delayed mock must not answer at once"
-        );
-        let Flow::Respond(response) = hook.resolve().await else {
-            panic!("a mock always answers")
-        };
+        assert!(matches!(hook, Hook::Wait(_)), "a delayed mock must not answer at once");
+        let Flow::Respond(response) = hook.resolve().await else { panic!("a mock always answers") };
         assert!(started.elapsed() >= std::time::Duration::from_millis(30));
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
@@ -277,55 +235,37 @@ mod tests {
     fn is_registered_as_terminal_in_the_forward_stage() {
         assert!(entry().terminal);
         assert_eq!(entry().stage, Stage::Forward);
-        assert_eq!(
-            build_policy(entry(), "").expect("valid").hooks(),
-            Hooks::REQUEST
-        );
+        assert_eq!(build_policy(entry(), "").expect("valid").hooks(), Hooks::REQUEST);
     }
 
     #[test]
     fn rejects_body_and_json_together_at_the_json_path() {
         let errors = build_policy_error(entry(), "body: text\njson: {a: 1}");
         assert_eq!(errors.0.len(), 1, "{errors}");
-        assert_eq!(
-            errors.0[0].path.to_string(),
-            "global_policies[0].mock_response.json"
-        );
+        assert_eq!(errors.0[0].path.to_string(), "global_policies[0].mock_response.json");
     }
 
     #[test]
     fn rejects_an_informational_status() {
         let errors = build_policy_error(entry(), "status: 101");
-        assert_eq!(
-            errors.0[0].path.to_string(),
-            "global_policies[0].mock_response.status"
-        );
+        assert_eq!(errors.0[0].path.to_string(), "global_policies[0].mock_response.status");
     }
 
     #[test]
     fn rejects_a_body_on_a_204() {
         let errors = build_policy_error(entry(), "status: 204\nbody: nope");
-        assert_eq!(
-            errors.0[0].path.to_string(),
-            "global_policies[0].mock_response.body"
-        );
+        assert_eq!(errors.0[0].path.to_string(), "global_policies[0].mock_response.body");
     }
 
     #[test]
     fn rejects_a_bad_header_name_at_its_path() {
         let errors = build_policy_error(entry(), "headers: {'x y': z}");
-        assert_eq!(
-            errors.0[0].path.to_string(),
-            "global_policies[0].mock_response.headers.x y"
-        );
+        assert_eq!(errors.0[0].path.to_string(), "global_policies[0].mock_response.headers.x y");
     }
 
     #[test]
     fn rejects_a_bad_delay_at_its_path() {
         let errors = build_policy_error(entry(), "delay: 5");
-        assert_eq!(
-            errors.0[0].path.to_string(),
-            "global_policies[0].mock_response.delay"
-        );
+        assert_eq!(errors.0[0].path.to_string(), "global_policies[0].mock_response.delay");
     }
 }

@@ -6,8 +6,7 @@ use bytes::Bytes;
 use gantry_config::{ConfigErrors, FieldPath};
 use gantry_policy_api::problem::problem_response;
 use gantry_policy_api::{
-    BuildContext, Exchange, Flow, Hook, Hooks, Policy, PolicyFactory, PolicyResponse, RequestParts,
-    Stage, Validate,
+    BuildContext, Exchange, Flow, Hook, Hooks, Policy, PolicyFactory, PolicyResponse, RequestParts, Stage, Validate,
 };
 use http::header::{HeaderValue, HOST, LOCATION};
 use http::uri::Authority;
@@ -61,11 +60,7 @@ impl PolicyFactory for Redirect {
     const DOCS: &'static str = include_str!("redirect.md");
     type Config = Config;
 
-    fn build(
-        config: Config,
-        path: &FieldPath,
-        _: &BuildContext<'_>,
-    ) -> Result<Arc<dyn Policy>, ConfigErrors> {
+    fn build(config: Config, path: &FieldPath, _: &BuildContext<'_>) -> Result<Arc<dyn Policy>, ConfigErrors> {
         let mut errors = ConfigErrors::default();
         let compiled = compile(&config, path, &mut errors);
         errors.into_result(())?;
@@ -80,31 +75,20 @@ fn compile(config: &Config, path: &FieldPath, errors: &mut ConfigErrors) -> Comp
         _ => {
             errors.push(
                 path.key("status"),
-                format!(
-                    "{} is not a redirect status: use 301, 302, 303, 307 or 308",
-                    config.status
-                ),
+                format!("{} is not a redirect status: use 301, 302, 303, 307 or 308", config.status),
             );
             StatusCode::FOUND
         }
     };
     let target = match (config.http_to_https, &config.uri) {
         (true, Some(_)) => {
-            errors.push(
-                path.key("uri"),
-                "give `http_to_https: true` or `uri`, not both",
-            );
+            errors.push(path.key("uri"), "give `http_to_https: true` or `uri`, not both");
             Target::Https { port: None }
         }
-        (true, None) => Target::Https {
-            port: https_port_suffix(config.https_port, path, errors),
-        },
+        (true, None) => Target::Https { port: https_port_suffix(config.https_port, path, errors) },
         (false, Some(uri)) => {
             if config.https_port.is_some() {
-                errors.push(
-                    path.key("https_port"),
-                    "`https_port` goes with `http_to_https: true`",
-                );
+                errors.push(path.key("https_port"), "`https_port` goes with `http_to_https: true`");
             }
             match Template::parse(uri) {
                 Ok(template) => Target::Template(template),
@@ -115,10 +99,7 @@ fn compile(config: &Config, path: &FieldPath, errors: &mut ConfigErrors) -> Comp
             }
         }
         (false, None) => {
-            errors.push(
-                path.clone(),
-                "give `http_to_https: true` or a `uri` to redirect to",
-            );
+            errors.push(path.clone(), "give `http_to_https: true` or a `uri` to redirect to");
             Target::Https { port: None }
         }
     };
@@ -126,11 +107,7 @@ fn compile(config: &Config, path: &FieldPath, errors: &mut ConfigErrors) -> Comp
 }
 
 /// The `:port` put after the host of an HTTPS redirect; none for the default port.
-fn https_port_suffix(
-    port: Option<u16>,
-    path: &FieldPath,
-    errors: &mut ConfigErrors,
-) -> Option<Box<str>> {
+fn https_port_suffix(port: Option<u16>, path: &FieldPath, errors: &mut ConfigErrors) -> Option<Box<str>> {
     match port {
         Some(0) => {
             errors.push(path.key("https_port"), "must be a port from 1 to 65535");
@@ -161,11 +138,7 @@ impl Policy for CompiledRedirect {
         Hooks::REQUEST
     }
 
-    fn on_request<'a>(
-        &'a self,
-        request: &'a mut RequestParts,
-        exchange: &'a mut Exchange,
-    ) -> Hook<'a> {
+    fn on_request<'a>(&'a self, request: &'a mut RequestParts, exchange: &'a mut Exchange) -> Hook<'a> {
         let location = match &self.target {
             Target::Https { .. } if exchange.is_tls => return Hook::Done(Flow::Continue),
             Target::Https { port } => {
@@ -226,16 +199,11 @@ fn host_of(value: &str) -> Option<&str> {
     let authority: Authority = value.parse().ok()?;
     // The host is then a prefix of `value`: borrow it from there rather than from the parsed
     // copy, which is dropped here.
-    value
-        .get(..authority.host().len())
-        .filter(|host| !host.is_empty())
+    value.get(..authority.host().len()).filter(|host| !host.is_empty())
 }
 
 fn path_and_query(request: &RequestParts) -> &str {
-    request
-        .uri
-        .path_and_query()
-        .map_or("/", |path| path.as_str())
+    request.uri.path_and_query().map_or("/", |path| path.as_str())
 }
 
 fn missing_host() -> PolicyResponse {
@@ -295,14 +263,10 @@ impl Template {
                 continue;
             }
             let (name, tail) = if let Some(braced) = after.strip_prefix('{') {
-                let close = braced
-                    .find('}')
-                    .ok_or("unclosed `${` in the redirect target")?;
+                let close = braced.find('}').ok_or("unclosed `${` in the redirect target")?;
                 (&braced[..close], &braced[close + 1..])
             } else {
-                let end = after
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap_or(after.len());
+                let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
                 (&after[..end], &after[end..])
             };
             let var = Var::ALL.iter().find(|(known, _)| *known == name).map(|(_, var)| *var).ok_or_else(|| {
@@ -323,7 +287,8 @@ impl Template {
         for piece in &pieces {
             if let Piece::Text(text) = piece {
                 if HeaderValue::from_str(text).is_err() || text.contains(char::is_whitespace) {
-                    return Err("the redirect target may hold only visible ASCII characters: percent-encode the rest".to_owned());
+                    return Err("the redirect target may hold only visible ASCII characters: percent-encode the rest"
+                        .to_owned());
                 }
             }
         }

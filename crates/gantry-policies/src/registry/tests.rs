@@ -20,53 +20,26 @@ fn finds_every_policy_by_name_and_nothing_else() {
 fn lists_unique_snake_case_names_in_stage_order() {
     let mut seen = HashSet::new();
     for policy in all() {
+        assert!(seen.insert(policy.name), "`{}` is registered twice", policy.name);
         assert!(
-            seen.insert(policy.name),
-            "`{}` is registered twice",
-            policy.name
-        );
-        assert!(
-            !policy.name.is_empty()
-                && policy
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b == b'_'),
+            !policy.name.is_empty() && policy.name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
             "`{}` is not snake_case",
             policy.name
         );
     }
-    assert!(
-        all().windows(2).all(|pair| pair[0].stage <= pair[1].stage),
-        "the list is not in stage order"
-    );
+    assert!(all().windows(2).all(|pair| pair[0].stage <= pair[1].stage), "the list is not in stage order");
 }
 
 #[test]
 fn gives_every_policy_docs_with_every_section() {
     for policy in all() {
         let heading = format!("# {}\n", policy.name);
-        assert!(
-            policy.docs.starts_with(&heading),
-            "{}: the docs must open with `{}`",
-            policy.name,
-            heading.trim()
-        );
-        for section in [
-            "## Configuration",
-            "## Example",
-            "## Responses",
-            "## Caveats",
-        ] {
-            assert!(
-                policy.docs.contains(section),
-                "{}: the docs lack a `{section}` section",
-                policy.name
-            );
+        assert!(policy.docs.starts_with(&heading), "{}: the docs must open with `{}`", policy.name, heading.trim());
+        for section in ["## Configuration", "## Example", "## Responses", "## Caveats"] {
+            assert!(policy.docs.contains(section), "{}: the docs lack a `{section}` section", policy.name);
         }
         assert!(
-            policy
-                .docs
-                .contains(&format!("Stage: `{}`", policy.stage.name())),
+            policy.docs.contains(&format!("Stage: `{}`", policy.stage.name())),
             "{}: the docs must name the stage `{}`",
             policy.name,
             policy.stage.name()
@@ -80,21 +53,11 @@ fn gives_every_policy_docs_with_every_section() {
 fn gives_every_policy_a_schema_whose_fields_are_described_and_documented() {
     for policy in all() {
         let schema = serde_json::to_value(policy.schema()).expect("a schema is JSON");
-        let properties = schema["properties"]
-            .as_object()
-            .unwrap_or_else(|| panic!("{}: no properties", policy.name));
-        assert!(
-            !properties.is_empty(),
-            "{}: the schema has no fields",
-            policy.name
-        );
+        let properties = schema["properties"].as_object().unwrap_or_else(|| panic!("{}: no properties", policy.name));
+        assert!(!properties.is_empty(), "{}: the schema has no fields", policy.name);
         for (field, property) in properties {
             let description = property["description"].as_str().unwrap_or_default();
-            assert!(
-                !description.trim().is_empty(),
-                "{}.{field}: no description in the schema",
-                policy.name
-            );
+            assert!(!description.trim().is_empty(), "{}.{field}: no description in the schema", policy.name);
             assert!(
                 policy.docs.contains(&format!("| `{field}` |")),
                 "{}.{field}: no row in the configuration table of the docs",
@@ -125,53 +88,25 @@ fn yaml_blocks(markdown: &str) -> Vec<String> {
 
 /// Every policy entry of a configuration, with the path it is written at.
 fn policy_entries(spec: &GatewaySpec) -> Vec<(FieldPath, &PolicySpec)> {
-    fn add<'a>(
-        entries: &mut Vec<(FieldPath, &'a PolicySpec)>,
-        list: FieldPath,
-        policies: &'a [PolicySpec],
-    ) {
+    fn add<'a>(entries: &mut Vec<(FieldPath, &'a PolicySpec)>, list: FieldPath, policies: &'a [PolicySpec]) {
         for (index, policy) in policies.iter().enumerate() {
             entries.push((list.index(index).key(&policy.name), policy));
         }
     }
     let root = FieldPath::root();
     let mut entries = Vec::new();
-    add(
-        &mut entries,
-        root.key("global_policies"),
-        &spec.global_policies,
-    );
+    add(&mut entries, root.key("global_policies"), &spec.global_policies);
     for (index, service) in spec.services.iter().enumerate() {
-        add(
-            &mut entries,
-            root.key("services")
-                .item(index, &service.id)
-                .key("policies"),
-            &service.policies,
-        );
+        add(&mut entries, root.key("services").item(index, &service.id).key("policies"), &service.policies);
     }
     for (index, set) in spec.policy_sets.iter().enumerate() {
-        add(
-            &mut entries,
-            root.key("policy_sets").item(index, &set.id).key("policies"),
-            &set.policies,
-        );
+        add(&mut entries, root.key("policy_sets").item(index, &set.id).key("policies"), &set.policies);
     }
     for (index, route) in spec.routes.iter().enumerate() {
-        add(
-            &mut entries,
-            root.key("routes").item(index, &route.id).key("policies"),
-            &route.policies,
-        );
+        add(&mut entries, root.key("routes").item(index, &route.id).key("policies"), &route.policies);
     }
     for (index, consumer) in spec.consumers.iter().enumerate() {
-        add(
-            &mut entries,
-            root.key("consumers")
-                .item(index, &consumer.id)
-                .key("policies"),
-            &consumer.policies,
-        );
+        add(&mut entries, root.key("consumers").item(index, &consumer.id).key("policies"), &consumer.policies);
     }
     entries
 }
@@ -180,16 +115,11 @@ fn policy_entries(spec: &GatewaySpec) -> Vec<(FieldPath, &PolicySpec)> {
 fn loads_and_builds_every_yaml_example_in_the_docs() {
     for policy in all() {
         let blocks = yaml_blocks(policy.docs);
-        assert!(
-            !blocks.is_empty(),
-            "{}: the docs have no ```yaml example",
-            policy.name
-        );
+        assert!(!blocks.is_empty(), "{}: the docs have no ```yaml example", policy.name);
         let mut uses_itself = false;
         for (number, block) in blocks.iter().enumerate() {
             let example = format!("{} example {}", policy.name, number + 1);
-            let spec = gantry_config::load_str(block)
-                .unwrap_or_else(|errors| panic!("{example}: {errors}\n{block}"));
+            let spec = gantry_config::load_str(block).unwrap_or_else(|errors| panic!("{example}: {errors}\n{block}"));
             let semantic = gantry_config::validate::validate_spec(&spec);
             assert!(semantic.is_empty(), "{example}: {semantic}\n{block}");
             let entries = policy_entries(&spec);
@@ -197,18 +127,13 @@ fn loads_and_builds_every_yaml_example_in_the_docs() {
             let context = BuildContext { spec: &spec };
             for (path, entry) in entries {
                 uses_itself |= entry.name == policy.name;
-                let registered = find(&entry.name)
-                    .unwrap_or_else(|| panic!("{example}: unknown policy at {path}"));
+                let registered = find(&entry.name).unwrap_or_else(|| panic!("{example}: unknown policy at {path}"));
                 if let Err(errors) = registered.build(&entry.config, &path, &context) {
                     panic!("{example}: {errors}\n{block}");
                 }
             }
         }
-        assert!(
-            uses_itself,
-            "{}: no example configures the policy itself",
-            policy.name
-        );
+        assert!(uses_itself, "{}: no example configures the policy itself", policy.name);
     }
 }
 

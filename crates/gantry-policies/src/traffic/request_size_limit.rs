@@ -23,10 +23,8 @@ pub struct Config {
 impl Validate for Config {
     fn validate(&self, path: &FieldPath, errors: &mut ConfigErrors) {
         if self.max_body_bytes == 0 {
-            errors.push(
-                path.key("max_body_bytes"),
-                "must be more than 0 (to refuse bodies, use a route `methods` list)",
-            );
+            errors
+                .push(path.key("max_body_bytes"), "must be more than 0 (to refuse bodies, use a route `methods` list)");
         }
     }
 }
@@ -41,14 +39,8 @@ impl PolicyFactory for RequestSizeLimit {
     const DOCS: &'static str = include_str!("request_size_limit.md");
     type Config = Config;
 
-    fn build(
-        config: Config,
-        _: &FieldPath,
-        _: &BuildContext<'_>,
-    ) -> Result<Arc<dyn Policy>, ConfigErrors> {
-        Ok(Arc::new(CompiledRequestSizeLimit {
-            max_body_bytes: config.max_body_bytes,
-        }))
+    fn build(config: Config, _: &FieldPath, _: &BuildContext<'_>) -> Result<Arc<dyn Policy>, ConfigErrors> {
+        Ok(Arc::new(CompiledRequestSizeLimit { max_body_bytes: config.max_body_bytes }))
     }
 }
 
@@ -62,11 +54,7 @@ impl Policy for CompiledRequestSizeLimit {
         Hooks::REQUEST
     }
 
-    fn on_request<'a>(
-        &'a self,
-        request: &'a mut RequestParts,
-        exchange: &'a mut Exchange,
-    ) -> Hook<'a> {
+    fn on_request<'a>(&'a self, request: &'a mut RequestParts, exchange: &'a mut Exchange) -> Hook<'a> {
         // The HTTP engine has already rejected a malformed or conflicting Content-Length, so an
         // unreadable one here can only be absent; the streamed-body limit still applies.
         let declared = request
@@ -75,15 +63,8 @@ impl Policy for CompiledRequestSizeLimit {
             .and_then(|value| value.to_str().ok())
             .and_then(|text| text.trim().parse::<u64>().ok());
         if let Some(length) = declared.filter(|length| *length > self.max_body_bytes) {
-            tracing::debug!(
-                content_length = length,
-                max_body_bytes = self.max_body_bytes,
-                "request body too large"
-            );
-            let detail = format!(
-                "the request body is {length} bytes; at most {} are accepted",
-                self.max_body_bytes
-            );
+            tracing::debug!(content_length = length, max_body_bytes = self.max_body_bytes, "request body too large");
+            let detail = format!("the request body is {length} bytes; at most {} are accepted", self.max_body_bytes);
             return problem_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request-body-too-large",
@@ -101,9 +82,7 @@ impl Policy for CompiledRequestSizeLimit {
 
 #[cfg(test)]
 mod tests {
-    use gantry_policy_api::testing::{
-        build_policy, build_policy_error, exchange_from, request_parts, run_request,
-    };
+    use gantry_policy_api::testing::{build_policy, build_policy_error, exchange_from, request_parts, run_request};
     use gantry_policy_api::RegisteredPolicy;
 
     use super::*;
@@ -124,25 +103,14 @@ mod tests {
     fn answers_413_at_once_when_content_length_exceeds_the_limit() {
         let policy = build_policy(entry(), "max_body_bytes: 1024").expect("valid settings");
         let mut exchange = exchange_from("10.0.0.1:5000");
-        let Flow::Respond(response) = run_request(&*policy, &mut post(Some("1025")), &mut exchange)
-        else {
+        let Flow::Respond(response) = run_request(&*policy, &mut post(Some("1025")), &mut exchange) else {
             panic!("a 1025-byte body must be refused");
         };
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
-        assert_eq!(
-            response.headers()[http::header::CONTENT_TYPE],
-            "application/problem+json"
-        );
-        let body: serde_json::Value =
-            serde_json::from_slice(response.body()).expect("problem json");
-        assert_eq!(
-            body["type"],
-            "https://gantry.dev/problems/request-body-too-large"
-        );
-        assert_eq!(
-            body["detail"],
-            "the request body is 1025 bytes; at most 1024 are accepted"
-        );
+        assert_eq!(response.headers()[http::header::CONTENT_TYPE], "application/problem+json");
+        let body: serde_json::Value = serde_json::from_slice(response.body()).expect("problem json");
+        assert_eq!(body["type"], "https://gantry.dev/problems/request-body-too-large");
+        assert_eq!(body["detail"], "the request body is 1025 bytes; at most 1024 are accepted");
     }
 
     #[test]
@@ -175,29 +143,20 @@ mod tests {
     #[test]
     fn rejects_a_zero_limit_at_its_path() {
         let errors = build_policy_error(entry(), "max_body_bytes: 0");
-        assert_eq!(
-            errors.0[0].path.to_string(),
-            "global_policies[0].request_size_limit.max_body_bytes"
-        );
+        assert_eq!(errors.0[0].path.to_string(), "global_policies[0].request_size_limit.max_body_bytes");
     }
 
     #[test]
     fn rejects_settings_without_a_limit() {
         let errors = build_policy_error(entry(), "");
         assert!(errors.0[0].message.contains("max_body_bytes"), "{errors}");
-        assert_eq!(
-            errors.0[0].path.to_string(),
-            "global_policies[0].request_size_limit"
-        );
+        assert_eq!(errors.0[0].path.to_string(), "global_policies[0].request_size_limit");
     }
 
     #[test]
     fn rejects_a_negative_limit_at_its_path() {
         let errors = build_policy_error(entry(), "max_body_bytes: -1");
-        assert_eq!(
-            errors.0[0].path.to_string(),
-            "global_policies[0].request_size_limit.max_body_bytes"
-        );
+        assert_eq!(errors.0[0].path.to_string(), "global_policies[0].request_size_limit.max_body_bytes");
     }
 
     #[test]

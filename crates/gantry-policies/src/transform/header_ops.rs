@@ -65,47 +65,28 @@ impl HeaderOps {
     /// nothing was added.
     fn compile(config: &HeaderOpsConfig, path: &FieldPath, errors: &mut ConfigErrors) -> Self {
         let mut ops = Self::default();
-        if config.rename.is_empty()
-            && config.remove.is_empty()
-            && config.set.is_empty()
-            && config.add.is_empty()
-        {
-            errors.push(
-                path.clone(),
-                "give at least one of `rename`, `remove`, `set` or `add`",
-            );
+        if config.rename.is_empty() && config.remove.is_empty() && config.set.is_empty() && config.add.is_empty() {
+            errors.push(path.clone(), "give at least one of `rename`, `remove`, `set` or `add`");
             return ops;
         }
 
         let at = path.key("rename");
         for (from, to) in &config.rename {
             let field = at.key(from);
-            let (Some(from_name), Some(to_name)) = (
-                parse_changeable_name(from, &field, errors),
-                parse_changeable_name(to, &field, errors),
-            ) else {
+            let (Some(from_name), Some(to_name)) =
+                (parse_changeable_name(from, &field, errors), parse_changeable_name(to, &field, errors))
+            else {
                 continue;
             };
             if from_name == to_name {
                 errors.push(field, format!("`{from}` is renamed to itself"));
                 continue;
             }
-            if ops
-                .rename
-                .iter()
-                .any(|(earlier_from, _)| *earlier_from == from_name)
-            {
-                errors.push(
-                    field,
-                    format!("`{from}` is renamed twice (names are case-insensitive)"),
-                );
+            if ops.rename.iter().any(|(earlier_from, _)| *earlier_from == from_name) {
+                errors.push(field, format!("`{from}` is renamed twice (names are case-insensitive)"));
                 continue;
             }
-            if let Some((earlier, _)) = ops
-                .rename
-                .iter()
-                .find(|(_, earlier_to)| *earlier_to == to_name)
-            {
+            if let Some((earlier, _)) = ops.rename.iter().find(|(_, earlier_to)| *earlier_to == to_name) {
                 errors.push(field, format!("`{earlier}` is already renamed to `{to}`"));
                 continue;
             }
@@ -117,7 +98,10 @@ impl HeaderOps {
                 continue;
             };
             if ops.rename.iter().any(|(source, _)| *source == to_name) {
-                errors.push(at.key(from), format!("`{to}` is itself renamed: rename each header once, straight to its final name"));
+                errors.push(
+                    at.key(from),
+                    format!("`{to}` is itself renamed: rename each header once, straight to its final name"),
+                );
             }
         }
 
@@ -159,23 +143,11 @@ impl HeaderOps {
 
 /// Headers that carry message framing or connection handling. The data plane owns them:
 /// changing them from a policy would corrupt the message or the connection.
-const MANAGED_HEADERS: [&str; 8] = [
-    "connection",
-    "content-length",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+const MANAGED_HEADERS: [&str; 8] =
+    ["connection", "content-length", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
 
 /// Parses a header name, adding a problem at `path` when it is not a valid name.
-pub(crate) fn parse_header_name(
-    name: &str,
-    path: &FieldPath,
-    errors: &mut ConfigErrors,
-) -> Option<HeaderName> {
+pub(crate) fn parse_header_name(name: &str, path: &FieldPath, errors: &mut ConfigErrors) -> Option<HeaderName> {
     match HeaderName::from_bytes(name.as_bytes()) {
         Ok(parsed) => Some(parsed),
         Err(_) => {
@@ -189,16 +161,14 @@ pub(crate) fn parse_header_name(
 }
 
 /// Parses a header name a policy may change: valid, and not one of the [`MANAGED_HEADERS`].
-pub(crate) fn parse_changeable_name(
-    name: &str,
-    path: &FieldPath,
-    errors: &mut ConfigErrors,
-) -> Option<HeaderName> {
+pub(crate) fn parse_changeable_name(name: &str, path: &FieldPath, errors: &mut ConfigErrors) -> Option<HeaderName> {
     let parsed = parse_header_name(name, path, errors)?;
     if MANAGED_HEADERS.contains(&parsed.as_str()) {
         errors.push(
             path.clone(),
-            format!("`{name}` is managed by the gateway (message framing and connection handling) and cannot be changed"),
+            format!(
+                "`{name}` is managed by the gateway (message framing and connection handling) and cannot be changed"
+            ),
         );
         return None;
     }
@@ -206,23 +176,13 @@ pub(crate) fn parse_changeable_name(
 }
 
 /// Parses a header value, adding a problem at `path` when it holds characters a header cannot.
-pub(crate) fn parse_header_value(
-    value: &str,
-    path: &FieldPath,
-    errors: &mut ConfigErrors,
-) -> Option<HeaderValue> {
+pub(crate) fn parse_header_value(value: &str, path: &FieldPath, errors: &mut ConfigErrors) -> Option<HeaderValue> {
     // `HeaderValue` accepts bytes above 127 (obs-text), which RFC 9110 §5.5 says senders
     // must not generate and which clients decode inconsistently.
-    match HeaderValue::from_str(value)
-        .ok()
-        .filter(|_| value.is_ascii())
-    {
+    match HeaderValue::from_str(value).ok().filter(|_| value.is_ascii()) {
         Some(parsed) => Some(parsed),
         None => {
-            errors.push(
-                path.clone(),
-                "a header value may hold only visible ASCII characters, spaces and tabs",
-            );
+            errors.push(path.clone(), "a header value may hold only visible ASCII characters, spaces and tabs");
             None
         }
     }
@@ -244,10 +204,7 @@ pub(crate) fn parse_header_map(
             continue;
         };
         if parsed.iter().any(|(earlier, _)| *earlier == header_name) {
-            errors.push(
-                field,
-                format!("`{name}` is given twice (header names are case-insensitive)"),
-            );
+            errors.push(field, format!("`{name}` is given twice (header names are case-insensitive)"));
             continue;
         }
         parsed.push((header_name, header_value));
@@ -260,12 +217,11 @@ mod tests {
     use super::*;
 
     fn config(yaml: &str) -> HeaderOpsConfig {
-        let value: serde_json::Value =
-            gantry_config::load_str(&format!("global_policies:\n  - p: {yaml}\n"))
-                .expect("valid yaml")
-                .global_policies
-                .remove(0)
-                .config;
+        let value: serde_json::Value = gantry_config::load_str(&format!("global_policies:\n  - p: {yaml}\n"))
+            .expect("valid yaml")
+            .global_policies
+            .remove(0)
+            .config;
         serde_json::from_value(value).expect("valid settings")
     }
 
@@ -286,18 +242,13 @@ mod tests {
     }
 
     fn values<'a>(map: &'a HeaderMap, name: &str) -> Vec<&'a str> {
-        map.get_all(name)
-            .iter()
-            .map(|value| value.to_str().expect("ascii"))
-            .collect()
+        map.get_all(name).iter().map(|value| value.to_str().expect("ascii")).collect()
     }
 
     #[test]
     fn applies_rename_then_remove_then_set_then_add() {
         let ops = HeaderOps::build(
-            &config(
-                "{rename: {x-old: x-new}, remove: [x-new], set: {x-new: set}, add: {x-new: added}}",
-            ),
+            &config("{rename: {x-old: x-new}, remove: [x-new], set: {x-new: set}, add: {x-new: added}}"),
             &FieldPath::root(),
         )
         .expect("valid");
@@ -309,8 +260,7 @@ mod tests {
 
     #[test]
     fn renames_every_value_and_replaces_the_new_names_values() {
-        let ops = HeaderOps::build(&config("{rename: {X-Old: X-New}}"), &FieldPath::root())
-            .expect("valid");
+        let ops = HeaderOps::build(&config("{rename: {X-Old: X-New}}"), &FieldPath::root()).expect("valid");
         let mut map = headers(&[("x-old", "a"), ("x-old", "b"), ("x-new", "stale")]);
         ops.apply(&mut map);
         assert_eq!(values(&map, "x-new"), ["a", "b"]);
@@ -319,8 +269,7 @@ mod tests {
 
     #[test]
     fn leaves_headers_alone_when_the_renamed_one_is_missing() {
-        let ops = HeaderOps::build(&config("{rename: {x-old: x-new}}"), &FieldPath::root())
-            .expect("valid");
+        let ops = HeaderOps::build(&config("{rename: {x-old: x-new}}"), &FieldPath::root()).expect("valid");
         let mut map = headers(&[("x-new", "kept")]);
         ops.apply(&mut map);
         assert_eq!(values(&map, "x-new"), ["kept"]);
@@ -328,24 +277,15 @@ mod tests {
 
     #[test]
     fn rejects_an_empty_operation_list_at_the_policy_path() {
-        assert_eq!(
-            errors_of("{}"),
-            ["p: give at least one of `rename`, `remove`, `set` or `add`"]
-        );
+        assert_eq!(errors_of("{}"), ["p: give at least one of `rename`, `remove`, `set` or `add`"]);
     }
 
     #[test]
     fn rejects_an_invalid_name_and_value_at_their_paths() {
         let errors = errors_of("{remove: [ok, 'bad name'], set: {x-a: \"caf\\u00e9\"}}");
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(
-            errors[0].starts_with("p.remove[1]: `bad name` is not a valid header name"),
-            "{errors:?}"
-        );
-        assert!(
-            errors[1].starts_with("p.set.x-a: a header value may hold only visible ASCII"),
-            "{errors:?}"
-        );
+        assert!(errors[0].starts_with("p.remove[1]: `bad name` is not a valid header name"), "{errors:?}");
+        assert!(errors[1].starts_with("p.set.x-a: a header value may hold only visible ASCII"), "{errors:?}");
     }
 
     #[test]
@@ -353,8 +293,7 @@ mod tests {
         let errors = errors_of("{add: {Content-Length: '5'}}");
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(
-            errors[0]
-                .starts_with("p.add.Content-Length: `Content-Length` is managed by the gateway"),
+            errors[0].starts_with("p.add.Content-Length: `Content-Length` is managed by the gateway"),
             "{errors:?}"
         );
     }
@@ -362,20 +301,14 @@ mod tests {
     #[test]
     fn rejects_names_differing_only_in_case() {
         let errors = errors_of("{set: {X-A: '1', x-a: '2'}}");
-        assert_eq!(
-            errors,
-            ["p.set.x-a: `x-a` is given twice (header names are case-insensitive)"]
-        );
+        assert_eq!(errors, ["p.set.x-a: `x-a` is given twice (header names are case-insensitive)"]);
     }
 
     #[test]
     fn rejects_rename_chains_and_shared_targets() {
         let chain = errors_of("{rename: {a: b, b: c}}");
         assert_eq!(chain.len(), 1, "{chain:?}");
-        assert!(
-            chain[0].starts_with("p.rename.a: `b` is itself renamed"),
-            "{chain:?}"
-        );
+        assert!(chain[0].starts_with("p.rename.a: `b` is itself renamed"), "{chain:?}");
         let shared = errors_of("{rename: {a: c, b: c}}");
         assert_eq!(shared, ["p.rename.b: `a` is already renamed to `c`"]);
         let itself = errors_of("{rename: {a: A}}");

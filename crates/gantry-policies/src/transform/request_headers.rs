@@ -3,9 +3,7 @@
 use std::sync::Arc;
 
 use gantry_config::{ConfigErrors, FieldPath};
-use gantry_policy_api::{
-    BuildContext, Exchange, Flow, Hook, Hooks, Policy, PolicyFactory, RequestParts, Stage,
-};
+use gantry_policy_api::{BuildContext, Exchange, Flow, Hook, Hooks, Policy, PolicyFactory, RequestParts, Stage};
 
 use super::header_ops::{HeaderOps, HeaderOpsConfig};
 
@@ -22,14 +20,8 @@ impl PolicyFactory for RequestHeaders {
     const DOCS: &'static str = include_str!("request_headers.md");
     type Config = Config;
 
-    fn build(
-        config: Config,
-        path: &FieldPath,
-        _: &BuildContext<'_>,
-    ) -> Result<Arc<dyn Policy>, ConfigErrors> {
-        Ok(Arc::new(CompiledRequestHeaders {
-            ops: HeaderOps::build(&config, path)?,
-        }))
+    fn build(config: Config, path: &FieldPath, _: &BuildContext<'_>) -> Result<Arc<dyn Policy>, ConfigErrors> {
+        Ok(Arc::new(CompiledRequestHeaders { ops: HeaderOps::build(&config, path)? }))
     }
 }
 
@@ -51,9 +43,7 @@ impl Policy for CompiledRequestHeaders {
 
 #[cfg(test)]
 mod tests {
-    use gantry_policy_api::testing::{
-        build_policy, build_policy_error, exchange_from, request_parts, run_request,
-    };
+    use gantry_policy_api::testing::{build_policy, build_policy_error, exchange_from, request_parts, run_request};
     use gantry_policy_api::RegisteredPolicy;
 
     use super::*;
@@ -98,18 +88,12 @@ mod tests {
     fn rejects_an_invalid_header_name_at_its_path() {
         let errors = build_policy_error(entry(), "remove: [x-ok, 'x bad']");
         assert_eq!(errors.0.len(), 1, "{errors}");
-        assert_eq!(
-            errors.0[0].path.to_string(),
-            "global_policies[0].request_headers.remove[1]"
-        );
+        assert_eq!(errors.0[0].path.to_string(), "global_policies[0].request_headers.remove[1]");
     }
 
     #[test]
     fn rejects_an_unknown_field_at_its_path() {
         let errors = build_policy_error(entry(), "append: {x-a: b}");
-        assert_eq!(
-            errors.0[0].path.to_string(),
-            "global_policies[0].request_headers.append"
-        );
+        assert_eq!(errors.0[0].path.to_string(), "global_policies[0].request_headers.append");
     }
 }

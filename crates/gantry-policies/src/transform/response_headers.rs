@@ -3,9 +3,7 @@
 use std::sync::Arc;
 
 use gantry_config::{ConfigErrors, FieldPath};
-use gantry_policy_api::{
-    BuildContext, Exchange, Hooks, Policy, PolicyFactory, ResponseParts, Stage,
-};
+use gantry_policy_api::{BuildContext, Exchange, Hooks, Policy, PolicyFactory, ResponseParts, Stage};
 
 use super::header_ops::{HeaderOps, HeaderOpsConfig};
 
@@ -22,14 +20,8 @@ impl PolicyFactory for ResponseHeaders {
     const DOCS: &'static str = include_str!("response_headers.md");
     type Config = Config;
 
-    fn build(
-        config: Config,
-        path: &FieldPath,
-        _: &BuildContext<'_>,
-    ) -> Result<Arc<dyn Policy>, ConfigErrors> {
-        Ok(Arc::new(CompiledResponseHeaders {
-            ops: HeaderOps::build(&config, path)?,
-        }))
+    fn build(config: Config, path: &FieldPath, _: &BuildContext<'_>) -> Result<Arc<dyn Policy>, ConfigErrors> {
+        Ok(Arc::new(CompiledResponseHeaders { ops: HeaderOps::build(&config, path)? }))
     }
 }
 
@@ -50,9 +42,7 @@ impl Policy for CompiledResponseHeaders {
 
 #[cfg(test)]
 mod tests {
-    use gantry_policy_api::testing::{
-        build_policy, build_policy_error, exchange_from, run_response,
-    };
+    use gantry_policy_api::testing::{build_policy, build_policy_error, exchange_from, run_response};
     use gantry_policy_api::RegisteredPolicy;
 
     use super::*;
@@ -96,22 +86,13 @@ mod tests {
     fn rejects_an_invalid_value_at_its_path() {
         let errors = build_policy_error(entry(), "set: {x-a: \"line\\nbreak\"}");
         assert_eq!(errors.0.len(), 1, "{errors}");
-        assert_eq!(
-            errors.0[0].path.to_string(),
-            "global_policies[0].response_headers.set.x-a"
-        );
+        assert_eq!(errors.0[0].path.to_string(), "global_policies[0].response_headers.set.x-a");
     }
 
     #[test]
     fn rejects_changing_transfer_encoding() {
         let errors = build_policy_error(entry(), "remove: [Transfer-Encoding]");
-        assert_eq!(
-            errors.0[0].path.to_string(),
-            "global_policies[0].response_headers.remove[0]"
-        );
-        assert!(
-            errors.0[0].message.contains("managed by the gateway"),
-            "{errors}"
-        );
+        assert_eq!(errors.0[0].path.to_string(), "global_policies[0].response_headers.remove[0]");
+        assert!(errors.0[0].message.contains("managed by the gateway"), "{errors}");
     }
 }

@@ -1,0 +1,220 @@
+//! Wiring: load the configuration, start the control plane, listeners, admin API and
+//! reload triggers, then wait for a signal and drain.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use gantry_config::{ConfigErrors, ConfigSource, LoadedConfig, NodeSpec};
+use gantry_controlplane::{compile_snapshot, ControlPlane};
+use gantry_dataplane::access_log::AccessLog;
+use gantry_dataplane::listener::{bind, ListenerSettings, Server};
+use gantry_dataplane::proxy::Gateway;
+use gantry_dataplane::upstream::UpstreamStates;
+
+use crate::cli::{RunArgs, ValidateArgs};
+use crate::demo;
+
+/// The bundled example configuration, served when no `--config` is given.
+pub const EMBEDDED_CONFIG: &str = include_str!("../../../config/examples/gantry.yaml");
+
+fn source_for(config: Option<&std::path::Path>) -> ConfigSource {
+    match config {
+        Some(path) => ConfigSource::from_path(path),
+        None => ConfigSource::Embedded(EMBEDDED_CONFIG),
+    }
+}
+
+/// Loads and fully compiles a configuration, as a reload would.
+fn check(source: &ConfigSource) -> Result<LoadedConfig, ConfigErrors> {
+    let loaded = source.load()?;
+    if let Err(mut errors) = compile_snapshot(&loaded.spec, 1, &UpstreamStates::default()) {
+        loaded.attach_origins(&mut errors);
+        return Err(errors);
+    }
+    Ok(loaded)
+}
+
+/// `gantry validate`.
+pub fn validate(args: ValidateArgs) -> ExitCode {
+    install_crypto_provider();
+    let source = source_for(args.config.as_deref());
+    match check(&source) {
+        Ok(loaded) => {
+            let spec = &loaded.spec;
+            println!(
+                "configuration is valid: {} routes, {} services, {} upstreams, {} consumers, {} policy sets, {} global policies",
+                spec.routes.len(),
+                spec.services.len(),
+                spec.upstreams.len(),
+                spec.consumers.len(),
+                spec.policy_sets.len(),
+                spec.global_policies.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprint!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `gantry run`.
+pub fn run(args: RunArgs) -> ExitCode {
+    init_tracing();
+    install_crypto_provider();
+    let source = source_for(args.config.as_deref());
+    let loaded = match check(&source) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            eprint!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let node = loaded.spec.node.clone().unwrap_or_default();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all().thread_name("gantry-worker");
+    if let Some(threads) = node.worker_threads {
+        runtime.worker_threads(threads);
+    }
+    let runtime = match runtime.build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let watch = !args.no_watch && args.config.is_some();
+    match runtime.block_on(serve(node, source, loaded, watch)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(node: NodeSpec, source: ConfigSource, loaded: LoadedConfig, watch: bool) -> Result<(), String> {
+    let control = Arc::new(ControlPlane::new(Some(source.clone()), Some(node.clone())));
+    control.apply_loaded(&loaded).map_err(|err| err.to_string())?;
+
+    if let Some(address) = &node.demo_upstream {
+        let address: SocketAddr = address.parse().map_err(|_| format!("bad demo_upstream address {address}"))?;
+        demo::serve(address).await.map_err(|err| format!("cannot start the demo upstream on {address}: {err}"))?;
+    }
+    let access_log = match &node.access_log {
+        Some(spec) => Some(
+            AccessLog::start(&spec.path, spec.queue_capacity)
+                .map_err(|err| format!("cannot open the access log {}: {err}", spec.path.display()))?,
+        ),
+        None => None,
+    };
+
+    let mut listeners = Vec::with_capacity(node.listeners.len());
+    for spec in &node.listeners {
+        let address: SocketAddr = spec.address.parse().map_err(|_| format!("bad listener address {}", spec.address))?;
+        let tls = match &spec.tls {
+            Some(tls) => Some(
+                gantry_dataplane::tls::server_config(&tls.certificates, spec.http2)
+                    .map_err(|err| format!("listener {address}: {err}"))?,
+            ),
+            None => None,
+        };
+        let listener = bind(address).map_err(|err| format!("cannot listen on {address}: {err}"))?;
+        let settings = ListenerSettings {
+            tls,
+            http2: spec.http2,
+            max_header_bytes: node.limits.max_header_bytes,
+            max_headers: node.limits.max_headers,
+            header_read_timeout: node.limits.header_read_timeout.get(),
+        };
+        listeners.push((listener, settings));
+    }
+    let gateway = Gateway::new(control.snapshot(), access_log);
+    let server = Server::start(listeners, gateway).map_err(|err| format!("cannot start the listeners: {err}"))?;
+    for (address, spec) in server.local_addrs().iter().zip(&node.listeners) {
+        tracing::info!(address = %address, tls = spec.tls.is_some(), "listener started");
+    }
+
+    let _file_watch = if watch {
+        match source {
+            ConfigSource::File(ref path) | ConfigSource::Directory(ref path) => {
+                match gantry_controlplane::sources::file::watch(path, control.clone()) {
+                    Ok(watch) => Some(watch),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot watch the configuration; reload with SIGHUP or the admin API");
+                        None
+                    }
+                }
+            }
+            ConfigSource::Embedded(_) => None,
+        }
+    } else {
+        None
+    };
+    spawn_sighup_reload(control.clone());
+
+    wait_for_shutdown_signal().await;
+    tracing::info!(deadline = %node.shutdown_timeout, "shutting down: draining connections");
+    let drained = server.shutdown(node.shutdown_timeout.get()).await;
+    control.stop();
+    if drained {
+        tracing::info!("stopped");
+    } else {
+        tracing::warn!("stopped with connections still open at the drain deadline");
+    }
+    Ok(())
+}
+
+fn spawn_sighup_reload(control: Arc<ControlPlane>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let control = control.clone();
+            if let Ok(Ok(generation)) = tokio::task::spawn_blocking(move || control.reload_from_source()).await {
+                tracing::info!(generation, "configuration reloaded on SIGHUP");
+            }
+        }
+    });
+}
+
+async fn wait_for_shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+}
+
+/// rustls needs one process-wide crypto provider; Gantry uses aws-lc-rs everywhere.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
