@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `gantry` binary, started on port 0, against real upstream
+//! servers started by the tests. One test binary for all of them keeps link time down.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod policies;
+mod proxy;
+mod support;

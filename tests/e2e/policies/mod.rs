@@ -1,0 +1,1 @@
+//! One module per policy, each through a running gateway.
