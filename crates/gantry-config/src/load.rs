@@ -34,7 +34,7 @@ impl ConfigSource {
     /// Reads, merges and checks the configuration.
     pub fn load(&self) -> Result<LoadedConfig, ConfigErrors> {
         match self {
-            ConfigSource::File(path) => load_files(&[path.clone()]),
+            ConfigSource::File(path) => load_files(std::slice::from_ref(path)),
             ConfigSource::Directory(dir) => load_files(&yaml_files_in(dir)?),
             ConfigSource::Embedded(text) => {
                 let document = parse_document(text, None)?;

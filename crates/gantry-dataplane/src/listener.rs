@@ -44,7 +44,8 @@ pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
     #[cfg(unix)]
     socket.set_reuse_port(true)?;
     if address.is_ipv6() {
-        socket.set_only_v6(false).or_else(|_| Ok::<(), io::Error>(()))?;
+        // Dual-stack where the platform allows it; an IPv6-only socket still works.
+        let _ = socket.set_only_v6(false);
     }
     socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;

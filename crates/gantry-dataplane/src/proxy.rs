@@ -305,7 +305,7 @@ fn upstream_path(
         Some(query) => format!("{rewritten}?{query}"),
         None if matches!(rewritten, std::borrow::Cow::Borrowed(_)) => {
             return match parts.uri.path_and_query() {
-                Some(original) => Ok(PathAndQuery::from(original.clone())),
+                Some(original) => Ok(original.clone()),
                 None => Ok(PathAndQuery::from_static("/")),
             };
         }

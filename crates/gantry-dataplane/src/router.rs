@@ -228,7 +228,7 @@ impl HostTable {
         for (_, candidates) in &mut self.prefixes {
             candidates.sort_by(order);
         }
-        self.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.prefixes.sort_by_key(|prefix| std::cmp::Reverse(prefix.0.len()));
         self.regexes.sort_by(|a, b| order(&a.1, &b.1));
         Ok(())
     }

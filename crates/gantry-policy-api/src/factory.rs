@@ -45,6 +45,9 @@ pub trait PolicyFactory: 'static {
     ) -> Result<Arc<dyn Policy>, ConfigErrors>;
 }
 
+/// The type-erased constructor of a policy: raw settings at a path to a built policy.
+type BuildFn = fn(&serde_json::Value, &FieldPath, &BuildContext<'_>) -> Result<Arc<dyn Policy>, ConfigErrors>;
+
 /// A policy kind as the registry lists it: name, stage and type-erased constructor.
 #[derive(Clone, Copy)]
 pub struct RegisteredPolicy {
@@ -56,7 +59,7 @@ pub struct RegisteredPolicy {
     pub terminal: bool,
     /// Markdown documentation.
     pub docs: &'static str,
-    build: fn(&serde_json::Value, &FieldPath, &BuildContext<'_>) -> Result<Arc<dyn Policy>, ConfigErrors>,
+    build: BuildFn,
     schema: fn() -> schemars::Schema,
 }
 

@@ -18,7 +18,10 @@ fn route(id: &str, order: usize, conditions: Conditions, priority: i32) -> Arc<C
     })
 }
 
-struct Table(Vec<(&'static str, Vec<&'static str>, Vec<&'static str>, Conditions, i32)>);
+/// `(id, hosts, paths, conditions, priority)` of one test route.
+type RouteRow = (&'static str, Vec<&'static str>, Vec<&'static str>, Conditions, i32);
+
+struct Table(Vec<RouteRow>);
 
 impl Table {
     fn build(self) -> Router {

@@ -60,10 +60,13 @@ impl ProbePlan {
     }
 }
 
+/// A probe task and the plan it runs.
+type RunningProbe = (ProbePlan, JoinHandle<()>);
+
 /// The running probe tasks, by upstream id.
 #[derive(Debug, Default)]
 pub struct HealthCheckers {
-    running: Mutex<HashMap<Arc<str>, (ProbePlan, JoinHandle<()>)>>,
+    running: Mutex<HashMap<Arc<str>, RunningProbe>>,
 }
 
 impl HealthCheckers {

@@ -229,10 +229,13 @@ impl CompiledUpstream {
     }
 }
 
+/// `(upstream id, endpoint address)`.
+pub type EndpointKey = (Arc<str>, Arc<str>);
+
 /// Upstream state that outlives snapshots: endpoint states and pooled clients.
 #[derive(Debug, Default)]
 pub struct UpstreamStates {
-    endpoints: Mutex<HashMap<(Arc<str>, Arc<str>), Arc<EndpointState>>>,
+    endpoints: Mutex<HashMap<EndpointKey, Arc<EndpointState>>>,
     clients: Mutex<HashMap<Arc<str>, (client::ClientSettings, UpstreamClient)>>,
 }
 
