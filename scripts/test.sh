@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Gantry's whole test suite, exactly as CI runs it (.ci/run calls this script).
+# Installs what the build and the tests need when it is missing, then runs formatting,
+# lints, every unit and end-to-end test, and the documentation build. Servers the tests
+# need are started and stopped by the tests themselves, on free loopback ports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the build or the tests need: `command:package` pairs.
+needed=()
+for pair in cc:gcc curl:curl; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || needed+=("${pair#*:}")
+done
+if ((${#needed[@]})); then
+  echo "installing: ${needed[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${needed[@]}"
+fi
+
+echo "== cargo fmt"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
+echo "== cargo doc"
+RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --locked --quiet
+echo "all checks passed"
