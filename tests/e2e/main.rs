@@ -3,6 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod grpc;
 mod policies;
+mod protocols;
 mod proxy;
 mod support;
+mod tls;
+mod websocket;

@@ -21,17 +21,17 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// `TE: trailers` survives, since gRPC needs it end to end; `Upgrade` survives when
 /// `keep_upgrade` (a WebSocket handshake being passed through).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if let Some(connection) = headers.get(CONNECTION) {
-        if let Ok(listed) = connection.to_str() {
-            let named: Vec<HeaderName> = listed
-                .split(',')
-                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-                .filter(|name| !(keep_upgrade && *name == UPGRADE))
-                .collect();
-            for name in named {
-                headers.remove(name);
-            }
-        }
+    // `Connection` may come as several field lines (RFC 9110 §5.3); every one names headers.
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|listed| listed.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !(keep_upgrade && *name == UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
     }
     if !keep_upgrade {
         headers.remove(CONNECTION);
@@ -128,6 +128,18 @@ mod tests {
         remove_hop_by_hop(&mut headers, false);
         assert_eq!(headers.len(), 1, "{headers:?}");
         assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn removes_headers_named_in_every_connection_line() {
+        let mut headers = HeaderMap::new();
+        headers.append(CONNECTION, HeaderValue::from_static("x-first"));
+        headers.append(CONNECTION, HeaderValue::from_static("x-second, x-third"));
+        for name in ["x-first", "x-second", "x-third", "x-kept"] {
+            headers.insert(name, HeaderValue::from_static("1"));
+        }
+        remove_hop_by_hop(&mut headers, false);
+        assert_eq!(headers.keys().collect::<Vec<_>>(), ["x-kept"]);
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gantry_policy_api::problem::problem_response;
+use http::{Request, Response, StatusCode, Version};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -15,7 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::proxy::{Connection, Gateway};
+use crate::body::GatewayBody;
+use crate::proxy::{into_gateway_response, Connection, Gateway};
 
 /// How long a client has to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -153,13 +156,14 @@ async fn accept_loop(
         let builder = builder.clone();
         let gateway = gateway.clone();
         let settings = settings.clone();
+        let rules = HeadRules { http2: settings.http2, max_header_bytes: settings.max_header_bytes };
         tokio::spawn(async move {
             match &settings.tls {
-                None => serve_connection(stream, client, false, &builder, gateway, watcher).await,
+                None => serve_connection(stream, client, false, &builder, rules, gateway, watcher).await,
                 Some(config) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve_connection(tls, client, true, &builder, gateway, watcher).await,
+                        Ok(Ok(tls)) => serve_connection(tls, client, true, &builder, rules, gateway, watcher).await,
                         Ok(Err(err)) => tracing::debug!(%client, error = %err, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
                     }
@@ -174,6 +178,7 @@ async fn serve_connection<S>(
     client: SocketAddr,
     is_tls: bool,
     builder: &auto::Builder<TokioExecutor>,
+    rules: HeadRules,
     gateway: Gateway,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
@@ -182,7 +187,12 @@ async fn serve_connection<S>(
     let connection = Connection { client, is_tls };
     let service = service_fn(move |request| {
         let gateway = gateway.clone();
-        async move { Ok::<_, Infallible>(gateway.handle(request, connection).await) }
+        async move {
+            if let Some(refusal) = rules.refusal(&request) {
+                return Ok::<_, Infallible>(refusal);
+            }
+            Ok(gateway.handle(request, connection).await)
+        }
     });
     let serving = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
     if let Err(err) = watcher.watch(serving).await {
@@ -190,7 +200,97 @@ async fn serve_connection<S>(
     }
 }
 
+/// Listener rules on the request head that hyper cannot enforce for us.
+#[derive(Clone, Copy, Debug)]
+struct HeadRules {
+    /// HTTP/2 requests are served.
+    http2: bool,
+    /// Largest request head in bytes.
+    max_header_bytes: usize,
+}
+
+impl HeadRules {
+    /// The response refusing `request`, if it breaks a rule.
+    fn refusal<B>(&self, request: &Request<B>) -> Option<Response<GatewayBody>> {
+        // hyper-util's auto connection ignores `http1_only` once upgrades are enabled (as its
+        // docs say), so HTTP/2 still arrives on a listener that disabled it; RFC 9110 §15.6.6
+        // gives the status for a protocol version the server will not serve.
+        if !self.http2 && request.version() == Version::HTTP_2 {
+            let detail = "this listener serves HTTP/1.x only";
+            let refusal = problem_response(
+                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                "http-version-not-supported",
+                "HTTP Version Not Supported",
+                Some(detail),
+            );
+            return Some(into_gateway_response(refusal));
+        }
+        // hyper's HTTP/1 buffer limit cannot go below 8 KiB, and the auto builder does not
+        // expose hyper's exact head limit, so smaller limits are checked on the parsed head.
+        let size = head_size(request);
+        if size > self.max_header_bytes {
+            let detail = format!("the request head is {size} bytes; the limit is {}", self.max_header_bytes);
+            let refusal = problem_response(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request-head-too-large",
+                "Request Header Fields Too Large",
+                Some(&detail),
+            );
+            return Some(into_gateway_response(refusal));
+        }
+        None
+    }
+}
+
+/// The size of the request head as HTTP/1.1 spells it: request line in origin form,
+/// `name: value` lines and the blank line.
+fn head_size<B>(request: &Request<B>) -> usize {
+    const VERSION_AND_CRLF: usize = " HTTP/1.1\r\n".len();
+    let target = request.uri().path_and_query().map_or(1, |target| target.as_str().len());
+    let line = request.method().as_str().len() + 1 + target + VERSION_AND_CRLF;
+    let fields: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    line + fields + 2
+}
+
 /// Accepts on `listener` only to hand connections to `handle` (used by the demo upstream).
 pub async fn accept_plain(listener: TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
     listener.accept().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(version: Version, filler: usize) -> Request<()> {
+        Request::get("/items?page=2")
+            .version(version)
+            .header("host", "api.test")
+            .header("x-filler", "f".repeat(filler))
+            .body(())
+            .expect("valid request")
+    }
+
+    #[test]
+    fn counts_the_head_as_http1_spells_it() {
+        // "GET /items?page=2 HTTP/1.1\r\n" + "host: api.test\r\n" + "x-filler: ff\r\n" + "\r\n"
+        assert_eq!(head_size(&request(Version::HTTP_11, 2)), 28 + 16 + 14 + 2);
+    }
+
+    #[test]
+    fn refuses_a_head_over_the_limit_with_431() {
+        let rules = HeadRules { http2: true, max_header_bytes: 2048 };
+        assert!(rules.refusal(&request(Version::HTTP_11, 1024)).is_none());
+        let refusal = rules.refusal(&request(Version::HTTP_11, 4096)).expect("over the limit");
+        assert_eq!(refusal.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
+
+    #[test]
+    fn refuses_http2_with_505_only_when_the_listener_disables_it() {
+        let enabled = HeadRules { http2: true, max_header_bytes: 32 * 1024 };
+        assert!(enabled.refusal(&request(Version::HTTP_2, 0)).is_none());
+        let disabled = HeadRules { http2: false, max_header_bytes: 32 * 1024 };
+        let refusal = disabled.refusal(&request(Version::HTTP_2, 0)).expect("HTTP/2 refused");
+        assert_eq!(refusal.status(), StatusCode::HTTP_VERSION_NOT_SUPPORTED);
+        assert!(disabled.refusal(&request(Version::HTTP_11, 0)).is_none());
+    }
 }

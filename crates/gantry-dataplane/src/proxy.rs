@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use gantry_policy_api::problem::problem_response;
 use gantry_policy_api::{Exchange, LogRecord, PolicyResponse};
-use http::header::{CONNECTION, HOST, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, UPGRADE};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -69,10 +69,12 @@ impl Gateway {
         let method = request.method().clone();
         let uri = request.uri().clone();
         let version = request.version();
+        let is_grpc = is_grpc_request(&request);
 
         let on_upgrade = is_upgrade_request(&request).then(|| hyper::upgrade::on(&mut request));
         let mut served = self.serve(request, connection, &request_id, on_upgrade).await;
         served.response.headers_mut().insert(&X_REQUEST_ID, request_id_value);
+        let is_gateway_error = served.upstream.is_none() && served.response.status().as_u16() >= 400;
 
         let status = served.response.status();
         let duration = started.elapsed();
@@ -112,6 +114,9 @@ impl Gateway {
                 upstream_addr: served.upstream,
                 upstream_duration: served.upstream_duration,
             });
+        }
+        if is_grpc && is_gateway_error {
+            return into_grpc_error(served.response).await;
         }
         served.response
     }
@@ -314,6 +319,73 @@ fn upstream_path(
     PathAndQuery::try_from(text).map_err(|err| format!("rewritten path is invalid: {err}"))
 }
 
+/// Whether the request is a gRPC call (`application/grpc`, `application/grpc+proto`, gRPC-Web...).
+fn is_grpc_request<B>(request: &Request<B>) -> bool {
+    request.headers().get(CONTENT_TYPE).is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Re-renders an error the gateway made (no route, a policy's denial, a forwarding failure)
+/// for a gRPC client. gRPC clients read the outcome from `grpc-status` and would try to decode
+/// a problem document as messages, so the answer is a trailers-only response: HTTP 200 with
+/// the status in the headers, the code mapped as gRPC's `http-grpc-status-mapping.md` says.
+async fn into_grpc_error(response: Response<GatewayBody>) -> Response<GatewayBody> {
+    let (mut head, body) = response.into_parts();
+    if matches!(body, GatewayBody::Streamed(_)) {
+        // Not made by the gateway after all; reading it could wait on a peer.
+        return Response::from_parts(head, body);
+    }
+    let body = http_body_util::BodyExt::collect(body).await.map(|collected| collected.to_bytes()).unwrap_or_default();
+    let message = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|problem| {
+            problem.get("detail").or_else(|| problem.get("title")).and_then(|text| text.as_str().map(str::to_owned))
+        })
+        .unwrap_or_else(|| head.status.canonical_reason().unwrap_or("gateway error").to_owned());
+    let code = grpc_code(head.status);
+    head.status = StatusCode::OK;
+    head.headers.remove(CONTENT_LENGTH);
+    head.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    head.headers.insert(&GRPC_STATUS, HeaderValue::from(code));
+    if let Ok(value) = HeaderValue::try_from(percent_encode_grpc_message(&message)) {
+        head.headers.insert(&GRPC_MESSAGE, value);
+    }
+    Response::from_parts(head, GatewayBody::Empty)
+}
+
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
+
+/// The gRPC status code for an HTTP status, per gRPC's `http-grpc-status-mapping.md`.
+fn grpc_code(status: StatusCode) -> u16 {
+    const INTERNAL: u16 = 13;
+    const UNAUTHENTICATED: u16 = 16;
+    const PERMISSION_DENIED: u16 = 7;
+    const UNIMPLEMENTED: u16 = 12;
+    const UNAVAILABLE: u16 = 14;
+    const UNKNOWN: u16 = 2;
+    match status.as_u16() {
+        400 => INTERNAL,
+        401 => UNAUTHENTICATED,
+        403 => PERMISSION_DENIED,
+        404 => UNIMPLEMENTED,
+        429 | 502 | 503 | 504 => UNAVAILABLE,
+        _ => UNKNOWN,
+    }
+}
+
+/// `grpc-message` is percent-encoded: every byte outside printable ASCII, and `%` itself.
+fn percent_encode_grpc_message(message: &str) -> String {
+    let mut encoded = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
 fn is_upgrade_request<B>(request: &Request<B>) -> bool {
     request.version() == Version::HTTP_11
         && request.headers().contains_key(UPGRADE)
@@ -345,6 +417,33 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maps_http_statuses_to_grpc_codes() {
+        assert_eq!(grpc_code(StatusCode::NOT_FOUND), 12);
+        assert_eq!(grpc_code(StatusCode::UNAUTHORIZED), 16);
+        assert_eq!(grpc_code(StatusCode::FORBIDDEN), 7);
+        assert_eq!(grpc_code(StatusCode::TOO_MANY_REQUESTS), 14);
+        assert_eq!(grpc_code(StatusCode::BAD_GATEWAY), 14);
+        assert_eq!(grpc_code(StatusCode::PAYLOAD_TOO_LARGE), 2);
+    }
+
+    #[test]
+    fn percent_encodes_grpc_messages() {
+        assert_eq!(percent_encode_grpc_message("no route: 100% sure"), "no route: 100%25 sure");
+        assert_eq!(percent_encode_grpc_message("caf\u{e9}\n"), "caf%C3%A9%0A");
+    }
+
+    #[tokio::test]
+    async fn renders_a_gateway_problem_as_a_trailers_only_grpc_response() {
+        let problem = problem_response(StatusCode::NOT_FOUND, "route-not-found", "Not Found", Some("no route matches"));
+        let response = into_grpc_error(into_gateway_response(problem)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/grpc");
+        assert_eq!(response.headers()[&GRPC_STATUS], "12");
+        assert_eq!(response.headers()[&GRPC_MESSAGE], "no route matches");
+        assert!(http_body::Body::is_end_stream(response.body()), "trailers-only responses have no body");
+    }
 
     #[test]
     fn strips_ports_from_hosts() {

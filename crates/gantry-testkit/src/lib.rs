@@ -8,7 +8,13 @@
 pub mod certs;
 pub mod client;
 pub mod gateway;
+pub mod grpc;
+pub mod h2c;
+pub mod raw;
+pub mod streaming;
+pub mod tls_client;
 pub mod upstream;
+pub mod websocket;
 
 pub use gateway::GatewayProcess;
 pub use upstream::EchoUpstream;
