@@ -3,10 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cli;
 mod grpc;
 mod policies;
 mod protocols;
 mod proxy;
+mod reload;
+mod shutdown;
 mod support;
 mod tls;
 mod websocket;

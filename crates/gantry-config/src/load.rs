@@ -33,9 +33,19 @@ impl ConfigSource {
 
     /// Reads, merges and checks the configuration.
     pub fn load(&self) -> Result<LoadedConfig, ConfigErrors> {
+        let loaded = self.read()?;
+        let mut semantic = validate::validate_spec(&loaded.spec);
+        loaded.attach_origins(&mut semantic);
+        semantic.into_result(loaded)
+    }
+
+    /// Reads and merges the configuration without the checks across resources. For callers
+    /// that compile it next: compiling repeats those checks next to each policy's own, so a
+    /// missing reference does not hide a bad policy setting.
+    pub fn read(&self) -> Result<LoadedConfig, ConfigErrors> {
         match self {
-            ConfigSource::File(path) => load_files(std::slice::from_ref(path)),
-            ConfigSource::Directory(dir) => load_files(&yaml_files_in(dir)?),
+            ConfigSource::File(path) => read_files(std::slice::from_ref(path)),
+            ConfigSource::Directory(dir) => read_files(&yaml_files_in(dir)?),
             ConfigSource::Embedded(text) => {
                 let document = parse_document(text, None)?;
                 let mut loaded = LoadedConfig::default();
@@ -169,7 +179,7 @@ impl LoadedConfig {
     }
 }
 
-fn load_files(files: &[PathBuf]) -> Result<LoadedConfig, ConfigErrors> {
+fn read_files(files: &[PathBuf]) -> Result<LoadedConfig, ConfigErrors> {
     let mut loaded = LoadedConfig::default();
     let mut errors = ConfigErrors::default();
     for file in files {
@@ -189,12 +199,7 @@ fn load_files(files: &[PathBuf]) -> Result<LoadedConfig, ConfigErrors> {
             Err(more) => errors.extend(more.0),
         }
     }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    let mut semantic = validate::validate_spec(&loaded.spec);
-    loaded.attach_origins(&mut semantic);
-    semantic.into_result(loaded)
+    errors.into_result(loaded)
 }
 
 fn yaml_files_in(dir: &Path) -> Result<Vec<PathBuf>, ConfigErrors> {

@@ -33,6 +33,7 @@ pub fn compile_snapshot(
 ) -> Result<Snapshot, ConfigErrors> {
     let mut errors = validate_spec(spec);
     if !errors.is_empty() {
+        check_policies(spec, &mut errors);
         return Err(errors);
     }
     let context = BuildContext { spec };
@@ -130,6 +131,30 @@ pub fn compile_snapshot(
         )
     })?;
     Ok(Snapshot { generation, router, routes, upstreams: upstream_list })
+}
+
+/// Builds every policy of an inconsistent `spec` only to collect its errors, so one pass
+/// reports bad policy settings next to missing references and duplicate ids.
+fn check_policies(spec: &GatewaySpec, errors: &mut ConfigErrors) {
+    let context = BuildContext { spec };
+    let root = FieldPath::root();
+    build_policies(&spec.global_policies, &root.key("global_policies"), &context, errors);
+    for (index, service) in spec.services.iter().enumerate() {
+        let path = root.key("services").item(index, &service.id).key("policies");
+        build_policies(&service.policies, &path, &context, errors);
+    }
+    for (index, set) in spec.policy_sets.iter().enumerate() {
+        let path = root.key("policy_sets").item(index, &set.id).key("policies");
+        build_policies(&set.policies, &path, &context, errors);
+    }
+    for (index, consumer) in spec.consumers.iter().enumerate() {
+        let path = root.key("consumers").item(index, &consumer.id).key("policies");
+        build_policies(&consumer.policies, &path, &context, errors);
+    }
+    for (index, route) in spec.routes.iter().enumerate() {
+        let path = root.key("routes").item(index, &route.id).key("policies");
+        build_policies(&route.policies, &path, &context, errors);
+    }
 }
 
 /// Adds `later` to `entries`; an entry for a policy already present replaces it.

@@ -82,7 +82,8 @@ impl ControlPlane {
     /// Re-reads the source and applies it.
     pub fn reload_from_source(&self) -> Result<u64, ReloadError> {
         let source = self.source.as_ref().ok_or(ReloadError::NoSource)?;
-        let loaded = source.load().inspect_err(|errors| self.record_rejection(errors))?;
+        // `read`, not `load`: compiling checks references too, next to the policy settings.
+        let loaded = source.read().inspect_err(|errors| self.record_rejection(errors))?;
         self.apply_loaded(&loaded)
     }
 

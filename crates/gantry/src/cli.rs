@@ -1,8 +1,11 @@
-//! Command-line interface.
+//! Command-line interface: `run` (the default), `validate` and `version`, and the `run`
+//! options that override node settings for one process.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use gantry_config::{AdminSpec, GatewaySpec, NodeSpec};
 
 /// Gantry, an API gateway.
 #[derive(Debug, Parser)]
@@ -36,6 +39,57 @@ pub struct RunArgs {
     /// Do not reload when the configuration files change (SIGHUP and the admin API still work).
     #[arg(long)]
     pub no_watch: bool,
+    /// Listen on ADDR (`ip:port`, port 0 picks a free one) instead of the configured address.
+    /// Repeat it to move several listeners, in configuration order; their TLS and HTTP/2
+    /// settings stay as configured.
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub listen: Vec<SocketAddr>,
+    /// Serve the admin API on ADDR instead of the configured address; turns the admin API on
+    /// when the configuration has none.
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Serve the built-in demo upstream of the embedded example on ADDR instead of
+    /// 127.0.0.1:9081; the example's `demo` upstream follows it.
+    #[arg(long, value_name = "ADDR", conflicts_with = "config")]
+    pub demo_upstream: Option<SocketAddr>,
+}
+
+impl RunArgs {
+    /// Applies the address options to the node settings this process will use. `spec` is the
+    /// configuration about to be applied: endpoints that pointed at the moved demo upstream
+    /// follow it. Node settings need a restart, so reloads never undo these overrides.
+    pub fn apply_overrides(&self, node: &mut NodeSpec, spec: &mut GatewaySpec) -> Result<(), String> {
+        if self.listen.len() > node.listeners.len() {
+            return Err(format!(
+                "--listen is given {} times but the configuration has {} listener(s)",
+                self.listen.len(),
+                node.listeners.len()
+            ));
+        }
+        for (listener, address) in node.listeners.iter_mut().zip(&self.listen) {
+            listener.address = address.to_string();
+        }
+        if let Some(address) = self.admin_listen {
+            match &mut node.admin {
+                Some(admin) => admin.address = address.to_string(),
+                None => node.admin = Some(AdminSpec { address: address.to_string(), api_key: None }),
+            }
+        }
+        if let Some(address) = self.demo_upstream {
+            // The endpoints name the port, so it cannot be left for the system to pick.
+            if address.port() == 0 {
+                return Err("--demo-upstream needs a fixed port: the demo upstream's endpoints point at it".to_owned());
+            }
+            let moved = address.to_string();
+            if let Some(configured) = node.demo_upstream.replace(moved.clone()) {
+                let endpoints = spec.upstreams.iter_mut().flat_map(|upstream| upstream.endpoints.iter_mut());
+                for endpoint in endpoints.filter(|endpoint| endpoint.address == configured) {
+                    endpoint.address.clone_from(&moved);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Options of `gantry validate`.

@@ -27,7 +27,7 @@ fn source_for(config: Option<&std::path::Path>) -> ConfigSource {
 
 /// Loads and fully compiles a configuration, as a reload would.
 fn check(source: &ConfigSource) -> Result<LoadedConfig, ConfigErrors> {
-    let loaded = source.load()?;
+    let loaded = source.read()?;
     if let Err(mut errors) = compile_snapshot(&loaded.spec, 1, &UpstreamStates::default()) {
         loaded.attach_origins(&mut errors);
         return Err(errors);
@@ -65,14 +65,18 @@ pub fn run(args: RunArgs) -> ExitCode {
     init_tracing();
     install_crypto_provider();
     let source = source_for(args.config.as_deref());
-    let loaded = match check(&source) {
+    let mut loaded = match check(&source) {
         Ok(loaded) => loaded,
         Err(errors) => {
             eprint!("{errors}");
             return ExitCode::FAILURE;
         }
     };
-    let node = loaded.spec.node.clone().unwrap_or_default();
+    let mut node = loaded.spec.node.clone().unwrap_or_default();
+    if let Err(message) = args.apply_overrides(&mut node, &mut loaded.spec) {
+        eprintln!("{message}");
+        return ExitCode::FAILURE;
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all().thread_name("gantry-worker");
     if let Some(threads) = node.worker_threads {
@@ -97,7 +101,9 @@ pub fn run(args: RunArgs) -> ExitCode {
 }
 
 async fn serve(node: NodeSpec, source: ConfigSource, loaded: LoadedConfig, watch: bool) -> Result<(), String> {
-    let control = Arc::new(ControlPlane::new(Some(source.clone()), Some(node.clone())));
+    // The node settings as written, so a reload compares against the file and not against
+    // the command-line overrides.
+    let control = Arc::new(ControlPlane::new(Some(source.clone()), loaded.spec.node.clone()));
     control.apply_loaded(&loaded).map_err(|err| err.to_string())?;
 
     if let Some(address) = &node.demo_upstream {

@@ -59,6 +59,24 @@ fn collects_errors_from_policies_upstreams_and_routes_together() {
 }
 
 #[test]
+fn reports_bad_policy_settings_next_to_a_missing_reference() {
+    let errors = compile(
+        "global_policies:\n  - ip_restriction: {deny: [not-a-cidr]}\nroutes:\n  - id: r\n    paths: [/x]\n    upstream: missing\n    policies:\n      - mock_response: {body: hi, colour: red}\n",
+    )
+    .expect_err("three errors");
+    let paths: Vec<String> = errors.iter().map(|error| error.path.to_string()).collect();
+    assert_eq!(
+        paths,
+        [
+            "routes[r].upstream",
+            "global_policies[0].ip_restriction.deny[0]",
+            "routes[r].policies[0].mock_response.colour"
+        ],
+        "{errors}"
+    );
+}
+
+#[test]
 fn reports_clashing_templates_at_the_route_path() {
     let errors = compile(&format!(
         "{UPSTREAM}routes:\n  - id: a\n    paths: ['/u/{{id}}']\n    upstream: up\n  - id: b\n    paths: [/z, '/u/{{name}}']\n    upstream: up\n"
