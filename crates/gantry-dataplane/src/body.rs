@@ -1,13 +1,16 @@
-//! Body types of the hot path: enums over the few concrete bodies, so that no body is boxed.
+//! Body types of the hot path: enums over the few concrete bodies, so that no body is boxed;
+//! the streamed body limit; and [`discard`], which reads away a client body the gateway
+//! answered without using.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 /// Error type of gateway bodies.
@@ -49,7 +52,7 @@ impl Body for GatewayBody {
     fn is_end_stream(&self) -> bool {
         match self {
             GatewayBody::Streamed(body) => body.is_end_stream(),
-            GatewayBody::Limited(body) => body.inner.is_end_stream(),
+            GatewayBody::Limited(body) => body.is_end_stream(),
             GatewayBody::Full(body) => body.is_end_stream(),
             GatewayBody::Empty => true,
         }
@@ -58,7 +61,7 @@ impl Body for GatewayBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             GatewayBody::Streamed(body) => body.size_hint(),
-            GatewayBody::Limited(body) => body.inner.size_hint(),
+            GatewayBody::Limited(body) => body.size_hint(),
             GatewayBody::Full(body) => body.size_hint(),
             GatewayBody::Empty => SizeHint::with_exact(0),
         }
@@ -77,16 +80,20 @@ pub struct BodyTooLarge {
 /// buffering. `exceeded` tells the forwarder afterwards that the failure means 413.
 #[derive(Debug)]
 pub struct LimitedBody {
-    inner: Incoming,
+    /// `None` once the limit was passed: the rest is no longer this body's.
+    inner: Option<Incoming>,
     limit: u64,
     seen: u64,
     exceeded: Arc<AtomicBool>,
+    discard_rest: bool,
 }
 
 impl LimitedBody {
-    /// Wraps `inner`; `exceeded` is set when the limit is passed.
-    pub fn new(inner: Incoming, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
-        Self { inner, limit, seen: 0, exceeded }
+    /// Wraps `inner`; `exceeded` is set when the limit is passed. With `discard_rest` (HTTP/1.x
+    /// clients), what the client still sends after that is read and dropped (see [`discard`]),
+    /// so that it receives the 413.
+    pub fn new(inner: Incoming, limit: u64, exceeded: Arc<AtomicBool>, discard_rest: bool) -> Self {
+        Self { inner: Some(inner), limit, seen: 0, exceeded, discard_rest }
     }
 }
 
@@ -96,12 +103,20 @@ impl Body for LimitedBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {
                         this.exceeded.store(true, Ordering::Release);
+                        // The upstream connection drops this body on the error below; the
+                        // client's rest must outlive it until the 413 has reached the client.
+                        if let Some(rest) = this.inner.take().filter(|_| this.discard_rest) {
+                            discard(rest);
+                        }
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: this.limit }))));
                     }
                 }
@@ -112,4 +127,37 @@ impl Body for LimitedBody {
             Poll::Pending => Poll::Pending,
         }
     }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// How long [`discard`] goes on reading a body the gateway will not use.
+const DISCARD_FOR: Duration = Duration::from_secs(5);
+
+/// Reads and drops the rest of an HTTP/1.x client body that the gateway answered without
+/// reading (a 413, a policy's denial), in the background and for at most five seconds.
+///
+/// Dropping it instead makes hyper close the connection with the body's bytes still unread,
+/// so the kernel resets it, and a client still writing its body sees the reset (a broken
+/// pipe) rather than the answer already sent: nginx's "lingering close" problem (see RFC 9112
+/// §9.6). HTTP/2 does not need this: hyper ends just the stream, with `RST_STREAM(NO_ERROR)`.
+pub fn discard(body: Incoming) {
+    if body.is_end_stream() {
+        return;
+    }
+    // Called from request handling, always inside the runtime; without one, dropping is all
+    // that is left to do.
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let mut body = body;
+        let _ = tokio::time::timeout(DISCARD_FOR, async { while let Some(Ok(_)) = body.frame().await {} }).await;
+    });
 }

@@ -10,13 +10,13 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use gantry_policy_api::problem::problem_response;
 use gantry_policy_api::{Exchange, LogRecord, PolicyResponse};
-use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, UPGRADE};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, AccessRecord};
-use crate::body::{GatewayBody, LimitedBody};
+use crate::body::{discard, GatewayBody, LimitedBody};
 use crate::forward::{forward, ForwardError, ForwardRequest};
 use crate::headers::{add_forwarded, remove_hop_by_hop, request_id, X_REQUEST_ID};
 use crate::pipeline::RequestOutcome;
@@ -139,6 +139,7 @@ impl Gateway {
             headers: &parts.headers,
         };
         let Some(found) = snapshot.router.find(&facts) else {
+            discard_unread(&parts, body);
             let detail = format!("no route matches {} {}", parts.method, parts.uri.path());
             return Served {
                 response: into_gateway_response(problem_response(
@@ -160,6 +161,7 @@ impl Gateway {
         if let RequestOutcome::Respond { position, response } =
             route.pipeline.run_request(&mut parts, &mut exchange).await
         {
+            discard_unread(&parts, body);
             let (mut head, body) = response.into_parts();
             route.pipeline.run_response(&mut head, &mut exchange, Some(position));
             return Served {
@@ -178,6 +180,7 @@ impl Gateway {
                 "Bad Gateway",
                 Some("the route has no upstream and no policy answered"),
             );
+            discard_unread(&parts, body);
             return respond_with(&route, exchange, response);
         };
 
@@ -186,6 +189,7 @@ impl Gateway {
             Ok(path_and_query) => path_and_query,
             Err(detail) => {
                 let response = problem_response(StatusCode::BAD_REQUEST, "bad-request", "Bad Request", Some(&detail));
+                discard_unread(&parts, body);
                 return respond_with(&route, exchange, response);
             }
         };
@@ -204,7 +208,10 @@ impl Gateway {
             GatewayBody::Empty
         } else {
             match &body_limit {
-                Some((limit, exceeded)) => GatewayBody::Limited(LimitedBody::new(body, *limit, exceeded.clone())),
+                Some((limit, exceeded)) => {
+                    let discard_rest = parts.version <= Version::HTTP_11;
+                    GatewayBody::Limited(LimitedBody::new(body, *limit, exceeded.clone(), discard_rest))
+                }
                 None => GatewayBody::Streamed(body),
             }
         };
@@ -249,6 +256,17 @@ impl Gateway {
                 respond_with(&route, exchange, response)
             }
         }
+    }
+}
+
+/// Lets an HTTP/1.x client finish sending a body the gateway answers without reading, so that
+/// it gets the answer rather than a reset connection (see [`discard`]).
+fn discard_unread(parts: &http::request::Parts, body: Incoming) {
+    // A client waiting for `100 Continue` has sent no body; reading would ask it for one.
+    let awaits_continue =
+        parts.headers.get(EXPECT).is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if parts.version <= Version::HTTP_11 && !awaits_continue {
+        discard(body);
     }
 }
 
