@@ -1,1 +1,11 @@
-//! One module per policy, each through a running gateway.
+//! One module per policy, each through a running gateway against real upstreams, and
+//! `precedence` for how policies attached at different places combine and order.
+
+mod harness;
+mod ip_restriction;
+mod mock_response;
+mod precedence;
+mod redirect;
+mod request_headers;
+mod request_size_limit;
+mod response_headers;

@@ -142,3 +142,123 @@ fn finds_yaml_blocks_and_skips_other_code() {
     let markdown = "text\n```yaml\na: 1\n```\n```http\nGET /\n```\n  ```yaml\n  b: 2\n  ```\n";
     assert_eq!(yaml_blocks(markdown), ["a: 1\n", "  b: 2\n"]);
 }
+
+/// The docs index, `docs/policies/README.md`, from the root of the workspace.
+fn docs_index_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/policies/README.md")
+}
+
+const INDEX_BEGIN: &str = "<!-- BEGIN GENERATED: policy index -->\n";
+const INDEX_END: &str = "<!-- END GENERATED -->";
+
+/// The first sentence of a policy's docs, after the title: its purpose in one line.
+fn purpose(docs: &str) -> String {
+    let paragraph: Vec<&str> = docs
+        .lines()
+        .skip(1)
+        .skip_while(|line| line.trim().is_empty())
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let paragraph = paragraph.join(" ");
+    // A sentence ends at a full stop before a capital letter, so "e.g. this" does not end it.
+    let end = paragraph
+        .match_indices(". ")
+        .map(|(at, _)| at)
+        .find(|&at| paragraph[at + 2..].starts_with(|c: char| c.is_uppercase()))
+        .map_or(paragraph.len(), |at| at + 1);
+    paragraph[..end].replace('|', "\\|")
+}
+
+/// The index table as generated from the registry. Policies live in `src/<stage>/`, so the
+/// stage names the md file's folder.
+fn generated_index() -> String {
+    let mut table = String::from("| Policy | Stage | Purpose |\n| --- | --- | --- |\n");
+    for policy in all() {
+        table.push_str(&format!(
+            "| [`{name}`](../../crates/gantry-policies/src/{stage}/{name}.md) | `{stage}` | {purpose} |\n",
+            name = policy.name,
+            stage = policy.stage.name(),
+            purpose = purpose(policy.docs),
+        ));
+    }
+    table
+}
+
+#[test]
+fn lists_every_registered_policy_in_the_docs_index() {
+    for policy in all() {
+        // The link must lead to the very file the policy's docs are built from.
+        let md = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+            "src/{}/{}.md",
+            policy.stage.name(),
+            policy.name
+        ));
+        let linked = std::fs::read_to_string(&md).unwrap_or_else(|err| panic!("{}: {err}", md.display()));
+        assert_eq!(linked, policy.docs, "{}: the index would link to another file than its docs", policy.name);
+        assert!(!purpose(policy.docs).is_empty(), "{}: the docs open without a purpose sentence", policy.name);
+    }
+
+    let path = docs_index_path();
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    let start = text.find(INDEX_BEGIN).expect("the docs index has the BEGIN GENERATED marker") + INDEX_BEGIN.len();
+    let end = start + text[start..].find(INDEX_END).expect("the docs index has the END GENERATED marker");
+    let expected = generated_index();
+    if text[start..end] == expected {
+        return;
+    }
+    if std::env::var_os("GANTRY_UPDATE_DOCS").is_some() {
+        let updated = format!("{}{expected}{}", &text[..start], &text[end..]);
+        std::fs::write(&path, updated).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+        return;
+    }
+    assert_eq!(
+        &text[start..end],
+        expected,
+        "docs/policies/README.md is out of date with the registry; rewrite it with \
+         `GANTRY_UPDATE_DOCS=1 cargo test -p gantry-policies registry`"
+    );
+}
+
+#[test]
+fn lists_the_stages_of_the_docs_index_in_running_order() {
+    let text = std::fs::read_to_string(docs_index_path()).expect("the docs index exists");
+    let section = text.split("\n## Stage order\n").nth(1).expect("a `## Stage order` section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let listed: Vec<&str> = section
+        .lines()
+        .filter_map(|line| line.split_once(". `"))
+        .filter(|(number, _)| number.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|(_, rest)| rest.split('`').next())
+        .collect();
+    let stages: Vec<&str> = gantry_policy_api::Stage::ALL.iter().map(|stage| stage.name()).collect();
+    assert_eq!(listed, stages);
+}
+
+#[test]
+fn loads_and_builds_every_yaml_example_in_the_docs_index() {
+    let text = std::fs::read_to_string(docs_index_path()).expect("the docs index exists");
+    let blocks = yaml_blocks(&text);
+    assert!(!blocks.is_empty(), "the docs index has no ```yaml example");
+    for block in blocks {
+        let spec = gantry_config::load_str(&block).unwrap_or_else(|errors| panic!("{errors}\n{block}"));
+        let semantic = gantry_config::validate::validate_spec(&spec);
+        assert!(semantic.is_empty(), "{semantic}\n{block}");
+        let context = BuildContext { spec: &spec };
+        for (path, entry) in policy_entries(&spec) {
+            let registered = find(&entry.name).unwrap_or_else(|| panic!("unknown policy at {path}\n{block}"));
+            if let Err(errors) = registered.build(&entry.config, &path, &context) {
+                panic!("{errors}\n{block}");
+            }
+        }
+    }
+}
+
+#[test]
+fn takes_the_first_sentence_of_the_docs_as_the_purpose() {
+    assert_eq!(
+        purpose("# p\n\nDoes a thing, e.g. this. Then more.\nAnd more.\n\n## Next\n"),
+        "Does a thing, e.g. this."
+    );
+    assert_eq!(purpose("# p\n\nOne line\nwrapped | piped.\n"), "One line wrapped \\| piped.");
+}
