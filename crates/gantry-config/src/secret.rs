@@ -63,6 +63,12 @@ impl<T: JsonSchema> JsonSchema for Secret<T> {
         T::schema_name()
     }
 
+    // A secret has the schema of its value, inlined like it: without this, schema exports
+    // got a shared definition named after the value's type (`string`).
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+
     fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
         T::json_schema(generator)
     }

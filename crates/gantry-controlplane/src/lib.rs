@@ -3,8 +3,10 @@
 //! [`compile`] checks a whole [`gantry_config::GatewaySpec`] and builds a
 //! [`gantry_dataplane::Snapshot`]; [`reload`] serializes every change (file watch, SIGHUP,
 //! admin API) through validate, compile and swap, keeping the running snapshot when anything
-//! is wrong; [`sources`] watches files.
+//! is wrong; [`sources`] watches files; [`admin`] is the HTTP admin API, whose writes go
+//! through the same reload path and are saved to the configuration files.
 
+pub mod admin;
 pub mod compile;
 pub mod reload;
 pub mod sources;

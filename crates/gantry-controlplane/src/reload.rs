@@ -1,6 +1,7 @@
 //! Applying configuration: every trigger (start, file change, SIGHUP, admin write) goes
-//! through [`ControlPlane::apply`], one at a time: validate, compile, swap. A rejected
-//! configuration changes nothing; the running snapshot keeps serving.
+//! through [`ControlPlane::apply_loaded`] or [`ControlPlane::apply_change_and_save`], one at a
+//! time: validate, compile, (save,) swap. A rejected configuration changes nothing; the
+//! running snapshot keeps serving.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,9 @@ pub enum ReloadError {
     /// There is no source to reload from (the embedded default was started).
     #[error("the gateway runs on the embedded configuration; there is no file to reload")]
     NoSource,
+    /// The candidate is valid but saving it failed, so it was not applied; nothing changed.
+    #[error("the change is valid but could not be saved: {0}")]
+    NotSaved(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// The applied configuration and its generation.
@@ -43,6 +47,19 @@ pub struct ControlPlane {
     /// Node settings the process started with; changes to them need a restart.
     running_node: Option<NodeSpec>,
     reload_failures: AtomicU64,
+    /// What the admin API last saved to the files, until a file reload reads it back.
+    unread_save: Mutex<Option<GatewaySpec>>,
+}
+
+/// What asked for a change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trigger {
+    /// A (re)load of the configuration files: start, file watch, SIGHUP.
+    Files,
+    /// An admin write, not saved.
+    Change,
+    /// An admin write saved to the files.
+    SavedChange,
 }
 
 impl ControlPlane {
@@ -56,6 +73,7 @@ impl ControlPlane {
             source,
             running_node,
             reload_failures: AtomicU64::new(0),
+            unread_save: Mutex::new(None),
         }
     }
 
@@ -89,7 +107,7 @@ impl ControlPlane {
 
     /// Applies a configuration read from files, locating compile errors in them.
     pub fn apply_loaded(&self, loaded: &LoadedConfig) -> Result<u64, ReloadError> {
-        self.apply_with(|_| Ok(loaded.spec.clone()), |errors| loaded.attach_origins(errors))
+        self.apply_with(Trigger::Files, |_| Ok(loaded.spec.clone()), |errors| loaded.attach_origins(errors), |_| Ok(()))
     }
 
     /// Applies the current configuration changed by `change` (an admin write). The change
@@ -98,17 +116,43 @@ impl ControlPlane {
         &self,
         change: impl FnOnce(&GatewaySpec) -> Result<GatewaySpec, ConfigErrors>,
     ) -> Result<u64, ReloadError> {
-        self.apply_with(change, |_| {})
+        self.apply_with(Trigger::Change, change, |_| {}, |_| Ok(()))
+    }
+
+    /// Like [`Self::apply_change`], and `save` persists the candidate after it compiled and
+    /// before it is swapped in (the admin API writes the configuration files). When saving
+    /// fails nothing changes, so the files and the running configuration never disagree, and
+    /// a file-watch reload of the saved files waits for the swap and finds nothing new.
+    pub fn apply_change_and_save(
+        &self,
+        change: impl FnOnce(&GatewaySpec) -> Result<GatewaySpec, ConfigErrors>,
+        save: impl FnOnce(&GatewaySpec) -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Result<u64, ReloadError> {
+        self.apply_with(Trigger::SavedChange, change, |_| {}, save)
     }
 
     fn apply_with(
         &self,
+        trigger: Trigger,
         candidate: impl FnOnce(&GatewaySpec) -> Result<GatewaySpec, ConfigErrors>,
         locate: impl FnOnce(&mut ConfigErrors),
+        save: impl FnOnce(&GatewaySpec) -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
     ) -> Result<u64, ReloadError> {
-        // One change at a time: the lock spans read-modify-compile-swap.
+        // One change at a time: the lock spans read-modify-compile-save-swap.
         let mut applied = self.applied.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let spec = candidate(&applied.spec).inspect_err(|errors| self.record_rejection(errors))?;
+        let unread_save = match trigger {
+            Trigger::Files => self.unread_save.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take(),
+            Trigger::Change | Trigger::SavedChange => None,
+        };
+        // An admin write that changes nothing, or the file watcher reading back what the admin
+        // API just saved, keeps the generation. A reload of unchanged files (SIGHUP) still
+        // recompiles: files the configuration points at, such as CA bundles, may have changed.
+        let is_readback = unread_save.is_some_and(|saved| saved == spec);
+        if applied.generation > 0 && spec == applied.spec && (trigger != Trigger::Files || is_readback) {
+            tracing::debug!(generation = applied.generation, "configuration unchanged");
+            return Ok(applied.generation);
+        }
         let generation = applied.generation + 1;
         let snapshot = match compile_snapshot(&spec, generation, &self.states) {
             Ok(snapshot) => snapshot,
@@ -118,6 +162,7 @@ impl ControlPlane {
                 return Err(errors.into());
             }
         };
+        save(&spec).map_err(ReloadError::NotSaved)?;
         if applied.generation > 0 && spec.node != self.running_node && spec.node.is_some() {
             tracing::warn!("node settings changed; they apply at the next restart");
         }
@@ -126,6 +171,9 @@ impl ControlPlane {
         self.states.retain(&live_endpoints(&snapshot));
         if tokio::runtime::Handle::try_current().is_ok() {
             self.health.sync(snapshot.upstreams.iter());
+        }
+        if trigger == Trigger::SavedChange {
+            *self.unread_save.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(spec.clone());
         }
         *applied = Applied { spec, generation };
         tracing::info!(

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use gantry_config::{ConfigErrors, ConfigSource, LoadedConfig, NodeSpec};
+use gantry_config::{AdminSpec, ConfigErrors, ConfigSource, LoadedConfig, NodeSpec, Secret};
+use gantry_controlplane::admin::auth::generate_api_key;
+use gantry_controlplane::admin::{AdminServer, AdminState};
 use gantry_controlplane::{compile_snapshot, ControlPlane};
 use gantry_dataplane::access_log::AccessLog;
 use gantry_dataplane::listener::{bind, ListenerSettings, Server};
@@ -160,9 +162,17 @@ async fn serve(node: NodeSpec, source: ConfigSource, loaded: LoadedConfig, watch
     } else {
         None
     };
+    let admin = match &node.admin {
+        Some(spec) => Some(start_admin(spec, &node, control.clone()).await?),
+        None => None,
+    };
     spawn_sighup_reload(control.clone());
 
     wait_for_shutdown_signal().await;
+    if let Some(admin) = admin {
+        // No configuration changes while draining.
+        admin.shutdown().await;
+    }
     tracing::info!(deadline = %node.shutdown_timeout, "shutting down: draining connections");
     let drained = server.shutdown(node.shutdown_timeout.get()).await;
     control.stop();
@@ -172,6 +182,28 @@ async fn serve(node: NodeSpec, source: ConfigSource, loaded: LoadedConfig, watch
         tracing::warn!("stopped with connections still open at the drain deadline");
     }
     Ok(())
+}
+
+/// Binds the admin API and serves it. Without a configured key, a random one is generated
+/// and logged once, so the API is never open.
+async fn start_admin(spec: &AdminSpec, node: &NodeSpec, control: Arc<ControlPlane>) -> Result<AdminServer, String> {
+    let address: SocketAddr = spec.address.parse().map_err(|_| format!("bad admin address {}", spec.address))?;
+    let api_key = match &spec.api_key {
+        Some(key) => key.clone(),
+        None => {
+            let key = generate_api_key().map_err(|err| format!("cannot generate an admin API key: {err}"))?;
+            tracing::warn!(api_key = %key, "no node.admin.api_key is configured; generated one for this run");
+            Secret::new(key)
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|err| format!("cannot listen for the admin API on {address}: {err}"))?;
+    let server = AdminServer::start(listener, AdminState::new(control, node.clone(), api_key))
+        .map_err(|err| format!("cannot start the admin API on {address}: {err}"))?;
+    let addr = server.local_addr();
+    tracing::info!(address = %addr, "admin API started");
+    Ok(server)
 }
 
 fn spawn_sighup_reload(control: Arc<ControlPlane>) {

@@ -1,0 +1,207 @@
+//! The admin API: reads and changes the running configuration over HTTP, on its own listener
+//! (`node.admin.address`), apart from client traffic.
+//!
+//! A request passes [`auth`] (the API key; only `GET /health` and `GET /ready` are open),
+//! then one handler: the generic CRUD of [`resource`] for every kind listed in [`kinds`]
+//! (`/routes`, `/services`, `/upstreams`, `/consumers`, `/policy_sets`, and the
+//! `/global_policies` list), or [`status`] (`/config`, `/health`, `/ready`, `/openapi.json`).
+//! Writes go through [`crate::ControlPlane`] like a file reload (validate, compile, save via
+//! [`persist`], swap), and every error is an [`AdminError`] rendered by [`problem`] as an
+//! RFC 9457 document with a stable type:
+//!
+//! | code | status | meaning |
+//! |---|---|---|
+//! | `unauthorized` | 401 | no or wrong API key |
+//! | `endpoint-not-found` | 404 | no such admin path |
+//! | `method-not-allowed` | 405 | the path does not take this method |
+//! | `resource-not-found` | 404 | no resource with this id |
+//! | `resource-exists` | 409 | `POST` of an existing id |
+//! | `resource-in-use` | 409 | `DELETE` of a resource others refer to |
+//! | `id-mismatch` | 400 | body id differs from the URL |
+//! | `unsupported-media-type` | 415 | body neither JSON nor YAML |
+//! | `malformed-body` | 400 | body does not parse |
+//! | `body-too-large` | 413 | body over 2 MiB |
+//! | `invalid-config` | 400 | the change fails validation or compilation (`errors[]`) |
+//! | `not-saved` | 500 | writing the configuration files failed; nothing changed |
+//! | `not-ready` | 503 | no configuration applied yet |
+//! | `internal` | 500 | a bug |
+//!
+//! [`ProblemType::description`] holds the full text of each; `docs/admin-api.md` is the
+//! user-facing reference.
+
+pub mod auth;
+pub mod body;
+pub mod kinds;
+pub mod openapi;
+pub mod persist;
+pub mod problem;
+pub mod resource;
+pub mod status;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::routing::{get, MethodRouter};
+use axum::Router;
+use gantry_config::{NodeSpec, Secret};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use persist::Persistence;
+pub use problem::{AdminError, ProblemType};
+pub use resource::ConfigResource;
+
+use crate::reload::Applied;
+use crate::ControlPlane;
+use kinds::{for_each_kind, KindVisitor};
+
+/// Response header carrying the configuration generation serving after the request.
+pub const GENERATION_HEADER: &str = "x-gantry-generation";
+
+/// What every admin handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AdminState(Arc<Shared>);
+
+struct Shared {
+    control: Arc<ControlPlane>,
+    api_key: Secret<String>,
+    node: NodeSpec,
+    persistence: Persistence,
+    openapi: serde_json::Value,
+}
+
+impl AdminState {
+    /// State for an admin API over `control`, accepting `api_key`. `node` is the node
+    /// configuration the process runs with (shown by `GET /config`). Writes are saved to
+    /// the control plane's source, if it has files.
+    pub fn new(control: Arc<ControlPlane>, node: NodeSpec, api_key: Secret<String>) -> Self {
+        let persistence = Persistence::for_source(control.source());
+        Self(Arc::new(Shared { control, api_key, node, persistence, openapi: openapi::openapi_document() }))
+    }
+
+    /// The control plane.
+    pub fn control(&self) -> &ControlPlane {
+        &self.0.control
+    }
+
+    /// The applied configuration. Read off the async workers: the lock guarding it is held
+    /// while a write compiles, and the admin API shares its runtime with the data plane.
+    pub async fn applied(&self) -> Result<Applied, AdminError> {
+        let control = self.0.control.clone();
+        tokio::task::spawn_blocking(move || control.applied())
+            .await
+            .map_err(|err| AdminError::Internal { reason: format!("reading the configuration failed: {err}") })
+    }
+
+    /// The running node settings.
+    pub fn node(&self) -> &NodeSpec {
+        &self.0.node
+    }
+
+    /// Where writes are saved.
+    pub fn persistence(&self) -> &Persistence {
+        &self.0.persistence
+    }
+
+    /// The OpenAPI document, built once.
+    pub fn openapi(&self) -> &serde_json::Value {
+        &self.0.openapi
+    }
+
+    /// The key requests must carry.
+    fn api_key(&self) -> &[u8] {
+        self.0.api_key.expose().as_bytes()
+    }
+}
+
+/// The admin API as an axum router (every endpoint, the key check, problem documents for
+/// unknown paths and methods).
+pub fn router(state: AdminState) -> Router {
+    let mut register = RegisterKinds { router: Router::new() };
+    for_each_kind(&mut register);
+    register
+        .router
+        .route(
+            "/global_policies",
+            problems_for_other_methods(get(resource::get_global_policies).put(resource::put_global_policies)),
+        )
+        .route("/config", problems_for_other_methods(get(status::config)))
+        .route("/health", problems_for_other_methods(get(status::health)))
+        .route("/ready", problems_for_other_methods(get(status::ready)))
+        .route("/openapi.json", problems_for_other_methods(get(status::openapi)))
+        .fallback(endpoint_not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_api_key))
+        .with_state(state)
+}
+
+struct RegisterKinds {
+    router: Router<AdminState>,
+}
+
+impl KindVisitor for RegisterKinds {
+    fn visit<K: ConfigResource>(&mut self) {
+        let kind = K::KIND.name();
+        let router = std::mem::take(&mut self.router);
+        self.router = router
+            .route(
+                &format!("/{kind}"),
+                problems_for_other_methods(get(resource::list::<K>).post(resource::create::<K>)),
+            )
+            .route(
+                &format!("/{kind}/{{id}}"),
+                problems_for_other_methods(
+                    get(resource::get::<K>).put(resource::put::<K>).delete(resource::delete::<K>),
+                ),
+            );
+    }
+}
+
+/// A 405 for a method the path does not take is a problem document too.
+fn problems_for_other_methods(router: MethodRouter<AdminState>) -> MethodRouter<AdminState> {
+    router.fallback(|request: Request| async move {
+        AdminError::MethodNotAllowed { method: request.method().clone(), path: request.uri().path().to_owned() }
+    })
+}
+
+async fn endpoint_not_found(request: Request) -> AdminError {
+    AdminError::EndpointNotFound { path: request.uri().path().to_owned() }
+}
+
+/// A running admin API server.
+pub struct AdminServer {
+    address: SocketAddr,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl AdminServer {
+    /// Serves `state` on `listener` until [`Self::shutdown`].
+    pub fn start(listener: tokio::net::TcpListener, state: AdminState) -> std::io::Result<Self> {
+        let address = listener.local_addr()?;
+        let (shutdown, stopped) = oneshot::channel();
+        let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        });
+        let task = tokio::spawn(async move { server.await });
+        Ok(Self { address, shutdown, task })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Stops accepting and waits for in-flight admin requests.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(());
+        match self.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "the admin API stopped with an error"),
+            Err(err) => tracing::warn!(error = %err, "the admin API task failed"),
+        }
+    }
+}
