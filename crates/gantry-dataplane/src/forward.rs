@@ -3,7 +3,7 @@
 //!
 //! Runs per request.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -166,9 +166,9 @@ pub async fn forward(upstream: &CompiledUpstream, request: ForwardRequest<'_>) -
             Some(deadline) => upstream.timeouts.read.min(deadline.saturating_duration_since(sent_at)),
             None => upstream.timeouts.read,
         };
-        endpoint.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight::enter(&endpoint.state.in_flight);
         let result = tokio::time::timeout(limit, upstream.client.request(outgoing)).await;
-        endpoint.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        drop(in_flight);
         let now = Instant::now();
 
         let outcome = match result {
@@ -207,6 +207,24 @@ pub async fn forward(upstream: &CompiledUpstream, request: ForwardRequest<'_>) -
             wait = wait.min(deadline.saturating_duration_since(now));
         }
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// Counts one request in flight to an endpoint for as long as it lives. A guard rather than a
+/// decrement after the `await`: when the client goes away, this future is dropped mid-await,
+/// and a count left behind would steer least-connections and EWMA away from the endpoint for good.
+struct InFlight<'a>(&'a AtomicU32);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicU32) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

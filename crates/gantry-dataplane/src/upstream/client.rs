@@ -1,14 +1,19 @@
 //! Pooled HTTP clients towards upstreams (hyper-util's keep-alive pool, rustls for TLS).
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use gantry_config::UpstreamScheme;
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
+use http::Uri;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
@@ -55,8 +60,12 @@ pub enum ClientError {
 /// A pooled client; cheap to clone (the pool is shared).
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
-    inner: Client<HttpsConnector<HttpConnector>, GatewayBody>,
+    inner: Client<TimedConnector, GatewayBody>,
+    /// Shared by clones, new for every client built: tells whether two handles use one pool.
+    pool_id: u64,
 }
+
+static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(0);
 
 impl UpstreamClient {
     /// A client for `settings`.
@@ -76,7 +85,10 @@ impl UpstreamClient {
             }
             None => builder,
         };
-        let connector = builder.enable_all_versions().wrap_connector(http);
+        let connector = TimedConnector {
+            inner: builder.enable_all_versions().wrap_connector(http),
+            limit: settings.connect_timeout,
+        };
 
         let mut client = Client::builder(TokioExecutor::new());
         client
@@ -88,12 +100,54 @@ impl UpstreamClient {
         if settings.scheme == UpstreamScheme::H2c {
             client.http2_only(true);
         }
-        Ok(Self { inner: client.build(connector) })
+        Ok(Self { inner: client.build(connector), pool_id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed) })
+    }
+
+    /// True when both handles share one pool, and so the same settings (TLS, timeouts).
+    pub fn shares_pool_with(&self, other: &UpstreamClient) -> bool {
+        self.pool_id == other.pool_id
     }
 
     /// Sends a request; the URI must be absolute.
     pub fn request(&self, request: http::Request<GatewayBody>) -> hyper_util::client::legacy::ResponseFuture {
         self.inner.request(request)
+    }
+}
+
+/// The connector with `connect_timeout` over the whole connection setup. `HttpConnector`'s
+/// own timeout covers TCP only, so a peer that accepts and then stalls the TLS handshake would
+/// otherwise hold the request until the read timeout, as a 504 instead of a 502.
+#[derive(Clone, Debug)]
+struct TimedConnector {
+    inner: HttpsConnector<HttpConnector>,
+    limit: Duration,
+}
+
+/// Connection setup (TCP and TLS) took longer than the connect timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no connection within the connect timeout of {0:?}")]
+struct ConnectTimeout(Duration);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Uri> for TimedConnector {
+    type Response = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(connected) => connected,
+                Err(_) => Err(ConnectTimeout(limit).into()),
+            }
+        })
     }
 }
 

@@ -53,8 +53,11 @@ struct ProbePlan {
 
 impl ProbePlan {
     fn same_as(&self, other: &ProbePlan) -> bool {
+        // A changed client (new CA, client certificate, connect timeout) must reach the probes,
+        // or an endpoint judged with stale TLS settings would stay unhealthy after the fix.
         self.check == other.check
             && self.scheme == other.scheme
+            && self.client.shares_pool_with(&other.client)
             && self.targets.len() == other.targets.len()
             && self.targets.iter().zip(&other.targets).all(|(a, b)| a.0 == b.0 && Arc::ptr_eq(&a.1, &b.1))
     }
