@@ -165,7 +165,17 @@ fn count_listeners(path: &Path) -> usize {
     let text = read_config_text(path);
     let Some(start) = text.find("listeners:") else { return 1 };
     let section = &text[start..];
-    let end = section.find("\n  admin:").or_else(|| section.find("\n  limits:")).unwrap_or(section.len());
+    // The list also ends at the next top-level key: an `address:` further down belongs to
+    // something else, such as an upstream endpoint written `{address: ..., weight: 3}`.
+    let next_top_level = section
+        .match_indices('\n')
+        .map(|(at, _)| at)
+        .find(|&at| section[at + 1..].starts_with(|c: char| !c.is_whitespace() && c != '-' && c != '#'));
+    let end = [section.find("\n  admin:"), section.find("\n  limits:"), next_top_level]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(section.len());
     section[..end].matches("address:").count().max(1)
 }
 

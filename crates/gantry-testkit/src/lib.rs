@@ -13,10 +13,12 @@ pub mod h2c;
 pub mod raw;
 pub mod streaming;
 pub mod tls_client;
+pub mod tls_upstream;
 pub mod upstream;
 pub mod websocket;
 
 pub use gateway::GatewayProcess;
+pub use tls_upstream::TlsEchoUpstream;
 pub use upstream::EchoUpstream;
 
 use std::future::Future;
