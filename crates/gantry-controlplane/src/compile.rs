@@ -99,9 +99,7 @@ pub fn compile_snapshot(
             route.service.as_deref().and_then(|id| spec.services.iter().find(|s| s.id == id)?.upstream.as_deref())
         });
         let upstream = upstream_id.and_then(|id| upstreams.get(id).cloned());
-        let has_terminal = entries
-            .iter()
-            .any(|entry| gantry_policies::registry::find(entry.name).is_some_and(|registered| registered.terminal));
+        let has_terminal = entries.iter().any(|entry| entry.policy.answers_every_request());
         if upstream_id.is_none() && !has_terminal {
             errors.push(
                 path.clone(),

@@ -30,8 +30,6 @@ pub trait PolicyFactory: 'static {
     const NAME: &'static str;
     /// When its request hook runs.
     const STAGE: Stage;
-    /// True when the policy always answers itself, so its route needs no upstream.
-    const TERMINAL: bool = false;
     /// The policy's documentation (its markdown file).
     const DOCS: &'static str;
     /// Typed settings.
@@ -55,8 +53,6 @@ pub struct RegisteredPolicy {
     pub name: &'static str,
     /// Stage of its request hook.
     pub stage: Stage,
-    /// Whether it always answers itself.
-    pub terminal: bool,
     /// Markdown documentation.
     pub docs: &'static str,
     build: BuildFn,
@@ -69,7 +65,6 @@ impl RegisteredPolicy {
         Self {
             name: F::NAME,
             stage: F::STAGE,
-            terminal: F::TERMINAL,
             docs: F::DOCS,
             build: build_erased::<F>,
             schema: || schemars::schema_for!(F::Config),

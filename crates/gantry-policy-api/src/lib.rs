@@ -47,6 +47,12 @@ pub trait Policy: Send + Sync + 'static {
     /// Which hooks this policy implements; the others are never called.
     fn hooks(&self) -> Hooks;
 
+    /// True when this instance answers every request itself (a mock, a fixed redirect), so a
+    /// route that has it needs no upstream.
+    fn answers_every_request(&self) -> bool {
+        false
+    }
+
     /// Inspects or changes the request before it goes upstream; may answer instead.
     fn on_request<'a>(&'a self, request: &'a mut RequestParts, exchange: &'a mut Exchange) -> Hook<'a> {
         let _ = (request, exchange);

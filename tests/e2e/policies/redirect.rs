@@ -74,8 +74,8 @@ routes:
 
 #[tokio::test]
 async fn fills_the_placeholders_of_a_uri_target_from_the_request() {
-    // A `uri` redirect answers every request, but the policy is not terminal (with
-    // `http_to_https` TLS requests go on), so each route still names an upstream.
+    // A `uri` redirect answers every request, so a route with one needs no upstream
+    // (`basket` has none); the upstream stays unused by the others.
     let upstream = EchoUpstream::start("legacy").await;
     let gateway = start_gateway(&with_listener(&format!(
         r#"upstreams:
@@ -92,7 +92,6 @@ routes:
           status: 301
   - id: basket
     paths: [/basket]
-    upstream: legacy
     policies:
       - redirect:
           uri: /cart?$args&from=$host

@@ -56,7 +56,6 @@ pub struct MockResponse;
 impl PolicyFactory for MockResponse {
     const NAME: &'static str = "mock_response";
     const STAGE: Stage = Stage::Forward;
-    const TERMINAL: bool = true;
     const DOCS: &'static str = include_str!("mock_response.md");
     type Config = Config;
 
@@ -133,6 +132,10 @@ impl CompiledMockResponse {
 impl Policy for CompiledMockResponse {
     fn hooks(&self) -> Hooks {
         Hooks::REQUEST
+    }
+
+    fn answers_every_request(&self) -> bool {
+        true
     }
 
     fn on_request<'a>(&'a self, _: &'a mut RequestParts, _: &'a mut Exchange) -> Hook<'a> {
@@ -232,10 +235,11 @@ mod tests {
     }
 
     #[test]
-    fn is_registered_as_terminal_in_the_forward_stage() {
-        assert!(entry().terminal);
+    fn answers_every_request_in_the_forward_stage() {
         assert_eq!(entry().stage, Stage::Forward);
-        assert_eq!(build_policy(entry(), "").expect("valid").hooks(), Hooks::REQUEST);
+        let policy = build_policy(entry(), "").expect("valid");
+        assert_eq!(policy.hooks(), Hooks::REQUEST);
+        assert!(policy.answers_every_request());
     }
 
     #[test]

@@ -55,8 +55,6 @@ pub struct Redirect;
 impl PolicyFactory for Redirect {
     const NAME: &'static str = "redirect";
     const STAGE: Stage = Stage::Ingress;
-    // `http_to_https` lets TLS requests through to the upstream.
-    const TERMINAL: bool = false;
     const DOCS: &'static str = include_str!("redirect.md");
     type Config = Config;
 
@@ -136,6 +134,11 @@ enum Target {
 impl Policy for CompiledRedirect {
     fn hooks(&self) -> Hooks {
         Hooks::REQUEST
+    }
+
+    // `http_to_https` lets TLS requests through to the upstream; a fixed target answers all.
+    fn answers_every_request(&self) -> bool {
+        matches!(self.target, Target::Template(_))
     }
 
     fn on_request<'a>(&'a self, request: &'a mut RequestParts, exchange: &'a mut Exchange) -> Hook<'a> {

@@ -94,10 +94,12 @@ fn redirects_every_request_to_a_fixed_uri_even_over_tls() {
 }
 
 #[test]
-fn is_not_terminal_and_runs_at_ingress() {
-    assert!(!entry().terminal);
+fn answers_every_request_only_with_a_fixed_target_and_runs_at_ingress() {
     assert_eq!(entry().stage, Stage::Ingress);
-    assert_eq!(build_policy(entry(), "uri: /x").expect("valid").hooks(), Hooks::REQUEST);
+    let fixed = build_policy(entry(), "uri: /x").expect("valid");
+    assert_eq!(fixed.hooks(), Hooks::REQUEST);
+    assert!(fixed.answers_every_request());
+    assert!(!build_policy(entry(), "http_to_https: true").expect("valid").answers_every_request());
 }
 
 #[test]
