@@ -747,3 +747,31 @@ async fn host_header_passes_the_clients_or_uses_the_endpoint_or_a_fixed_value() 
     assert_eq!(host_seen("/endpoint").await, addr.to_string());
     assert_eq!(host_seen("/rewrite").await, "backend.internal");
 }
+
+#[tokio::test]
+async fn a_client_that_abandons_its_upload_does_not_count_against_the_endpoint() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = EchoUpstream::start("only").await;
+    let gateway = gateway_with_upstream(&format!(
+        "endpoints: [{}]\nretries: {{attempts: 0}}\nhealth_check:\n  passive: {{max_failures: 1, ejection: 30s}}\n",
+        upstream.addr()
+    ));
+    for _ in 0..3 {
+        // A chunked upload that stops mid-body: the client's fault, not the endpoint's.
+        let mut stream = tokio::net::TcpStream::connect(gateway.addr(0)).await.expect("connect");
+        stream
+            .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream.shutdown().await.expect("half-close");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(!answer.contains(" 502 "), "an aborted upload is not an upstream failure: {answer}");
+    }
+    let response = TestClient::default().get(&gateway.url("/after")).await;
+    assert_eq!(response.status, StatusCode::OK, "the endpoint was not ejected: {:?}", response.body);
+    assert!(!logged(&gateway, "endpoint ejected"), "no ejection is logged");
+}

@@ -42,7 +42,7 @@ impl Body for GatewayBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            GatewayBody::Streamed(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            GatewayBody::Streamed(body) => Pin::new(body).poll_frame(cx).map_err(PeerBodyError::boxed),
             GatewayBody::Limited(body) => Pin::new(body).poll_frame(cx),
             GatewayBody::Full(body) => Pin::new(body).poll_frame(cx).map_err(|never| match never {}),
             GatewayBody::Empty => Poll::Ready(None),
@@ -65,6 +65,18 @@ impl Body for GatewayBody {
             GatewayBody::Full(body) => body.size_hint(),
             GatewayBody::Empty => SizeHint::with_exact(0),
         }
+    }
+}
+
+/// A body streamed from a peer failed: the peer reset the stream or broke its framing.
+/// Forwarding a client's body that fails this way is the client's fault, not the endpoint's.
+#[derive(Debug, thiserror::Error)]
+#[error("the peer's body stream failed: {0}")]
+pub struct PeerBodyError(#[source] pub hyper::Error);
+
+impl PeerBodyError {
+    fn boxed(err: hyper::Error) -> BoxError {
+        Box::new(PeerBodyError(err))
     }
 }
 
@@ -122,7 +134,7 @@ impl Body for LimitedBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err.into()))),
+            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(PeerBodyError::boxed(err)))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

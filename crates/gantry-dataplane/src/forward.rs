@@ -12,7 +12,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
-use crate::body::GatewayBody;
+use crate::body::{GatewayBody, PeerBodyError};
 use crate::upstream::balancer::SelectionInput;
 use crate::upstream::{CompiledUpstream, HostHeader};
 
@@ -49,6 +49,12 @@ pub enum ForwardError {
         /// Why.
         reason: String,
     },
+    /// The client's body stream broke off (the client went away or sent bad framing).
+    #[error("the client's request body failed: {reason}")]
+    ClientBody {
+        /// Why.
+        reason: String,
+    },
     /// The client's body passed the configured limit.
     #[error("request body exceeds {limit} bytes")]
     BodyTooLarge {
@@ -68,6 +74,7 @@ impl ForwardError {
             ForwardError::Connect { .. } | ForwardError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ForwardError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ForwardError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ForwardError::ClientBody { .. } => StatusCode::BAD_REQUEST,
             ForwardError::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -80,6 +87,7 @@ impl ForwardError {
             ForwardError::Timeout { .. } => "upstream-timeout",
             ForwardError::Upstream { .. } => "upstream-failed",
             ForwardError::BodyTooLarge { .. } => "request-body-too-large",
+            ForwardError::ClientBody { .. } => "client-body-failed",
             ForwardError::BadRequest(_) => "bad-request",
         }
     }
@@ -270,11 +278,26 @@ fn classify(
         }
     }
     let reason = error_chain(&err);
+    if caused_by::<PeerBodyError>(&err) {
+        return ForwardError::ClientBody { reason };
+    }
     if err.is_connect() {
         ForwardError::Connect { endpoint: endpoint.clone(), reason }
     } else {
         ForwardError::Upstream { endpoint: endpoint.clone(), reason }
     }
+}
+
+/// True when `E` is somewhere in the source chain of `err`.
+fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(error) = current {
+        if error.is::<E>() {
+            return true;
+        }
+        current = error.source();
+    }
+    false
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {

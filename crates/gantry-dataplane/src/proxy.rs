@@ -285,7 +285,7 @@ fn respond_with(route: &Arc<CompiledRoute>, mut exchange: Exchange, response: Po
 
 fn log_forward_error(err: &ForwardError, route: &str, upstream: &str) {
     match err {
-        ForwardError::BodyTooLarge { .. } | ForwardError::BadRequest(_) => {
+        ForwardError::BodyTooLarge { .. } | ForwardError::ClientBody { .. } | ForwardError::BadRequest(_) => {
             tracing::debug!(route, upstream, error = %err, "request refused while forwarding");
         }
         _ => tracing::warn!(route, upstream, error = %err, "upstream request failed"),
