@@ -202,10 +202,10 @@ fn read_files(files: &[PathBuf]) -> Result<LoadedConfig, ConfigErrors> {
     errors.into_result(loaded)
 }
 
-fn yaml_files_in(dir: &Path) -> Result<Vec<PathBuf>, ConfigErrors> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|err| ConfigErrors(vec![file_error(dir, format!("cannot read the directory: {err}"))]))?;
-    let mut files: Vec<PathBuf> = entries
+/// The files a directory configuration consists of, in reading order: `*.yaml` and `*.yml`,
+/// hidden files excluded, sorted by name. The admin API's writer follows the same rule.
+pub fn config_files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
         .filter(|path| {
             path.is_file()
@@ -214,6 +214,12 @@ fn yaml_files_in(dir: &Path) -> Result<Vec<PathBuf>, ConfigErrors> {
         })
         .collect();
     files.sort();
+    Ok(files)
+}
+
+fn yaml_files_in(dir: &Path) -> Result<Vec<PathBuf>, ConfigErrors> {
+    let files = config_files_in(dir)
+        .map_err(|err| ConfigErrors(vec![file_error(dir, format!("cannot read the directory: {err}"))]))?;
     if files.is_empty() {
         return Err(ConfigErrors(vec![file_error(dir, "no *.yaml or *.yml file in the directory")]));
     }

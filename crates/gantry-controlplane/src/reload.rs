@@ -100,9 +100,23 @@ impl ControlPlane {
     /// Re-reads the source and applies it.
     pub fn reload_from_source(&self) -> Result<u64, ReloadError> {
         let source = self.source.as_ref().ok_or(ReloadError::NoSource)?;
-        // `read`, not `load`: compiling checks references too, next to the policy settings.
-        let loaded = source.read().inspect_err(|errors| self.record_rejection(errors))?;
-        self.apply_loaded(&loaded)
+        // The files are read under the apply lock, so a read that raced an admin save can
+        // never be applied after it. `read`, not `load`: compiling checks references too,
+        // next to the policy settings.
+        let loaded = std::cell::OnceCell::new();
+        self.apply_with(
+            Trigger::Files,
+            |_| {
+                let read = source.read()?;
+                Ok(loaded.get_or_init(|| read).spec.clone())
+            },
+            |errors| {
+                if let Some(loaded) = loaded.get() {
+                    loaded.attach_origins(errors);
+                }
+            },
+            |_| Ok(()),
+        )
     }
 
     /// Applies a configuration read from files, locating compile errors in them.
@@ -187,7 +201,7 @@ impl ControlPlane {
 
     fn record_rejection(&self, errors: &ConfigErrors) {
         self.reload_failures.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(errors = errors.0.len(), "configuration rejected; the running one keeps serving:\n{errors}");
+        tracing::warn!("configuration rejected; the running one keeps serving:\n{errors}");
     }
 
     /// Stops background tasks (health checks).

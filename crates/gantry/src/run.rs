@@ -79,11 +79,18 @@ pub fn run(args: RunArgs) -> ExitCode {
         eprintln!("{message}");
         return ExitCode::FAILURE;
     }
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One worker runs on tokio's single-threaded scheduler: no work stealing and no
+    // cross-thread wake-ups, which is what a process pinned to one core wants.
+    let mut runtime = match node.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(threads) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     runtime.enable_all().thread_name("gantry-worker");
-    if let Some(threads) = node.worker_threads {
-        runtime.worker_threads(threads);
-    }
     let runtime = match runtime.build() {
         Ok(runtime) => runtime,
         Err(err) => {

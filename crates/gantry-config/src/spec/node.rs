@@ -24,7 +24,8 @@ pub struct NodeSpec {
     /// How long a graceful shutdown waits for in-flight requests.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: Duration,
-    /// Worker threads of the data plane. Absent: one per core.
+    /// Worker threads of the data plane. Absent: one per core. `1` runs a single-threaded
+    /// scheduler, the fastest choice for a process pinned to one core.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_threads: Option<usize>,
     /// The access log: one JSON line per request, written off the request path.

@@ -148,20 +148,9 @@ fn directory_documents(dir: &Path) -> Result<(Vec<Document>, usize), PersistErro
     Ok((documents, home))
 }
 
-/// The files the loader reads from `dir`, in its order: `*.yaml` and `*.yml`, hidden files
-/// excluded, sorted by name (the rule of `gantry_config::ConfigSource::Directory`).
+/// The files the loader reads from `dir`, in its order.
 fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, PersistError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| PersistError::Read { path: dir.to_owned(), source })?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| {
-            path.is_file()
-                && matches!(path.extension().and_then(|ext| ext.to_str()), Some("yaml" | "yml"))
-                && !path.file_name().and_then(|name| name.to_str()).is_some_and(|name| name.starts_with('.'))
-        })
-        .collect();
-    files.sort();
-    Ok(files)
+    gantry_config::load::config_files_in(dir).map_err(|source| PersistError::Read { path: dir.to_owned(), source })
 }
 
 /// Serializes `spec` with real secret values and replaces `path` atomically.
