@@ -132,8 +132,7 @@ pub struct ForwardRequest<'a> {
 
 /// Sends the request to `upstream`, retrying per its policy.
 pub async fn forward(upstream: &CompiledUpstream, request: ForwardRequest<'_>) -> Result<Forwarded, ForwardError> {
-    let started = Instant::now();
-    let deadline = upstream.timeouts.total.map(|total| started + total);
+    let deadline = upstream.timeouts.total.map(|total| Instant::now() + total);
     let ForwardRequest { mut parts, body, path_and_query, client, original_host, body_limit } = request;
 
     parts.version = match upstream.scheme {
@@ -167,7 +166,8 @@ pub async fn forward(upstream: &CompiledUpstream, request: ForwardRequest<'_>) -
         };
         let endpoint = &upstream.endpoints[position];
         let attempt_body = body.take().unwrap_or(GatewayBody::Empty);
-        let outgoing = build_request(upstream, &parts, &endpoint.authority, &path_and_query, attempt_body)?;
+        let headers = if may_retry { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
+        let outgoing = build_request(upstream, &parts, headers, &endpoint.authority, &path_and_query, attempt_body)?;
 
         let sent_at = Instant::now();
         let limit = match deadline {
@@ -236,9 +236,12 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The request for one try. `headers` are the ones to send: a copy when a retry may need
+/// them again, else the request's own.
 fn build_request(
     upstream: &CompiledUpstream,
     parts: &http::request::Parts,
+    headers: http::HeaderMap,
     authority: &Authority,
     path_and_query: &PathAndQuery,
     body: GatewayBody,
@@ -254,7 +257,7 @@ fn build_request(
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
     *request.version_mut() = parts.version;
-    *request.headers_mut() = parts.headers.clone();
+    *request.headers_mut() = headers;
     if matches!(upstream.host_header, HostHeader::Endpoint) {
         if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
             request.headers_mut().insert(HOST, host);

@@ -21,6 +21,11 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// `TE: trailers` survives, since gRPC needs it end to end; `Upgrade` survives when
 /// `keep_upgrade` (a WebSocket handshake being passed through).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the names (cheap comparisons of known names)
+    // spares the seven hashed removals below.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     // `Connection` may come as several field lines (RFC 9110 §5.3); every one names headers.
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
@@ -47,26 +52,60 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// True for the headers that only concern one hop (RFC 9110 §7.6.1), `Connection` included.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == TE
+        || name == TRAILER
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
+/// The parts of the forwarding headers that depend only on the client connection, made once
+/// per connection rather than once per request.
+#[derive(Debug)]
+pub struct ClientForwarding {
+    /// The client IP as an `X-Forwarded-For` element.
+    ip: HeaderValue,
+    /// `for=<node>;proto=<scheme>`, the start of this hop's `Forwarded` element (RFC 7239).
+    forwarded_element: String,
+    /// `http` or `https`.
+    proto: HeaderValue,
+}
+
+impl ClientForwarding {
+    /// The forwarding facts of a connection from `client`, over TLS or not.
+    pub fn new(client: SocketAddr, is_tls: bool) -> Self {
+        let ip = client.ip();
+        let proto = if is_tls { "https" } else { "http" };
+        let node = match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            // RFC 7239 §6: IPv6 nodes are bracketed and quoted.
+            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        Self {
+            ip: HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value"),
+            forwarded_element: format!("for={node};proto={proto}"),
+            proto: HeaderValue::from_static(proto),
+        }
+    }
+}
+
 /// Adds the proxy headers that tell the upstream who the client is:
 /// appends to `X-Forwarded-For` and `Forwarded`, sets `X-Forwarded-Proto`, and sets
 /// `X-Forwarded-Host` unless an earlier proxy did.
-pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, is_tls: bool, host: Option<&str>) {
-    let ip = client.ip();
-    let proto = if is_tls { "https" } else { "http" };
-    let ip_text = ip.to_string();
-    match headers.get(&X_FORWARDED_FOR).and_then(|value| value.to_str().ok()) {
-        Some(existing) => {
-            if let Ok(value) = HeaderValue::try_from(format!("{existing}, {ip_text}")) {
-                headers.insert(&X_FORWARDED_FOR, value);
-            }
-        }
-        None => {
-            if let Ok(value) = HeaderValue::try_from(ip_text.as_str()) {
-                headers.insert(&X_FORWARDED_FOR, value);
-            }
-        }
-    }
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+pub fn add_forwarded(headers: &mut HeaderMap, client: &ClientForwarding, host: Option<&str>) {
+    let appended = headers.get(&X_FORWARDED_FOR).and_then(|value| value.to_str().ok()).and_then(|existing| {
+        let mut joined = String::with_capacity(existing.len() + 2 + client.ip.len());
+        joined.push_str(existing);
+        joined.push_str(", ");
+        joined.push_str(client.ip.to_str().ok()?);
+        HeaderValue::try_from(joined).ok()
+    });
+    headers.insert(&X_FORWARDED_FOR, appended.unwrap_or_else(|| client.ip.clone()));
+    headers.insert(&X_FORWARDED_PROTO, client.proto.clone());
     if let Some(host) = host {
         if !headers.contains_key(&X_FORWARDED_HOST) {
             if let Ok(value) = HeaderValue::try_from(host) {
@@ -74,18 +113,20 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, is_tls: bool, 
             }
         }
     }
-    let node = match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let element = match host {
-        Some(host) => format!("for={node};proto={proto};host=\"{host}\""),
-        None => format!("for={node};proto={proto}"),
-    };
-    let combined = match headers.get(&FORWARDED).and_then(|value| value.to_str().ok()) {
-        Some(existing) => format!("{existing}, {element}"),
-        None => element,
-    };
+    let existing = headers.get(&FORWARDED).and_then(|value| value.to_str().ok());
+    let mut combined = String::with_capacity(
+        existing.map_or(0, |e| e.len() + 2) + client.forwarded_element.len() + host.map_or(0, |h| h.len() + 8),
+    );
+    if let Some(existing) = existing {
+        combined.push_str(existing);
+        combined.push_str(", ");
+    }
+    combined.push_str(&client.forwarded_element);
+    if let Some(host) = host {
+        combined.push_str(";host=\"");
+        combined.push_str(host);
+        combined.push('"');
+    }
     if let Ok(value) = HeaderValue::try_from(combined) {
         headers.insert(&FORWARDED, value);
     }
@@ -154,7 +195,8 @@ mod tests {
     fn appends_the_client_to_forwarding_headers() {
         let mut headers = HeaderMap::new();
         headers.insert(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
-        add_forwarded(&mut headers, "[2001:db8::1]:5000".parse().expect("addr"), true, Some("api.example.com"));
+        let client = ClientForwarding::new("[2001:db8::1]:5000".parse().expect("addr"), true);
+        add_forwarded(&mut headers, &client, Some("api.example.com"));
         assert_eq!(headers[&X_FORWARDED_FOR], "203.0.113.9, 2001:db8::1");
         assert_eq!(headers[&X_FORWARDED_PROTO], "https");
         assert_eq!(headers[&X_FORWARDED_HOST], "api.example.com");

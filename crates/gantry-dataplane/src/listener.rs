@@ -69,6 +69,8 @@ pub struct Server {
 impl Server {
     /// Starts accepting on every listener. Must run inside a Tokio runtime.
     pub fn start(listeners: Vec<(TcpListener, ListenerSettings)>, gateway: Gateway) -> io::Result<Self> {
+        // Shared behind one pointer: each request then costs one reference count, not several.
+        let gateway = Arc::new(gateway);
         let (stop, stopped) = watch::channel(false);
         let graceful = Arc::new(GracefulShutdown::new());
         let mut addresses = Vec::with_capacity(listeners.len());
@@ -133,7 +135,7 @@ async fn accept_loop(
     listener: TcpListener,
     settings: Arc<ListenerSettings>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    gateway: Gateway,
+    gateway: Arc<Gateway>,
     mut stopped: watch::Receiver<bool>,
     graceful: Arc<GracefulShutdown>,
 ) {
@@ -179,19 +181,20 @@ async fn serve_connection<S>(
     is_tls: bool,
     builder: &auto::Builder<TokioExecutor>,
     rules: HeadRules,
-    gateway: Gateway,
+    gateway: Arc<Gateway>,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let connection = Connection { client, is_tls };
+    let connection = Arc::new(Connection::new(client, is_tls));
     let service = service_fn(move |request| {
         let gateway = gateway.clone();
+        let connection = connection.clone();
         async move {
             if let Some(refusal) = rules.refusal(&request) {
                 return Ok::<_, Infallible>(refusal);
             }
-            Ok(gateway.handle(request, connection).await)
+            Ok(gateway.handle(request, &connection).await)
         }
     });
     let serving = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();

@@ -18,19 +18,28 @@ use hyper::body::Incoming;
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::body::{discard, GatewayBody, LimitedBody};
 use crate::forward::{forward, ForwardError, ForwardRequest};
-use crate::headers::{add_forwarded, remove_hop_by_hop, request_id, X_REQUEST_ID};
+use crate::headers::{add_forwarded, remove_hop_by_hop, request_id, ClientForwarding, X_REQUEST_ID};
 use crate::pipeline::RequestOutcome;
 use crate::route::CompiledRoute;
 use crate::router::RequestFacts;
 use crate::snapshot::SnapshotHandle;
 
-/// Facts about the client connection a request arrived on.
-#[derive(Clone, Copy, Debug)]
+/// Facts about the client connection a request arrived on, computed once per connection.
+#[derive(Debug)]
 pub struct Connection {
     /// The peer.
     pub client: SocketAddr,
     /// Whether TLS was terminated.
     pub is_tls: bool,
+    /// The connection's part of the forwarding headers.
+    pub forwarding: ClientForwarding,
+}
+
+impl Connection {
+    /// The facts of a connection from `client`.
+    pub fn new(client: SocketAddr, is_tls: bool) -> Self {
+        Self { client, is_tls, forwarding: ClientForwarding::new(client, is_tls) }
+    }
 }
 
 /// The data plane's request handler, shared by every connection.
@@ -61,9 +70,8 @@ impl Gateway {
     }
 
     /// Serves one request. Never fails: every problem becomes a problem response.
-    pub async fn handle(&self, mut request: Request<Incoming>, connection: Connection) -> Response<GatewayBody> {
+    pub async fn handle(&self, mut request: Request<Incoming>, connection: &Connection) -> Response<GatewayBody> {
         let started = Instant::now();
-        let time = SystemTime::now();
         let request_id_value = request_id(request.headers());
         let request_id: Arc<str> = Arc::from(request_id_value.to_str().unwrap_or("-"));
         let method = request.method().clone();
@@ -80,25 +88,24 @@ impl Gateway {
         let duration = started.elapsed();
         let route_id = served.route.as_ref().map(|route| route.id.clone());
         if let (Some(exchange), Some(route)) = (&served.exchange, &served.route) {
-            {
-                let record = LogRecord {
-                    request_id: &request_id,
-                    route_id: Some(&route.id),
-                    consumer_id: exchange.consumer.as_ref().map(|consumer| &*consumer.id),
-                    client_addr: connection.client,
-                    method: &method,
-                    uri: &uri,
-                    status,
-                    upstream_addr: served.upstream.as_deref(),
-                    duration,
-                    upstream_duration: served.upstream_duration,
-                };
-                route.pipeline.run_log(&record);
-            }
+            let record = LogRecord {
+                request_id: &request_id,
+                route_id: Some(&route.id),
+                consumer_id: exchange.consumer.as_ref().map(|consumer| &*consumer.id),
+                client_addr: connection.client,
+                method: &method,
+                uri: &uri,
+                status,
+                upstream_addr: served.upstream.as_deref(),
+                duration,
+                upstream_duration: served.upstream_duration,
+            };
+            route.pipeline.run_log(&record);
         }
         if let Some(log) = &self.access_log {
             log.emit(AccessRecord {
-                time,
+                // Wall-clock time of arrival, read only when a log needs it.
+                time: SystemTime::now().checked_sub(duration).unwrap_or(SystemTime::UNIX_EPOCH),
                 request_id,
                 route_id,
                 consumer_id: served
@@ -124,7 +131,7 @@ impl Gateway {
     async fn serve(
         &self,
         request: Request<Incoming>,
-        connection: Connection,
+        connection: &Connection,
         request_id: &Arc<str>,
         on_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Served {
@@ -198,7 +205,7 @@ impl Gateway {
         if is_upgrade {
             parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        add_forwarded(&mut parts.headers, connection.client, connection.is_tls, host.as_deref());
+        add_forwarded(&mut parts.headers, &connection.forwarding, host.as_deref());
         if let Ok(value) = HeaderValue::from_str(request_id) {
             parts.headers.insert(&X_REQUEST_ID, value);
         }
@@ -320,19 +327,16 @@ fn upstream_path(
     rewrite: Option<&crate::route::PathRewrite>,
 ) -> Result<PathAndQuery, String> {
     let path = parts.uri.path();
-    let rewritten = match rewrite {
-        Some(rewrite) => rewrite.apply(path),
-        None => std::borrow::Cow::Borrowed(path),
+    let rewritten = match rewrite.map(|rewrite| rewrite.apply(path)) {
+        Some(std::borrow::Cow::Owned(rewritten)) => rewritten,
+        // Unchanged: the received path and query are sent as they are, without copying.
+        Some(std::borrow::Cow::Borrowed(_)) | None => {
+            return Ok(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+        }
     };
     let text = match parts.uri.query() {
         Some(query) => format!("{rewritten}?{query}"),
-        None if matches!(rewritten, std::borrow::Cow::Borrowed(_)) => {
-            return match parts.uri.path_and_query() {
-                Some(original) => Ok(original.clone()),
-                None => Ok(PathAndQuery::from_static("/")),
-            };
-        }
-        None => rewritten.into_owned(),
+        None => rewritten,
     };
     PathAndQuery::try_from(text).map_err(|err| format!("rewritten path is invalid: {err}"))
 }

@@ -8,6 +8,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+// mimalloc: the request path allocates many small, short-lived buffers, which glibc's
+// allocator serves markedly slower (measured in docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match cli.command.unwrap_or(cli::Command::Run(cli.run)) {
