@@ -14,7 +14,6 @@ config="$BENCH_RUN_DIR/gantry-$mode.yaml"
 upstream_block="upstreams:
   - id: bench
     endpoints: [$BENCH_UPSTREAM]
-    retries: {attempts: 0}
 routes:
   - id: all
     paths: [/*]
