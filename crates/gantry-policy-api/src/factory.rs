@@ -9,7 +9,9 @@ use serde::de::DeserializeOwned;
 use crate::{Policy, Stage};
 
 /// Checks that span several fields of a policy's settings. Field types and unknown fields
-/// are already checked by deserialization.
+/// are already checked by deserialization, and whatever needs parsing (addresses, header
+/// names, templates) is checked once, by [`PolicyFactory::build`], which runs even when
+/// these checks fail, so both kinds of problem are reported together.
 pub trait Validate {
     /// Adds every problem found to `errors`, with paths below `path`.
     fn validate(&self, path: &FieldPath, errors: &mut ConfigErrors) {
@@ -101,8 +103,15 @@ fn build_erased<F: PolicyFactory>(
     let config: F::Config = parse_config(raw, path)?;
     let mut errors = ConfigErrors::default();
     config.validate(path, &mut errors);
-    errors.into_result(())?;
-    F::build(config, path, context)
+    // `build` runs even after `validate` found problems, so that the problems only parsing
+    // reveals (a bad CIDR, a bad header name) are reported in the same pass.
+    match F::build(config, path, context) {
+        Ok(policy) => errors.into_result(policy),
+        Err(more) => {
+            errors.extend(more.0);
+            Err(errors)
+        }
+    }
 }
 
 /// Deserializes settings, reporting a failure at its full path.

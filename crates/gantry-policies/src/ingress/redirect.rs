@@ -41,12 +41,8 @@ fn default_status() -> u16 {
 
 const REDIRECT_STATUSES: [u16; 5] = [301, 302, 303, 307, 308];
 
-impl Validate for Config {
-    fn validate(&self, path: &FieldPath, errors: &mut ConfigErrors) {
-        // Compiling is the check; `build` compiles again to keep the result.
-        let _ = compile(self, path, errors);
-    }
-}
+// Every check needs the parsed values, so `build` (which compiles) makes them all.
+impl Validate for Config {}
 
 /// Factory of the `redirect` policy.
 #[derive(Debug)]

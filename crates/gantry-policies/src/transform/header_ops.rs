@@ -36,13 +36,8 @@ pub struct HeaderOpsConfig {
     pub add: BTreeMap<String, String>,
 }
 
-impl Validate for HeaderOpsConfig {
-    fn validate(&self, path: &FieldPath, errors: &mut ConfigErrors) {
-        // Parsing is the check. Doing it here reports bad names and values in the same pass
-        // as the cross-field rules; `build` parses again to keep the result.
-        let _ = HeaderOps::compile(self, path, errors);
-    }
-}
+// Every check needs the parsed names and values, so `HeaderOps::build` makes them all.
+impl Validate for HeaderOpsConfig {}
 
 /// Header operations with names and values parsed, in the order they are applied.
 #[derive(Clone, Debug, Default)]
