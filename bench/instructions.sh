@@ -49,9 +49,9 @@ for _ in $(seq 1 150); do
   sleep 0.2
 done
 wrk -t1 -c10 -d2s http://127.0.0.1:19150/json > /dev/null   # warm-up: pools, caches
-callgrind_control -z > /dev/null
+callgrind_control -z > /dev/null 2>&1
 requests=$(wrk -t1 -c10 -d5s http://127.0.0.1:19150/json | awk '/requests in/ {print $1}')
-callgrind_control -d > /dev/null
+callgrind_control -d > /dev/null 2>&1
 sleep 1
 instructions=$(grep -h '^totals:\|^summary:' "$work"/callgrind.out.* | awk '{print $2}' | sort -n | tail -1)
 echo "requests=$requests instructions=$instructions per_request=$((instructions / requests))"
