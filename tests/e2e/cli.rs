@@ -29,6 +29,42 @@ fn validate(path: &Path) -> Output {
 }
 
 #[test]
+fn validate_reports_a_bad_field_in_each_resource_of_one_file_in_one_pass() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("gantry.yaml");
+    std::fs::write(
+        &file,
+        "\
+upstreams:
+  - id: up
+    endpoints: [127.0.0.1:1]
+    timeouts: {connect: 5}
+routes:
+  - id: orders
+    paths: [/orders]
+    upstrem: up
+  - id: fine
+    paths: [/fine]
+    upstream: up
+",
+    )
+    .expect("write config");
+
+    let output = validate(&file);
+
+    let text = printed(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let file = file.display();
+    for expected in [
+        "2 configuration errors:".to_owned(),
+        format!("{file}:4:16: upstreams[up].timeouts.connect: `5` has no unit; write it like \"5s\""),
+        format!("{file}:8:5: routes[orders].upstrem: unknown field `upstrem`"),
+    ] {
+        assert!(text.contains(&expected), "missing `{expected}` in:\n{text}");
+    }
+}
+
+#[test]
 fn validate_prints_every_error_with_its_location_path_and_reason_and_exits_1() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("gantry.yaml");
@@ -92,10 +128,10 @@ fn validate_reports_the_errors_of_every_file_in_a_directory() {
     let text = printed(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(text.contains("2 configuration errors:"), "{text}");
-    let unknown_field = format!("{}:4:5: routes[0].upstrem: unknown field `upstrem`", routes.display());
+    let unknown_field = format!("{}:4:5: routes[a].upstrem: unknown field `upstrem`", routes.display());
     assert!(text.contains(&unknown_field), "missing `{unknown_field}` in:\n{text}");
     let bad_duration =
-        format!("{}:4:25: upstreams[0].timeouts.connect: invalid duration \"soon\"", upstreams.display());
+        format!("{}:4:16: upstreams[up].timeouts.connect: invalid duration \"soon\"", upstreams.display());
     assert!(text.contains(&bad_duration), "missing `{bad_duration}` in:\n{text}");
 }
 

@@ -160,7 +160,7 @@ async fn rejects_an_invalid_config_whole_and_keeps_serving_the_old_one() {
         (
             "an unknown field",
             format!("{valid}  - id: two\n    paths: [/two]\n    upstrem: echo\n"),
-            format!("{file}:11:5: routes[1].upstrem: unknown field `upstrem`"),
+            format!("{file}:11:5: routes[two].upstrem: unknown field `upstrem`"),
         ),
         (
             "an unknown upstream",

@@ -57,8 +57,32 @@ impl Serialize for Duration {
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
+        struct DurationVisitor;
+        impl serde::de::Visitor<'_> for DurationVisitor {
+            type Value = Duration;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"250ms\", \"5s\" or \"2m\"")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
+                text.parse().map_err(E::custom)
+            }
+
+            // A bare number has no unit: say how to write it rather than guess seconds.
+            fn visit_u64<E: serde::de::Error>(self, number: u64) -> Result<Duration, E> {
+                Err(E::custom(format!("`{number}` has no unit; write it like \"{number}s\" or \"{number}ms\"")))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, number: i64) -> Result<Duration, E> {
+                Err(E::custom(format!("`{number}` is not a duration; write it like \"5s\"")))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, number: f64) -> Result<Duration, E> {
+                Err(E::custom(format!("`{number}` has no unit; write it like \"{number}s\"")))
+            }
+        }
+        deserializer.deserialize_any(DurationVisitor)
     }
 }
 

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::Segment;
 use crate::locate::Locator;
-use crate::{validate, ConfigError, ConfigErrors, FieldPath, GatewaySpec, Origin};
+use crate::{
+    validate, ConfigError, ConfigErrors, ConsumerSpec, FieldPath, GatewaySpec, NodeSpec, Origin, PolicySetSpec,
+    PolicySpec, RouteSpec, ServiceSpec, UpstreamSpec,
+};
 
 /// Where a configuration was read from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -254,6 +257,9 @@ fn parse_document(text: &str, file: Option<&Path>) -> Result<ParsedDocument, Con
     match result {
         Ok(spec) => Ok(ParsedDocument { spec, locator }),
         Err(err) => {
+            if let Some(errors) = collect_item_errors(text, &locator, file).filter(|errors| !errors.is_empty()) {
+                return Err(errors);
+            }
             let path = failed_at.as_ref().map(FieldPath::from_serde).unwrap_or_default();
             let position = err
                 .location()
@@ -267,6 +273,62 @@ fn parse_document(text: &str, file: Option<&Path>) -> Result<ParsedDocument, Con
             };
             Err(ConfigErrors(vec![ConfigError { origin: Some(origin), path, message: describe(&err) }]))
         }
+    }
+}
+
+/// After a typed parse failed on a value (not on syntax), types each section and list item on
+/// its own, so that every bad part of the document is reported, not only the first.
+/// `None` when the document cannot be read as a tree at all.
+fn collect_item_errors(text: &str, locator: &Locator, file: Option<&Path>) -> Option<ConfigErrors> {
+    let tree: serde_json::Value = serde_saphyr::from_str(text).ok()?;
+    let serde_json::Value::Object(sections) = tree else { return None };
+    let mut errors = ConfigErrors::default();
+    for (section, value) in &sections {
+        let at = FieldPath::root().key(section);
+        match section.as_str() {
+            "node" => check_part::<NodeSpec>(value, &at, &mut errors),
+            "routes" => check_items::<RouteSpec>(value, &at, &mut errors),
+            "services" => check_items::<ServiceSpec>(value, &at, &mut errors),
+            "upstreams" => check_items::<UpstreamSpec>(value, &at, &mut errors),
+            "consumers" => check_items::<ConsumerSpec>(value, &at, &mut errors),
+            "policy_sets" => check_items::<PolicySetSpec>(value, &at, &mut errors),
+            "global_policies" => check_items::<PolicySpec>(value, &at, &mut errors),
+            other => errors.push(
+                at,
+                format!(
+                    "unknown field `{other}`, expected one of `node`, `routes`, `services`, `upstreams`, `consumers`, `policy_sets`, `global_policies`"
+                ),
+            ),
+        }
+    }
+    for error in &mut errors.0 {
+        let (line, column) = locator.find(&error.path).unwrap_or((1, 1));
+        error.origin = Some(match file {
+            Some(path) => Origin::File { path: path.to_owned(), line, column },
+            None => Origin::Embedded { line, column },
+        });
+    }
+    Some(errors)
+}
+
+/// Types each element of a list on its own, naming elements by their `id`.
+fn check_items<T: serde::de::DeserializeOwned>(value: &serde_json::Value, at: &FieldPath, errors: &mut ConfigErrors) {
+    let serde_json::Value::Array(items) = value else {
+        return check_part::<Vec<T>>(value, at, errors);
+    };
+    for (index, item) in items.iter().enumerate() {
+        let item_path = match item.get("id").and_then(serde_json::Value::as_str) {
+            Some(id) => at.item(index, id),
+            None => at.index(index),
+        };
+        check_part::<T>(item, &item_path, errors);
+    }
+}
+
+fn check_part<T: serde::de::DeserializeOwned>(value: &serde_json::Value, at: &FieldPath, errors: &mut ConfigErrors) {
+    if let Err(err) = serde_path_to_error::deserialize::<_, T>(value) {
+        let path = at.join(&FieldPath::from_serde(err.path()));
+        errors.push(path, err.into_inner().to_string());
     }
 }
 
@@ -297,8 +359,23 @@ mod tests {
         let errors = load_path(&file).expect_err("typo must be rejected");
         let text = errors.to_string();
         assert!(text.contains("gantry.yaml:4:"), "{text}");
-        assert!(text.contains("routes[0]"), "{text}");
+        assert!(text.contains("routes[a].upstrem"), "{text}");
         assert!(text.contains("upstrem"), "{text}");
+    }
+
+    #[test]
+    fn reports_a_bad_value_in_each_of_several_resources_in_one_pass() {
+        let file = write_temp(
+            "typed",
+            "routes:\n  - id: a\n    paths: [/x]\n    upstrem: up\nupstreams:\n  - id: up\n    endpoints: [127.0.0.1:1]\n    timeouts: {connect: 5}\n  - id: ok\n    endpoints: [127.0.0.1:2]\nsurprise: 1\n",
+        );
+        let errors = load_path(&file).expect_err("three errors");
+        let text = errors.to_string();
+        assert_eq!(errors.0.len(), 3, "{text}");
+        assert!(text.contains("gantry.yaml:4:5: routes[a].upstrem: unknown field `upstrem`"), "{text}");
+        assert!(text.contains("gantry.yaml:8:16: upstreams[up].timeouts.connect: "), "{text}");
+        assert!(text.contains("write it like \"5s\""), "the duration hint is kept: {text}");
+        assert!(text.contains("gantry.yaml:11:1: surprise: unknown field `surprise`"), "{text}");
     }
 
     #[test]
