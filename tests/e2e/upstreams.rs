@@ -775,3 +775,48 @@ async fn a_client_that_abandons_its_upload_does_not_count_against_the_endpoint()
     assert_eq!(response.status, StatusCode::OK, "the endpoint was not ejected: {:?}", response.body);
     assert!(!logged(&gateway, "endpoint ejected"), "no ejection is logged");
 }
+
+#[tokio::test]
+async fn least_connections_counts_a_response_in_flight_until_its_body_ends() {
+    use gantry_testkit::streaming::{channel_body, connect_http1, BodyEchoUpstream};
+
+    // `streaming` relays the request body back as its response body, so an open upload keeps
+    // a response streaming from it; `quick` answers at once and names itself.
+    let streaming = BodyEchoUpstream::start().await;
+    let quick = EchoUpstream::start("quick").await;
+    let gateway = gateway_with_upstream(&format!(
+        "endpoints: [{}, {}]\nload_balancer: least_connections\nretries: {{attempts: 0}}\n",
+        streaming.addr(),
+        quick.addr()
+    ));
+
+    // Open uploads until one lands on `streaming`: its response head then arrives while the
+    // body is still flowing. One landing on `quick` gets no head until the body ends: drop it.
+    let mut held = None;
+    for _ in 0..20 {
+        let mut sender = connect_http1(gateway.addr(0)).await;
+        let (chunks, body) = channel_body();
+        let request = http::Request::post("/upload").header("host", "test").body(body).expect("request");
+        let responding = tokio::spawn(async move { sender.send_request(request).await });
+        chunks.send(Bytes::from_static(b"first chunk")).await.expect("send a chunk");
+        match tokio::time::timeout(Duration::from_millis(300), responding).await {
+            Ok(Ok(Ok(response))) if response.headers().get("x-upstream").is_none() => {
+                held = Some((chunks, response));
+                break;
+            }
+            _ => drop(chunks),
+        }
+    }
+    let (chunks, mut streaming_response) = held.expect("an upload reached the streaming endpoint");
+    let first = streaming_response.body_mut().frame().await.expect("a frame").expect("frame");
+    assert_eq!(first.data_ref().map(|data| &data[..]), Some(&b"first chunk"[..]));
+
+    // While that response streams, every new request must go to the idle endpoint.
+    let client = TestClient::default();
+    for _ in 0..10 {
+        let response = client.get(&gateway.url("/quick")).await;
+        assert_eq!(answered_by(&response), "quick", "the streaming endpoint still has a response in flight");
+    }
+    drop(chunks);
+    drop(streaming_response);
+}

@@ -21,6 +21,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum GatewayBody {
     /// Streamed from a peer, frames (and trailers) passed through as they arrive.
     Streamed(Incoming),
+    /// An upstream response body, streamed; the endpoint counts it in flight until it ends.
+    Upstream(Incoming, crate::upstream::InFlight),
     /// A client body cut off once it exceeds a limit.
     Limited(LimitedBody),
     /// Made by the gateway (a policy response, a problem document).
@@ -42,7 +44,9 @@ impl Body for GatewayBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            GatewayBody::Streamed(body) => Pin::new(body).poll_frame(cx).map_err(PeerBodyError::boxed),
+            GatewayBody::Streamed(body) | GatewayBody::Upstream(body, _) => {
+                Pin::new(body).poll_frame(cx).map_err(PeerBodyError::boxed)
+            }
             GatewayBody::Limited(body) => Pin::new(body).poll_frame(cx),
             GatewayBody::Full(body) => Pin::new(body).poll_frame(cx).map_err(|never| match never {}),
             GatewayBody::Empty => Poll::Ready(None),
@@ -51,7 +55,7 @@ impl Body for GatewayBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            GatewayBody::Streamed(body) => body.is_end_stream(),
+            GatewayBody::Streamed(body) | GatewayBody::Upstream(body, _) => body.is_end_stream(),
             GatewayBody::Limited(body) => body.is_end_stream(),
             GatewayBody::Full(body) => body.is_end_stream(),
             GatewayBody::Empty => true,
@@ -60,7 +64,7 @@ impl Body for GatewayBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            GatewayBody::Streamed(body) => body.size_hint(),
+            GatewayBody::Streamed(body) | GatewayBody::Upstream(body, _) => body.size_hint(),
             GatewayBody::Limited(body) => body.size_hint(),
             GatewayBody::Full(body) => body.size_hint(),
             GatewayBody::Empty => SizeHint::with_exact(0),

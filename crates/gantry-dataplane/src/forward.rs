@@ -3,7 +3,7 @@
 //!
 //! Runs per request.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 
 use crate::body::{GatewayBody, PeerBodyError};
 use crate::upstream::balancer::SelectionInput;
-use crate::upstream::{CompiledUpstream, HostHeader};
+use crate::upstream::{CompiledUpstream, HostHeader, InFlight};
 
 /// Why a request could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +112,8 @@ pub struct Forwarded {
     pub endpoint: Arc<str>,
     /// Time from sending to the response head (last try).
     pub upstream_duration: Duration,
+    /// Counts the exchange in flight to the endpoint; move it into the response body.
+    pub in_flight: InFlight,
 }
 
 /// What the forwarder needs besides the upstream.
@@ -174,9 +176,8 @@ pub async fn forward(upstream: &CompiledUpstream, request: ForwardRequest<'_>) -
             Some(deadline) => upstream.timeouts.read.min(deadline.saturating_duration_since(sent_at)),
             None => upstream.timeouts.read,
         };
-        let in_flight = InFlight::enter(&endpoint.state.in_flight);
+        let in_flight = InFlight::enter(&endpoint.state);
         let result = tokio::time::timeout(limit, upstream.client.request(outgoing)).await;
-        drop(in_flight);
         let now = Instant::now();
 
         let outcome = match result {
@@ -202,10 +203,12 @@ pub async fn forward(upstream: &CompiledUpstream, request: ForwardRequest<'_>) -
         attempt += 1;
         let out_of_time = deadline.is_some_and(|deadline| now >= deadline);
         if !(retry_wanted && may_retry && attempt <= upstream.retry.attempts && !out_of_time) {
+            // A successful exchange stays in flight until its response body ends.
             return outcome.map(|response| Forwarded {
                 response,
                 endpoint: endpoint.address.clone(),
                 upstream_duration: now - sent_at,
+                in_flight,
             });
         }
         tracing::debug!(upstream = &*upstream.id, endpoint = &*endpoint.address, attempt, "retrying upstream request");
@@ -215,24 +218,6 @@ pub async fn forward(upstream: &CompiledUpstream, request: ForwardRequest<'_>) -
             wait = wait.min(deadline.saturating_duration_since(now));
         }
         tokio::time::sleep(wait).await;
-    }
-}
-
-/// Counts one request in flight to an endpoint for as long as it lives. A guard rather than a
-/// decrement after the `await`: when the client goes away, this future is dropped mid-await,
-/// and a count left behind would steer least-connections and EWMA away from the endpoint for good.
-struct InFlight<'a>(&'a AtomicU32);
-
-impl<'a> InFlight<'a> {
-    fn enter(counter: &'a AtomicU32) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -248,7 +248,7 @@ impl Gateway {
                 head.version = Version::HTTP_11;
                 route.pipeline.run_response(&mut head, &mut exchange, None);
                 Served {
-                    response: Response::from_parts(head, GatewayBody::Streamed(body)),
+                    response: Response::from_parts(head, GatewayBody::Upstream(body, forwarded.in_flight)),
                     route: Some(route.clone()),
                     upstream: Some(forwarded.endpoint),
                     upstream_duration: Some(forwarded.upstream_duration),

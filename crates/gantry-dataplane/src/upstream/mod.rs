@@ -128,6 +128,27 @@ impl EndpointState {
     }
 }
 
+/// Counts one exchange in flight to an endpoint for as long as it lives: from sending the
+/// request until the response body ends, since a long download or stream keeps the endpoint
+/// busy (least-connections and EWMA read the count). A guard rather than a decrement after an
+/// `await`: when the client goes away mid-exchange, dropping the guard still releases it.
+#[derive(Debug)]
+pub struct InFlight(Arc<EndpointState>);
+
+impl InFlight {
+    /// Counts an exchange with the endpoint whose state is `state`.
+    pub fn enter(state: &Arc<EndpointState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Passive health-check settings.
 #[derive(Clone, Debug)]
 pub struct PassiveHealth {
