@@ -167,6 +167,27 @@ fn commit(
     }
 }
 
+/// Commits `edit` of resource `name` (written at `at`) to the running configuration and the
+/// documents on disk, off the async workers.
+async fn commit_edit<K: ConfigResource + Send + 'static>(
+    state: AdminState,
+    name: String,
+    at: FieldPath,
+    edit: Edit<K>,
+) -> Result<Committed, AdminError> {
+    blocking(move || {
+        let for_disk = edit.clone();
+        commit(
+            &state,
+            &name,
+            &at,
+            |spec| edit.apply(spec),
+            move |documents, home| for_disk.apply_to_documents(documents, home),
+        )
+    })
+    .await
+}
+
 /// Runs a write off the async workers: compiling and file I/O block.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, AdminError> + Send + 'static,
@@ -290,17 +311,7 @@ async fn write_resource<K: ConfigResource>(
     }
     let output = resource.to_output();
     let edit = Edit::Upsert(resource);
-    let committed = blocking(move || {
-        let for_disk = edit.clone();
-        commit(
-            &state,
-            &name,
-            &at,
-            |spec| edit.apply(spec),
-            move |documents, home| for_disk.apply_to_documents(documents, home),
-        )
-    })
-    .await?;
+    let committed = commit_edit(state, name, at, edit).await?;
     Ok(respond(status, Some(output), &committed))
 }
 
@@ -320,17 +331,7 @@ pub async fn delete<K: ConfigResource>(
     let name = format!("{}/{id}", K::KIND.name());
     let at = resource_path::<K>(&applied, &id);
     let edit = Edit::<K>::Delete(id);
-    let committed = blocking(move || {
-        let for_disk = edit.clone();
-        commit(
-            &state,
-            &name,
-            &at,
-            |spec| edit.apply(spec),
-            move |documents, home| for_disk.apply_to_documents(documents, home),
-        )
-    })
-    .await?;
+    let committed = commit_edit(state, name, at, edit).await?;
     Ok(respond(StatusCode::NO_CONTENT, None, &committed))
 }
 
