@@ -1,14 +1,11 @@
 //! The command line through the real binary: `validate` (every error located, directories, the
 //! embedded default, the bundled examples), `version`, and `run` with no `--config`.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use gantry_testkit::client::TestClient;
+use gantry_testkit::GatewayProcess;
 use http::StatusCode;
 
 use crate::support::gantry_binary;
@@ -215,60 +212,6 @@ fn run_rejects_moving_the_demo_upstream_of_a_config_file() {
     assert!(printed(&output).contains("cannot be used with"), "{}", printed(&output));
 }
 
-/// `gantry run` with no `--config`, killed on drop.
-struct EmbeddedGateway {
-    child: Child,
-    logs: Arc<Mutex<Vec<String>>>,
-}
-
-impl EmbeddedGateway {
-    /// Starts the embedded default with every address moved, so no fixed port is needed.
-    fn start(demo_upstream: SocketAddr) -> (Self, SocketAddr) {
-        let mut child = Command::new(gantry_binary())
-            .args(["run", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--demo-upstream"])
-            .arg(demo_upstream.to_string())
-            .env_remove("GANTRY_CONFIG")
-            .env("GANTRY_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start gantry");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("logs lock").push(line);
-            }
-        });
-        let mut gateway = Self { child, logs };
-        let until = Instant::now() + gantry_testkit::deadline();
-        loop {
-            let lines = gateway.logs.lock().expect("logs lock").clone();
-            let address = lines.iter().find(|line| line.contains("listener started")).and_then(|line| {
-                let start = line.find("address=")? + "address=".len();
-                line[start..].split_whitespace().next()?.parse().ok()
-            });
-            if let Some(address) = address {
-                return (gateway, address);
-            }
-            if let Ok(Some(status)) = gateway.child.try_wait() {
-                panic!("gantry exited with {status}; output:\n{}", lines.join("\n"));
-            }
-            assert!(Instant::now() < until, "gantry did not become ready; output:\n{}", lines.join("\n"));
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for EmbeddedGateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn runs_the_embedded_default_with_no_config_and_answers_the_demo_route() {
     // The demo upstream's endpoints name its port, so it needs a fixed one: take a free one.
@@ -276,7 +219,12 @@ async fn runs_the_embedded_default_with_no_config_and_answers_the_demo_route() {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("find a free port");
         probe.local_addr().expect("probe address")
     };
-    let (_gateway, address) = EmbeddedGateway::start(demo_upstream);
+    let demo_upstream = demo_upstream.to_string();
+    let gateway = GatewayProcess::start_embedded(
+        gantry_binary(),
+        &["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--demo-upstream", &demo_upstream],
+    );
+    let address = gateway.addr(0);
     let client = TestClient::default();
 
     let response = client.get(&format!("http://{address}/demo/hello?name=gantry")).await;

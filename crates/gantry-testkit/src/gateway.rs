@@ -40,11 +40,33 @@ impl GatewayProcess {
     pub fn spawn(binary: &Path, dir: tempfile::TempDir, config_path: PathBuf, args: &[&str]) -> Self {
         let expected_listeners = count_listeners(&config_path);
         let expects_admin = mentions_admin(&config_path);
+        let config = config_path.as_os_str().to_owned();
+        let mut run_args: Vec<&std::ffi::OsStr> = vec!["--config".as_ref(), config.as_os_str()];
+        run_args.extend(args.iter().map(std::ffi::OsStr::new));
+        Self::launch(binary, dir, config_path.clone(), &run_args, expected_listeners, expects_admin)
+    }
+
+    /// Starts `binary` on its embedded default configuration (no `--config`), with `args`
+    /// (such as `--listen 127.0.0.1:0`), and waits for its listener and admin API.
+    pub fn start_embedded(binary: &Path, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().to_owned();
+        let run_args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        Self::launch(binary, dir, config_path, &run_args, 1, true)
+    }
+
+    fn launch(
+        binary: &Path,
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        run_args: &[&std::ffi::OsStr],
+        expected_listeners: usize,
+        expects_admin: bool,
+    ) -> Self {
         let mut child = Command::new(binary)
             .arg("run")
-            .arg("--config")
-            .arg(&config_path)
-            .args(args)
+            .args(run_args)
+            .env_remove("GANTRY_CONFIG")
             .env("GANTRY_LOG", std::env::var("GANTRY_TEST_LOG").unwrap_or_else(|_| "info".to_owned()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
