@@ -193,6 +193,14 @@ impl ConfigErrors {
         self.0.is_empty()
     }
 
+    /// Runs `build`, which adds every problem it finds; its result is returned only when it
+    /// found none.
+    pub fn collect<T>(build: impl FnOnce(&mut ConfigErrors) -> T) -> Result<T, ConfigErrors> {
+        let mut errors = ConfigErrors::default();
+        let value = build(&mut errors);
+        errors.into_result(value)
+    }
+
     /// `Ok(value)` when empty, else `Err(self)`.
     pub fn into_result<T>(self, value: T) -> Result<T, ConfigErrors> {
         if self.0.is_empty() {

@@ -55,10 +55,7 @@ impl PolicyFactory for Redirect {
     type Config = Config;
 
     fn build(config: Config, path: &FieldPath, _: &BuildContext<'_>) -> Result<Arc<dyn Policy>, ConfigErrors> {
-        let mut errors = ConfigErrors::default();
-        let compiled = compile(&config, path, &mut errors);
-        errors.into_result(())?;
-        Ok(Arc::new(compiled))
+        Ok(Arc::new(ConfigErrors::collect(|errors| compile(&config, path, errors))?))
     }
 }
 

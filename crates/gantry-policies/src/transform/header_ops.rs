@@ -51,9 +51,7 @@ pub(crate) struct HeaderOps {
 impl HeaderOps {
     /// Parses `config` written at `path`, or gives every problem found.
     pub(crate) fn build(config: &HeaderOpsConfig, path: &FieldPath) -> Result<Self, ConfigErrors> {
-        let mut errors = ConfigErrors::default();
-        let ops = Self::compile(config, path, &mut errors);
-        errors.into_result(ops)
+        ConfigErrors::collect(|errors| Self::compile(config, path, errors))
     }
 
     /// Parses `config`, adding each problem to `errors`; the result is complete only when
