@@ -137,9 +137,10 @@ impl Gateway {
     ) -> Served {
         let snapshot = self.snapshot.load_full();
         let (mut parts, body) = request.into_parts();
-        let host = request_host(&parts);
+        let host_value = request_host(&parts);
+        let host = host_value.as_ref().and_then(|value| value.to_str().ok());
         let facts = RequestFacts {
-            host: host.as_deref().map(strip_port),
+            host: host.map(strip_port),
             path: parts.uri.path(),
             query: parts.uri.query(),
             method: &parts.method,
@@ -205,7 +206,7 @@ impl Gateway {
         if is_upgrade {
             parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        add_forwarded(&mut parts.headers, &connection.forwarding, host.as_deref());
+        add_forwarded(&mut parts.headers, &connection.forwarding, host);
         if let Ok(value) = HeaderValue::from_str(request_id) {
             parts.headers.insert(&X_REQUEST_ID, value);
         }
@@ -222,14 +223,8 @@ impl Gateway {
                 None => GatewayBody::Streamed(body),
             }
         };
-        let forward_request = ForwardRequest {
-            parts,
-            body,
-            path_and_query,
-            client: connection.client,
-            original_host: host.as_deref(),
-            body_limit,
-        };
+        let forward_request =
+            ForwardRequest { parts, body, path_and_query, client: connection.client, original_host: host, body_limit };
         match forward(upstream, forward_request).await {
             Ok(mut forwarded) => {
                 let upgraded = forwarded.response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -305,12 +300,14 @@ pub fn into_gateway_response(response: PolicyResponse) -> Response<GatewayBody> 
     Response::from_parts(head, GatewayBody::full(body))
 }
 
-/// The request's host: the URI authority (HTTP/2, absolute-form) or the `Host` header.
-fn request_host(parts: &http::request::Parts) -> Option<String> {
+/// The request's host: the URI authority (HTTP/2, absolute-form) or the `Host` header. Held
+/// apart from the request head, which is rewritten later; for HTTP/1.1 that is a shared copy
+/// of the header, not an allocation.
+fn request_host(parts: &http::request::Parts) -> Option<HeaderValue> {
     if let Some(authority) = parts.uri.authority() {
-        return Some(authority.as_str().to_owned());
+        return HeaderValue::from_str(authority.as_str()).ok();
     }
-    parts.headers.get(HOST).and_then(|value| value.to_str().ok()).map(str::to_owned)
+    parts.headers.get(HOST).cloned()
 }
 
 /// `host:port` or `[v6]:port` without the port.
