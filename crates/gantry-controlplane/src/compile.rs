@@ -21,7 +21,7 @@ use gantry_dataplane::upstream::{
     Balancer, CompiledUpstream, Endpoint, HostHeader, PassiveHealth, RetryPolicy, Timeouts, UpstreamStates,
 };
 use gantry_dataplane::Snapshot;
-use gantry_policy_api::BuildContext;
+use gantry_policy_api::{BuildContext, ConsumerDirectory, Stage};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
 /// Checks and compiles `spec` into generation `generation`. Upstream state (endpoint
@@ -32,11 +32,12 @@ pub fn compile_snapshot(
     states: &UpstreamStates,
 ) -> Result<Snapshot, ConfigErrors> {
     let mut errors = validate_spec(spec);
+    let consumers = ConsumerDirectory::build(spec, &gantry_policies::registry::find, &mut errors);
     if !errors.is_empty() {
-        check_policies(spec, &mut errors);
+        check_policies(spec, &consumers, &mut errors);
         return Err(errors);
     }
-    let context = BuildContext { spec };
+    let context = BuildContext { spec, consumers: &consumers };
     let root = FieldPath::root();
 
     let mut upstreams: HashMap<&str, Arc<CompiledUpstream>> = HashMap::new();
@@ -72,11 +73,7 @@ pub fn compile_snapshot(
             (set.id.as_str(), build_policies(&set.policies, &path, &context, &mut errors))
         })
         .collect();
-    for (index, consumer) in spec.consumers.iter().enumerate() {
-        // Overrides are checked now; identity policies apply them per consumer.
-        let path = root.key("consumers").item(index, &consumer.id).key("policies");
-        build_policies(&consumer.policies, &path, &context, &mut errors);
-    }
+    let consumer_policies = build_consumer_policies(spec, &context, &mut errors);
 
     let mut router = RouterBuilder::default();
     let mut routes = Vec::with_capacity(spec.routes.len());
@@ -106,7 +103,8 @@ pub fn compile_snapshot(
                 "the route has no upstream: set `upstream`, use a `service` that has one, or add a policy that answers itself (such as `mock_response`)",
             );
         }
-        let compiled = match compile_route(route, index, &path, upstream, Pipeline::new(entries)) {
+        let pipeline = Pipeline::new(entries).with_consumer_policies(&consumer_policies);
+        let compiled = match compile_route(route, index, &path, upstream, pipeline) {
             Ok(compiled) => Arc::new(compiled),
             Err(more) => {
                 errors.extend(more.0);
@@ -133,8 +131,8 @@ pub fn compile_snapshot(
 
 /// Builds every policy of an inconsistent `spec` only to collect its errors, so one pass
 /// reports bad policy settings next to missing references and duplicate ids.
-fn check_policies(spec: &GatewaySpec, errors: &mut ConfigErrors) {
-    let context = BuildContext { spec };
+fn check_policies(spec: &GatewaySpec, consumers: &ConsumerDirectory, errors: &mut ConfigErrors) {
+    let context = BuildContext { spec, consumers };
     let root = FieldPath::root();
     build_policies(&spec.global_policies, &root.key("global_policies"), &context, errors);
     for (index, service) in spec.services.iter().enumerate() {
@@ -145,14 +143,41 @@ fn check_policies(spec: &GatewaySpec, errors: &mut ConfigErrors) {
         let path = root.key("policy_sets").item(index, &set.id).key("policies");
         build_policies(&set.policies, &path, &context, errors);
     }
-    for (index, consumer) in spec.consumers.iter().enumerate() {
-        let path = root.key("consumers").item(index, &consumer.id).key("policies");
-        build_policies(&consumer.policies, &path, &context, errors);
-    }
+    build_consumer_policies(spec, &context, errors);
     for (index, route) in spec.routes.iter().enumerate() {
         let path = root.key("routes").item(index, &route.id).key("policies");
         build_policies(&route.policies, &path, &context, errors);
     }
+}
+
+/// Builds each consumer's policies, which replace a route's policy of the same name once the
+/// consumer is recognised. They can only run after the identity stage, when it is known.
+fn build_consumer_policies(
+    spec: &GatewaySpec,
+    context: &BuildContext<'_>,
+    errors: &mut ConfigErrors,
+) -> Vec<(Arc<str>, Vec<PipelineEntry>)> {
+    let mut consumer_policies = Vec::new();
+    for (index, consumer) in spec.consumers.iter().enumerate() {
+        let path = FieldPath::root().key("consumers").item(index, &consumer.id).key("policies");
+        let entries = build_policies(&consumer.policies, &path, context, errors);
+        for (position, entry) in entries.iter().enumerate() {
+            if entry.stage <= Stage::Identity {
+                errors.push(
+                    path.index(position).key(entry.name),
+                    format!(
+                        "`{}` runs in the {} stage, before the consumer is known: a consumer can only set policies of later stages",
+                        entry.name,
+                        entry.stage.name()
+                    ),
+                );
+            }
+        }
+        if !entries.is_empty() {
+            consumer_policies.push((Arc::from(consumer.id.as_str()), entries));
+        }
+    }
+    consumer_policies
 }
 
 /// Adds `later` to `entries`; an entry for a policy already present replaces it.

@@ -10,6 +10,7 @@ pub mod body;
 pub mod forward;
 pub mod headers;
 pub mod listener;
+pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
 pub mod route;

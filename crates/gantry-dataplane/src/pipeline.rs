@@ -3,7 +3,12 @@
 //! Runs per request. Request hooks run in stage order; when one answers, only the policies
 //! reached so far see the response, in reverse (as in Envoy). Lists are fixed at compile time,
 //! so a policy is never called for a hook it does not implement.
+//!
+//! A consumer with policies of its own gets its own copy of each route's pipeline, made at
+//! compile time; the request switches to it after the identity stage, so nothing is merged per
+//! request.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use gantry_policy_api::{Exchange, Flow, LogRecord, Policy, PolicyResponse, RequestParts, ResponseParts, Stage};
@@ -35,6 +40,8 @@ pub struct Pipeline {
     response: Vec<usize>,
     /// Positions of policies with a log hook.
     log: Vec<usize>,
+    /// This pipeline with each consumer's own policies, by consumer id.
+    for_consumers: HashMap<Arc<str>, Arc<Pipeline>>,
 }
 
 /// How far the request hooks got.
@@ -44,6 +51,8 @@ pub enum RequestOutcome {
     Forward,
     /// Entry at `position` answered.
     Respond {
+        /// Name of the answering policy.
+        policy: &'static str,
         /// Position of the answering policy; response hooks run up to it.
         position: usize,
         /// Its response.
@@ -61,7 +70,32 @@ impl Pipeline {
         let request = positions(|entry| entry.policy.hooks().request);
         let response = positions(|entry| entry.policy.hooks().response);
         let log = positions(|entry| entry.policy.hooks().log);
-        Self { entries, request, response, log }
+        Self { entries, request, response, log, for_consumers: HashMap::new() }
+    }
+
+    /// Adds the pipelines used once a consumer with policies of its own is recognised: each
+    /// consumer policy replaces the route's policy of the same name in place, or is added at the
+    /// end of its stage. Consumer policies run after the identity stage only (checked at compile).
+    pub fn with_consumer_policies(mut self, consumer_policies: &[(Arc<str>, Vec<PipelineEntry>)]) -> Self {
+        for (consumer, policies) in consumer_policies {
+            let mut entries = self.entries.clone();
+            for policy in policies {
+                match entries.iter_mut().find(|entry| entry.name == policy.name) {
+                    Some(existing) => *existing = policy.clone(),
+                    None => entries.push(policy.clone()),
+                }
+            }
+            self.for_consumers.insert(consumer.clone(), Arc::new(Pipeline::new(entries)));
+        }
+        self
+    }
+
+    /// The pipeline that ran for `exchange`: the consumer's own once it was recognised.
+    pub fn selected(&self, exchange: &Exchange) -> &Pipeline {
+        if self.for_consumers.is_empty() {
+            return self;
+        }
+        exchange.consumer().and_then(|consumer| self.for_consumers.get(&consumer.id)).map_or(self, |own| own)
     }
 
     /// The policies in running order.
@@ -69,9 +103,36 @@ impl Pipeline {
         &self.entries
     }
 
-    /// Runs request hooks until one answers.
+    /// Runs request hooks until one answers. Response and log hooks must then run on
+    /// [`Pipeline::selected`], which may be a consumer's own pipeline.
     pub async fn run_request(&self, request: &mut RequestParts, exchange: &mut Exchange) -> RequestOutcome {
-        for &position in &self.request {
+        if self.for_consumers.is_empty() {
+            return self.run_request_hooks(0..self.request.len(), request, exchange).await;
+        }
+        let identity_done = self.request_hooks_after_identity();
+        if let answered @ RequestOutcome::Respond { .. } =
+            self.run_request_hooks(0..identity_done, request, exchange).await
+        {
+            return answered;
+        }
+        // Entries up to the identity stage are the same in a consumer's pipeline, so it goes
+        // on from its own first later-stage entry.
+        let own = self.selected(exchange);
+        own.run_request_hooks(own.request_hooks_after_identity()..own.request.len(), request, exchange).await
+    }
+
+    /// Index in `request` of the first hook of a stage after identity.
+    fn request_hooks_after_identity(&self) -> usize {
+        self.request.iter().position(|&at| self.entries[at].stage > Stage::Identity).unwrap_or(self.request.len())
+    }
+
+    async fn run_request_hooks(
+        &self,
+        hooks: std::ops::Range<usize>,
+        request: &mut RequestParts,
+        exchange: &mut Exchange,
+    ) -> RequestOutcome {
+        for &position in &self.request[hooks] {
             let entry = &self.entries[position];
             if let Flow::Respond(response) = entry.policy.on_request(request, exchange).resolve().await {
                 tracing::debug!(
@@ -79,7 +140,7 @@ impl Pipeline {
                     status = response.status().as_u16(),
                     "policy answered the request"
                 );
-                return RequestOutcome::Respond { position, response };
+                return RequestOutcome::Respond { policy: entry.name, position, response };
             }
         }
         RequestOutcome::Forward

@@ -19,6 +19,7 @@ use crate::access_log::{AccessLog, AccessRecord};
 use crate::body::{discard, GatewayBody, LimitedBody};
 use crate::forward::{forward, ForwardError, ForwardRequest};
 use crate::headers::{add_forwarded, remove_hop_by_hop, request_id, ClientForwarding, X_REQUEST_ID};
+use crate::metrics::GatewayMetrics;
 use crate::pipeline::RequestOutcome;
 use crate::route::CompiledRoute;
 use crate::router::RequestFacts;
@@ -47,6 +48,7 @@ impl Connection {
 pub struct Gateway {
     snapshot: SnapshotHandle,
     access_log: Option<AccessLog>,
+    metrics: GatewayMetrics,
 }
 
 /// Where the response of one exchange came from, for logging.
@@ -59,9 +61,9 @@ struct Served {
 }
 
 impl Gateway {
-    /// A handler serving from `snapshot`, logging to `access_log` if given.
-    pub fn new(snapshot: SnapshotHandle, access_log: Option<AccessLog>) -> Self {
-        Self { snapshot, access_log }
+    /// A handler serving from `snapshot`, logging to `access_log` if given, counting in `metrics`.
+    pub fn new(snapshot: SnapshotHandle, access_log: Option<AccessLog>, metrics: GatewayMetrics) -> Self {
+        Self { snapshot, access_log, metrics }
     }
 
     /// The snapshot handle.
@@ -91,7 +93,7 @@ impl Gateway {
             let record = LogRecord {
                 request_id: &request_id,
                 route_id: Some(&route.id),
-                consumer_id: exchange.consumer.as_ref().map(|consumer| &*consumer.id),
+                consumer_id: exchange.consumer().map(|consumer| &*consumer.id),
                 client_addr: connection.client,
                 method: &method,
                 uri: &uri,
@@ -100,7 +102,7 @@ impl Gateway {
                 duration,
                 upstream_duration: served.upstream_duration,
             };
-            route.pipeline.run_log(&record);
+            route.pipeline.selected(exchange).run_log(&record);
         }
         if let Some(log) = &self.access_log {
             log.emit(AccessRecord {
@@ -111,7 +113,7 @@ impl Gateway {
                 consumer_id: served
                     .exchange
                     .as_ref()
-                    .and_then(|exchange| exchange.consumer.as_ref().map(|c| c.id.clone())),
+                    .and_then(|exchange| exchange.consumer().map(|consumer| consumer.id.clone())),
                 client: connection.client,
                 method,
                 uri,
@@ -166,12 +168,13 @@ impl Gateway {
         let mut exchange = Exchange::new(request_id.clone(), route.id.clone(), connection.client, connection.is_tls);
         exchange.path_params = found.params;
 
-        if let RequestOutcome::Respond { position, response } =
+        if let RequestOutcome::Respond { policy, position, response } =
             route.pipeline.run_request(&mut parts, &mut exchange).await
         {
+            self.metrics.count_policy_answer(policy, response.status());
             discard_unread(&parts, body);
             let (mut head, body) = response.into_parts();
-            route.pipeline.run_response(&mut head, &mut exchange, Some(position));
+            route.pipeline.selected(&exchange).run_response(&mut head, &mut exchange, Some(position));
             return Served {
                 response: Response::from_parts(head, GatewayBody::full(body)),
                 route: Some(route.clone()),
@@ -241,7 +244,7 @@ impl Gateway {
                 }
                 // The client's protocol decides the response framing, not the upstream's.
                 head.version = Version::HTTP_11;
-                route.pipeline.run_response(&mut head, &mut exchange, None);
+                route.pipeline.selected(&exchange).run_response(&mut head, &mut exchange, None);
                 Served {
                     response: Response::from_parts(head, GatewayBody::Upstream(body, forwarded.in_flight)),
                     route: Some(route.clone()),
@@ -275,7 +278,7 @@ fn discard_unread(parts: &http::request::Parts, body: Incoming) {
 /// Answers with a gateway-made response that every policy of the route gets to see.
 fn respond_with(route: &Arc<CompiledRoute>, mut exchange: Exchange, response: PolicyResponse) -> Served {
     let (mut head, body) = response.into_parts();
-    route.pipeline.run_response(&mut head, &mut exchange, None);
+    route.pipeline.selected(&exchange).run_response(&mut head, &mut exchange, None);
     Served {
         response: Response::from_parts(head, GatewayBody::full(body)),
         route: Some(route.clone()),

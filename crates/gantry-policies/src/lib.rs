@@ -11,6 +11,7 @@
 
 pub mod access;
 pub mod forward;
+pub mod identity;
 pub mod ingress;
 pub mod registry;
 pub mod traffic;

@@ -10,6 +10,7 @@ use gantry_policy_api::RegisteredPolicy;
 
 use crate::access::ip_restriction::IpRestriction;
 use crate::forward::mock_response::MockResponse;
+use crate::identity::key_auth::KeyAuth;
 use crate::ingress::redirect::Redirect;
 use crate::traffic::request_size_limit::RequestSizeLimit;
 use crate::transform::request_headers::RequestHeaders;
@@ -18,6 +19,7 @@ use crate::transform::response_headers::ResponseHeaders;
 static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
     vec![
         RegisteredPolicy::of::<Redirect>(),
+        RegisteredPolicy::identity::<KeyAuth>(),
         RegisteredPolicy::of::<IpRestriction>(),
         RegisteredPolicy::of::<RequestSizeLimit>(),
         RegisteredPolicy::of::<RequestHeaders>(),

@@ -6,13 +6,34 @@ use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 
-/// A recognised client, set by an identity policy.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Consumer {
-    /// The consumer's id.
-    pub id: Arc<str>,
-    /// Its groups.
-    pub groups: Arc<[String]>,
+use crate::Consumer;
+
+/// Who a request was recognised as, set by the identity policy that recognised it.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// The consumer.
+    pub consumer: Arc<Consumer>,
+    /// The credential's stable name (`alice:key_auth`, a token's subject); never the secret.
+    pub credential_id: Arc<str>,
+    /// The identity policy that recognised it (`key_auth`, `jwt`).
+    pub method: &'static str,
+    /// Scopes granted by a token (`scope`/`scp` claims); empty for key and password methods.
+    pub scopes: Arc<[String]>,
+    /// True when no credential was presented and the policy's `anonymous_consumer` stands in.
+    pub is_anonymous: bool,
+}
+
+impl Identity {
+    /// The identity of a configured credential of `consumer`.
+    pub fn credential(consumer: Arc<Consumer>, credential_id: Arc<str>, method: &'static str) -> Self {
+        Self { consumer, credential_id, method, scopes: Arc::new([]), is_anonymous: false }
+    }
+
+    /// The stand-in identity of a request without credentials.
+    pub fn anonymous(consumer: Arc<Consumer>, method: &'static str) -> Self {
+        let credential_id = consumer.id.clone();
+        Self { consumer, credential_id, method, scopes: Arc::new([]), is_anonymous: true }
+    }
 }
 
 /// State of one request/response exchange: who, where, and what policies decided.
@@ -27,8 +48,8 @@ pub struct Exchange {
     pub client_addr: SocketAddr,
     /// Whether the client connection is TLS.
     pub is_tls: bool,
-    /// The consumer, once an identity policy has recognised one.
-    pub consumer: Option<Consumer>,
+    /// Who the request comes from, once an identity policy has recognised it.
+    pub identity: Option<Identity>,
     /// Values captured by `{name}` segments of the matched path.
     pub path_params: Vec<(Arc<str>, String)>,
     /// When the request head was received.
@@ -47,12 +68,22 @@ impl Exchange {
             route_id,
             client_addr,
             is_tls,
-            consumer: None,
+            identity: None,
             path_params: Vec::new(),
             started_at: Instant::now(),
             request_body_limit: None,
             extensions: http::Extensions::new(),
         }
+    }
+
+    /// The recognised consumer, if any.
+    pub fn consumer(&self) -> Option<&Arc<Consumer>> {
+        self.identity.as_ref().map(|identity| &identity.consumer)
+    }
+
+    /// Records who the request comes from; a later identity policy's result replaces it.
+    pub fn authenticate(&mut self, identity: Identity) {
+        self.identity = Some(identity);
     }
 
     /// Lowers the request body limit to `bytes` (limits only ever tighten).

@@ -6,7 +6,8 @@ use gantry_config::{ConfigErrors, FieldPath, GatewaySpec};
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 
-use crate::{Policy, Stage};
+use crate::consumer::{check_credentials, parse_credential, CheckCredentialsFn, ParseCredentialFn};
+use crate::{ConsumerDirectory, IdentityFactory, Policy, Stage};
 
 /// Checks that span several fields of a policy's settings. Field types and unknown fields
 /// are already checked by deserialization, and whatever needs parsing (addresses, header
@@ -24,6 +25,8 @@ pub trait Validate {
 pub struct BuildContext<'a> {
     /// The configuration being compiled.
     pub spec: &'a GatewaySpec,
+    /// Its consumers, with credentials typed by their identity policies.
+    pub consumers: &'a ConsumerDirectory,
 }
 
 /// Builds one kind of policy. Implemented once per policy, listed once in the registry.
@@ -59,6 +62,15 @@ pub struct RegisteredPolicy {
     pub docs: &'static str,
     build: BuildFn,
     schema: fn() -> schemars::Schema,
+    credential: Option<CredentialFns>,
+}
+
+/// How an identity policy's consumer credentials are typed, checked and described.
+#[derive(Clone, Copy)]
+struct CredentialFns {
+    parse: ParseCredentialFn,
+    check: CheckCredentialsFn,
+    schema: fn() -> schemars::Schema,
 }
 
 impl RegisteredPolicy {
@@ -70,6 +82,39 @@ impl RegisteredPolicy {
             docs: F::DOCS,
             build: build_erased::<F>,
             schema: || schemars::schema_for!(F::Config),
+            credential: None,
+        }
+    }
+
+    /// The registry entry for identity policy `F`, whose consumers carry credentials for it.
+    pub fn identity<F: IdentityFactory>() -> Self {
+        Self {
+            credential: Some(CredentialFns {
+                parse: parse_credential::<F>,
+                check: check_credentials::<F>,
+                schema: || schemars::schema_for!(F::Credential),
+            }),
+            ..Self::of::<F>()
+        }
+    }
+
+    /// Whether consumers carry credentials for this policy.
+    pub fn takes_credentials(&self) -> bool {
+        self.credential.is_some()
+    }
+
+    /// JSON Schema of one consumer credential, for identity policies.
+    pub fn credential_schema(&self) -> Option<schemars::Schema> {
+        self.credential.map(|fns| (fns.schema)())
+    }
+
+    pub(crate) fn credential_parser(&self) -> Option<ParseCredentialFn> {
+        self.credential.map(|fns| fns.parse)
+    }
+
+    pub(crate) fn check_credentials(&self, directory: &ConsumerDirectory, errors: &mut ConfigErrors) {
+        if let Some(fns) = self.credential {
+            (fns.check)(directory, errors);
         }
     }
 

@@ -5,14 +5,17 @@
 //! attached to: [`Policy::on_request`] in [`Stage`] order, [`Policy::on_response`] in reverse,
 //! [`Policy::on_log`] last. Policies see `http` crate types only, never the HTTP engine.
 
+mod consumer;
 mod exchange;
 mod factory;
 mod flow;
+pub mod identity;
 pub mod problem;
 mod stage;
 pub mod testing;
 
-pub use exchange::{Consumer, Exchange, LogRecord};
+pub use consumer::{Consumer, ConsumerDirectory, CredentialEntry, IdentityFactory};
+pub use exchange::{Exchange, Identity, LogRecord};
 pub use factory::{BuildContext, PolicyFactory, RegisteredPolicy, Validate};
 pub use flow::{Flow, Hook};
 pub use stage::Stage;

@@ -5,14 +5,50 @@ use std::sync::Arc;
 
 use gantry_config::{ConfigErrors, FieldPath, GatewaySpec};
 
-use crate::{BuildContext, Exchange, Flow, Policy, RegisteredPolicy, RequestParts, ResponseParts};
+use crate::{BuildContext, ConsumerDirectory, Exchange, Flow, Policy, RegisteredPolicy, RequestParts, ResponseParts};
 
 /// Builds the policy `entry` from YAML settings, as the compiler would for a global policy.
 pub fn build_policy(entry: RegisteredPolicy, yaml: &str) -> Result<Arc<dyn Policy>, ConfigErrors> {
     let raw: serde_json::Value =
         if yaml.trim().is_empty() { serde_json::Value::Object(Default::default()) } else { parse_settings(yaml)? };
     let spec = GatewaySpec::default();
-    entry.build(&raw, &policy_path(entry.name), &BuildContext { spec: &spec })
+    let consumers = ConsumerDirectory::default();
+    entry.build(&raw, &policy_path(entry.name), &BuildContext { spec: &spec, consumers: &consumers })
+}
+
+/// Builds identity policy `entry` from YAML settings, with the consumers of `config_yaml` (a
+/// configuration such as `"consumers:\n  - id: alice\n    credentials: ..."`). Problems of
+/// the consumers' credentials are reported with the policy's.
+pub fn build_identity_policy(
+    entry: RegisteredPolicy,
+    settings_yaml: &str,
+    config_yaml: &str,
+) -> Result<Arc<dyn Policy>, ConfigErrors> {
+    let raw: serde_json::Value = if settings_yaml.trim().is_empty() {
+        serde_json::Value::Object(Default::default())
+    } else {
+        parse_settings(settings_yaml)?
+    };
+    let spec = gantry_config::load_str(config_yaml)?;
+    let mut errors = ConfigErrors::default();
+    let find = |name: &str| (name == entry.name).then_some(entry);
+    let consumers = ConsumerDirectory::build(&spec, &find, &mut errors);
+    let built = entry.build(&raw, &policy_path(entry.name), &BuildContext { spec: &spec, consumers: &consumers });
+    match built {
+        Ok(policy) => errors.into_result(policy),
+        Err(more) => {
+            errors.extend(more.0);
+            Err(errors)
+        }
+    }
+}
+
+/// Like [`build_identity_policy`], for settings or credentials that must be rejected.
+pub fn build_identity_policy_error(entry: RegisteredPolicy, settings_yaml: &str, config_yaml: &str) -> ConfigErrors {
+    match build_identity_policy(entry, settings_yaml, config_yaml) {
+        Ok(_) => panic!("`{}` accepted settings that should be rejected:\n{settings_yaml}\n{config_yaml}", entry.name),
+        Err(errors) => errors,
+    }
 }
 
 /// Builds the policy `entry` from YAML settings that must be rejected, and gives the errors.

@@ -11,6 +11,7 @@ use gantry_controlplane::admin::{AdminServer, AdminState};
 use gantry_controlplane::{compile_snapshot, ControlPlane};
 use gantry_dataplane::access_log::AccessLog;
 use gantry_dataplane::listener::{bind, ListenerSettings, Server};
+use gantry_dataplane::metrics::GatewayMetrics;
 use gantry_dataplane::proxy::Gateway;
 use gantry_dataplane::upstream::UpstreamStates;
 
@@ -147,7 +148,9 @@ async fn serve(node: NodeSpec, source: ConfigSource, loaded: LoadedConfig, watch
         };
         listeners.push((listener, settings));
     }
-    let gateway = Gateway::new(control.snapshot(), access_log);
+    let mut metrics = prometheus_client::registry::Registry::default();
+    let gateway = Gateway::new(control.snapshot(), access_log, GatewayMetrics::register(&mut metrics));
+    let metrics = Arc::new(metrics);
     let server = Server::start(listeners, gateway).map_err(|err| format!("cannot start the listeners: {err}"))?;
     for (address, spec) in server.local_addrs().iter().zip(&node.listeners) {
         tracing::info!(address = %address, tls = spec.tls.is_some(), "listener started");
@@ -170,7 +173,7 @@ async fn serve(node: NodeSpec, source: ConfigSource, loaded: LoadedConfig, watch
         None
     };
     let admin = match &node.admin {
-        Some(spec) => Some(start_admin(spec, &node, control.clone()).await?),
+        Some(spec) => Some(start_admin(spec, &node, control.clone(), metrics.clone()).await?),
         None => None,
     };
     spawn_sighup_reload(control.clone());
@@ -193,7 +196,12 @@ async fn serve(node: NodeSpec, source: ConfigSource, loaded: LoadedConfig, watch
 
 /// Binds the admin API and serves it. Without a configured key, a random one is generated
 /// and logged once, so the API is never open.
-async fn start_admin(spec: &AdminSpec, node: &NodeSpec, control: Arc<ControlPlane>) -> Result<AdminServer, String> {
+async fn start_admin(
+    spec: &AdminSpec,
+    node: &NodeSpec,
+    control: Arc<ControlPlane>,
+    metrics: Arc<prometheus_client::registry::Registry>,
+) -> Result<AdminServer, String> {
     let address: SocketAddr = spec.address.parse().map_err(|_| format!("bad admin address {}", spec.address))?;
     let api_key = match &spec.api_key {
         Some(key) => key.clone(),
@@ -206,7 +214,7 @@ async fn start_admin(spec: &AdminSpec, node: &NodeSpec, control: Arc<ControlPlan
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|err| format!("cannot listen for the admin API on {address}: {err}"))?;
-    let server = AdminServer::start(listener, AdminState::new(control, node.clone(), api_key))
+    let server = AdminServer::start(listener, AdminState::new(control, node.clone(), api_key, metrics))
         .map_err(|err| format!("cannot start the admin API on {address}: {err}"))?;
     let addr = server.local_addr();
     tracing::info!(address = %addr, "admin API started");

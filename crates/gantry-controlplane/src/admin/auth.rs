@@ -16,7 +16,7 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// Paths answered without a key, for `GET` and `HEAD`: probes must work before anyone
 /// configures the prober with a secret.
-pub const OPEN_PATHS: [&str; 2] = ["/health", "/ready"];
+pub const OPEN_PATHS: [&str; 3] = ["/health", "/ready", "/metrics"];
 
 /// Middleware: passes requests carrying the configured key, answers 401 otherwise.
 pub async fn require_api_key(

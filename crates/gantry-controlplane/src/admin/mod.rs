@@ -72,15 +72,26 @@ struct Shared {
     node: NodeSpec,
     persistence: Persistence,
     openapi: serde_json::Value,
+    metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 impl AdminState {
     /// State for an admin API over `control`, accepting `api_key`. `node` is the node
     /// configuration the process runs with (shown by `GET /config`). Writes are saved to
-    /// the control plane's source, if it has files.
-    pub fn new(control: Arc<ControlPlane>, node: NodeSpec, api_key: Secret<String>) -> Self {
+    /// the control plane's source, if it has files. `GET /metrics` exposes `metrics`.
+    pub fn new(
+        control: Arc<ControlPlane>,
+        node: NodeSpec,
+        api_key: Secret<String>,
+        metrics: Arc<prometheus_client::registry::Registry>,
+    ) -> Self {
         let persistence = Persistence::for_source(control.source());
-        Self(Arc::new(Shared { control, api_key, node, persistence, openapi: openapi::openapi_document() }))
+        Self(Arc::new(Shared { control, api_key, node, persistence, openapi: openapi::openapi_document(), metrics }))
+    }
+
+    /// The metrics `GET /metrics` exposes.
+    pub fn metrics(&self) -> &prometheus_client::registry::Registry {
+        &self.0.metrics
     }
 
     /// The control plane.
@@ -133,6 +144,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/health", problems_for_other_methods(get(status::health)))
         .route("/ready", problems_for_other_methods(get(status::ready)))
         .route("/openapi.json", problems_for_other_methods(get(status::openapi)))
+        .route("/metrics", problems_for_other_methods(get(status::metrics)))
         .fallback(endpoint_not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_api_key))
         .with_state(state)

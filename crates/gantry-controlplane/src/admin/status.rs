@@ -16,6 +16,15 @@ pub async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// `GET /metrics`: every counter in the Prometheus text exposition format (OpenMetrics 1.0).
+pub async fn metrics(State(state): State<AdminState>) -> Result<axum::response::Response, AdminError> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, state.metrics())
+        .map_err(|err| AdminError::Internal { reason: format!("encoding the metrics failed: {err}") })?;
+    Ok(([(http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+        .into_response())
+}
+
 /// `GET /ready`: 200 once a configuration is serving (generation 1 or later), 503 before.
 pub async fn ready(State(state): State<AdminState>) -> Result<Json<serde_json::Value>, AdminError> {
     let generation = state.control().snapshot().load().generation;

@@ -26,7 +26,8 @@ impl Admin {
         let control = Arc::new(ControlPlane::new(source, None));
         let spec = gantry_config::load_str(yaml).expect("valid test config");
         control.apply_change(|_| Ok(spec)).expect("the test config compiles");
-        let state = AdminState::new(control.clone(), NodeSpec::default(), Secret::new(KEY.to_owned()));
+        let state =
+            AdminState::new(control.clone(), NodeSpec::default(), Secret::new(KEY.to_owned()), Default::default());
         Self { router: router(state), control }
     }
 
@@ -242,7 +243,7 @@ async fn shows_the_effective_config_with_secrets_hidden() {
 #[tokio::test]
 async fn reports_not_ready_before_the_first_configuration() {
     let control = Arc::new(ControlPlane::new(None, None));
-    let state = AdminState::new(control.clone(), NodeSpec::default(), Secret::new(KEY.to_owned()));
+    let state = AdminState::new(control.clone(), NodeSpec::default(), Secret::new(KEY.to_owned()), Default::default());
     let admin = Admin { router: router(state), control };
     let reply = admin.call(Method::GET, "/ready", None, "").await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);

@@ -3,8 +3,8 @@
 
 use std::collections::HashSet;
 
-use gantry_config::{FieldPath, GatewaySpec, PolicySpec};
-use gantry_policy_api::BuildContext;
+use gantry_config::{ConfigErrors, FieldPath, GatewaySpec, PolicySpec};
+use gantry_policy_api::{BuildContext, ConsumerDirectory};
 
 use super::*;
 
@@ -124,7 +124,10 @@ fn loads_and_builds_every_yaml_example_in_the_docs() {
             assert!(semantic.is_empty(), "{example}: {semantic}\n{block}");
             let entries = policy_entries(&spec);
             assert!(!entries.is_empty(), "{example}: no policy in it\n{block}");
-            let context = BuildContext { spec: &spec };
+            let mut credential_errors = ConfigErrors::default();
+            let consumers = ConsumerDirectory::build(&spec, &find, &mut credential_errors);
+            assert!(credential_errors.is_empty(), "{example}: {credential_errors}\n{block}");
+            let context = BuildContext { spec: &spec, consumers: &consumers };
             for (path, entry) in entries {
                 uses_itself |= entry.name == policy.name;
                 let registered = find(&entry.name).unwrap_or_else(|| panic!("{example}: unknown policy at {path}"));
@@ -244,7 +247,10 @@ fn loads_and_builds_every_yaml_example_in_the_docs_index() {
         let spec = gantry_config::load_str(&block).unwrap_or_else(|errors| panic!("{errors}\n{block}"));
         let semantic = gantry_config::validate::validate_spec(&spec);
         assert!(semantic.is_empty(), "{semantic}\n{block}");
-        let context = BuildContext { spec: &spec };
+        let mut credential_errors = ConfigErrors::default();
+        let consumers = ConsumerDirectory::build(&spec, &find, &mut credential_errors);
+        assert!(credential_errors.is_empty(), "{credential_errors}\n{block}");
+        let context = BuildContext { spec: &spec, consumers: &consumers };
         for (path, entry) in policy_entries(&spec) {
             let registered = find(&entry.name).unwrap_or_else(|| panic!("unknown policy at {path}\n{block}"));
             if let Err(errors) = registered.build(&entry.config, &path, &context) {

@@ -1,0 +1,5 @@
+//! Identity-stage policies: who is calling. Each recognises a consumer from one kind of
+//! credential and records it on the exchange; consumers carry their credentials under
+//! `consumers[].credentials.<policy name>`.
+
+pub mod key_auth;
