@@ -3,6 +3,7 @@
 
 mod harness;
 mod ip_restriction;
+mod key_auth;
 mod mock_response;
 mod precedence;
 mod redirect;
