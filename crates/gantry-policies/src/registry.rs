@@ -8,8 +8,10 @@ use std::sync::LazyLock;
 
 use gantry_policy_api::RegisteredPolicy;
 
+use crate::access::acl::Acl;
 use crate::access::ip_restriction::IpRestriction;
 use crate::forward::mock_response::MockResponse;
+use crate::identity::any_auth::AnyAuth;
 use crate::identity::key_auth::KeyAuth;
 use crate::ingress::redirect::Redirect;
 use crate::traffic::request_size_limit::RequestSizeLimit;
@@ -20,7 +22,9 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
     vec![
         RegisteredPolicy::of::<Redirect>(),
         RegisteredPolicy::identity::<KeyAuth>(),
+        RegisteredPolicy::of::<AnyAuth>(),
         RegisteredPolicy::of::<IpRestriction>(),
+        RegisteredPolicy::of::<Acl>(),
         RegisteredPolicy::of::<RequestSizeLimit>(),
         RegisteredPolicy::of::<RequestHeaders>(),
         RegisteredPolicy::of::<ResponseHeaders>(),

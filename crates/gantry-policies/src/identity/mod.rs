@@ -2,4 +2,5 @@
 //! credential and records it on the exchange; consumers carry their credentials under
 //! `consumers[].credentials.<policy name>`.
 
+pub mod any_auth;
 pub mod key_auth;
