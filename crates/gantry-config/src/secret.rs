@@ -69,8 +69,12 @@ impl<T: JsonSchema> JsonSchema for Secret<T> {
         T::inline_schema()
     }
 
+    /// The value's schema marked `writeOnly` (JSON Schema 2020-12 §9.4): the admin API hides
+    /// such values in settings it only knows by their schema.
     fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        T::json_schema(generator)
+        let mut schema = T::json_schema(generator);
+        schema.insert("writeOnly".to_owned(), true.into());
+        schema
     }
 }
 

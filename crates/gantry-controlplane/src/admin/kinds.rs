@@ -124,6 +124,9 @@ impl ConfigResource for ConsumerSpec {
         if let Some(credentials) = output.get_mut("credentials") {
             redact(credentials);
         }
+        if let Some(policies) = output.get_mut("policies") {
+            super::secrets::hide_policy_secrets(policies);
+        }
         output
     }
 
@@ -133,6 +136,9 @@ impl ConfigResource for ConsumerSpec {
         let mut errors = ConfigErrors::default();
         for (policy, value) in &self.credentials {
             find_placeholders(value, &at.key("credentials").key(policy), &mut errors);
+        }
+        if let Ok(policies) = serde_json::to_value(&self.policies) {
+            super::secrets::find_policy_placeholders(&policies, &at.key("policies"), &mut errors);
         }
         errors
     }

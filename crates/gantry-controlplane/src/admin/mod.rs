@@ -36,6 +36,7 @@ pub mod openapi;
 pub mod persist;
 pub mod problem;
 pub mod resource;
+pub mod secrets;
 pub mod status;
 
 #[cfg(test)]

@@ -83,6 +83,16 @@ pub fn openapi_document() -> Value {
         }}),
     );
     paths.insert(
+        "/metrics".to_owned(),
+        json!({"get": {
+            "summary": "Counters in the Prometheus text exposition format (OpenMetrics 1.0); open like the probes",
+            "operationId": "getMetrics",
+            "tags": ["probes"],
+            "security": [],
+            "responses": {"200": {"description": "The metrics", "content": {"application/openmetrics-text": {"schema": {"type": "string"}}}}}
+        }}),
+    );
+    paths.insert(
         "/openapi.json".to_owned(),
         json!({"get": {
             "summary": "This document",
@@ -269,6 +279,7 @@ mod tests {
             ("/health", &["get"][..]),
             ("/ready", &["get"][..]),
             ("/openapi.json", &["get"][..]),
+            ("/metrics", &["get"][..]),
         ] {
             for verb in verbs {
                 assert!(paths[path].get(*verb).is_some(), "{verb} {path}");

@@ -52,13 +52,22 @@ pub trait ConfigResource:
     /// The resource as the admin API shows it. Secrets typed as `Secret` already show as
     /// `***`; kinds holding untyped secrets hide them here.
     fn to_output(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+        let mut output = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        if let Some(policies) = output.get_mut("policies") {
+            super::secrets::hide_policy_secrets(policies);
+        }
+        output
     }
 
     /// Checks only the admin API makes on input (for instance that a hidden secret was not
     /// sent back as its placeholder), with errors under `at`.
-    fn check_input(&self, _at: &FieldPath) -> ConfigErrors {
-        ConfigErrors::default()
+    fn check_input(&self, at: &FieldPath) -> ConfigErrors {
+        let mut errors = ConfigErrors::default();
+        let input = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        if let Some(policies) = input.get("policies") {
+            super::secrets::find_policy_placeholders(policies, &at.key("policies"), &mut errors);
+        }
+        errors
     }
 }
 
@@ -338,8 +347,9 @@ pub async fn delete<K: ConfigResource>(
 /// `GET /global_policies`: the policies applied to every route, in order.
 pub async fn get_global_policies(State(state): State<AdminState>) -> Result<Response, AdminError> {
     let applied = state.applied().await?;
-    let body = serde_json::to_value(&applied.spec.global_policies)
+    let mut body = serde_json::to_value(&applied.spec.global_policies)
         .map_err(|err| AdminError::Internal { reason: format!("cannot show the global policies: {err}") })?;
+    super::secrets::hide_policy_secrets(&mut body);
     Ok(with_generation(body, applied.generation))
 }
 
@@ -353,8 +363,17 @@ pub async fn put_global_policies(
     let at = FieldPath::root().key(NAME);
     let origin = Origin::Admin { resource: NAME.to_owned() };
     let policies: Vec<PolicySpec> = decode(parse_body(&headers, body)?, &at, &origin)?;
-    let output = serde_json::to_value(&policies)
+    let mut output = serde_json::to_value(&policies)
         .map_err(|err| AdminError::Internal { reason: format!("cannot show the global policies: {err}") })?;
+    let mut rejected = ConfigErrors::default();
+    super::secrets::find_policy_placeholders(&output, &at, &mut rejected);
+    if !rejected.is_empty() {
+        for error in &mut rejected.0 {
+            error.origin = Some(origin.clone());
+        }
+        return Err(AdminError::InvalidConfig(rejected));
+    }
+    super::secrets::hide_policy_secrets(&mut output);
     let committed = blocking(move || {
         let for_disk = policies.clone();
         commit(

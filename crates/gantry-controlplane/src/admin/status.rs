@@ -47,6 +47,7 @@ pub async fn config(State(state): State<AdminState>) -> Result<Response, AdminEr
             redact(credentials);
         }
     }
+    super::secrets::hide_secrets_in_config(&mut body);
     let mut response = Json(body).into_response();
     response.headers_mut().insert(GENERATION_HEADER, HeaderValue::from(applied.generation));
     Ok(response)
