@@ -3,8 +3,8 @@
 #   bench/gantry.sh plain|policies|tls
 # run.sh exports BENCH_UPSTREAM, BENCH_PORT, BENCH_PORT_POLICIES, BENCH_PORT_TLS,
 # BENCH_ACCESS_LOG, BENCH_CERT, BENCH_KEY and BENCH_RUN_DIR. One worker thread, like the peers.
-# The `policies` instance runs ip_restriction and the access log; key-auth and rate limiting
-# join it when those policies exist (see docs/benchmarks.md).
+# The `policies` instance runs key_auth (X-Api-Key among the harness's three keys) and the
+# access log; the peers' never-firing rate limit joins it when rate limiting exists (issue 4).
 set -euo pipefail
 mode=${1:?usage: gantry.sh plain|policies|tls}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -26,8 +26,12 @@ case $mode in
   policies)
     listener="    - address: 127.0.0.1:$BENCH_PORT_POLICIES"
     extra="  access_log: {path: $BENCH_ACCESS_LOG}
+consumers:
+  - {id: bench-a, credentials: {key_auth: {key: bench-key-123}}}
+  - {id: bench-b, credentials: {key_auth: {key: bench-key-456}}}
+  - {id: bench-c, credentials: {key_auth: {key: bench-key-789}}}
 global_policies:
-  - ip_restriction: {allow: [127.0.0.0/8], deny: [10.0.0.0/8]}" ;;
+  - key_auth: {header: x-api-key, hide_credentials: false}" ;;
   tls)
     listener="    - address: 127.0.0.1:$BENCH_PORT_TLS
       tls:

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # User-space instructions per proxied request, counted by callgrind: a figure that does not
 # move with the machine's load, for comparing two builds of Gantry.
-#   bench/instructions.sh [GANTRY_BINARY]      (default: target/release/gantry)
+#   bench/instructions.sh [GANTRY_BINARY] [SCENARIO]   (default: target/release/gantry, plain)
+# SCENARIO: plain (proxy only), key_auth (API key in X-Api-Key among 3 consumers), or
+# jwt_rs256 (an RS256 bearer token checked against an inline public key); the difference to
+# plain is the per-request cost of the identity policy.
 # Starts its own nginx upstream (96-byte JSON) on 127.0.0.1:19101 and Gantry on :19150,
 # loads it with wrk for 5 s on 10 keep-alive connections, prints instructions ÷ requests.
-# Needs valgrind, nginx and wrk (bench/setup.sh installs the last two).
+# Needs valgrind, nginx and wrk (bench/setup.sh installs the last two); jwt_rs256 needs openssl.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 binary=${1:-$here/../target/release/gantry}
+scenario=${2:-plain}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; sleep 0.5; rm -rf "$work"' EXIT
 
@@ -28,11 +32,40 @@ http {
   }
 }
 NGINX
+consumers="" policies="" header=()
+case $scenario in
+  plain) ;;
+  key_auth)
+    consumers="consumers:
+  - {id: bench-a, credentials: {key_auth: {key: bench-key-123}}}
+  - {id: bench-b, credentials: {key_auth: {key: bench-key-456}}}
+  - {id: bench-c, credentials: {key_auth: {key: bench-key-789}}}"
+    policies="    policies:
+      - key_auth: {header: x-api-key, hide_credentials: false}"
+    header=(-H "X-Api-Key: bench-key-123") ;;
+  jwt_rs256)
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/jwt.key" 2>/dev/null
+    openssl pkey -in "$work/jwt.key" -pubout -out "$work/jwt.pub"
+    b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+    signing_input="$(printf '{"alg":"RS256","typ":"JWT","kid":"bench"}' | b64url).$(printf '{"sub":"bench-a","iss":"bench","exp":4102444800}' | b64url)"
+    signature=$(printf '%s' "$signing_input" | openssl dgst -sha256 -sign "$work/jwt.key" | b64url)
+    policies="    policies:
+      - jwt:
+          issuers: [bench]
+          keys:
+            - kid: bench
+              alg: RS256
+              public_key: |
+$(sed 's/^/                /' "$work/jwt.pub")"
+    header=(-H "Authorization: Bearer $signing_input.$signature") ;;
+  *) echo "unknown scenario $scenario: plain, key_auth or jwt_rs256" >&2; exit 2 ;;
+esac
 cat > "$work/gantry.yaml" <<YAML
 node:
   worker_threads: 1
   listeners:
     - address: 127.0.0.1:19150
+$consumers
 upstreams:
   - id: bench
     endpoints: [127.0.0.1:19101]
@@ -40,18 +73,21 @@ routes:
   - id: all
     paths: [/*]
     upstream: bench
+$policies
 YAML
 nginx -c "$work/nginx.conf" -p "$work" &
 GANTRY_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
   "$binary" run --config "$work/gantry.yaml" --no-watch > "$work/valgrind.log" 2>&1 &
 for _ in $(seq 1 150); do
-  curl -s -o /dev/null http://127.0.0.1:19150/json && break
+  curl -s -o /dev/null "${header[@]}" http://127.0.0.1:19150/json && break
   sleep 0.2
 done
-wrk -t1 -c10 -d2s http://127.0.0.1:19150/json > /dev/null   # warm-up: pools, caches
+status=$(curl -s -o /dev/null -w '%{http_code}' "${header[@]}" http://127.0.0.1:19150/json)
+[ "$status" = 200 ] || { echo "the $scenario instance answers $status, not 200" >&2; exit 1; }
+wrk -t1 -c10 -d2s "${header[@]}" http://127.0.0.1:19150/json > /dev/null   # warm-up: pools, caches
 callgrind_control -z > /dev/null 2>&1
-requests=$(wrk -t1 -c10 -d5s http://127.0.0.1:19150/json | awk '/requests in/ {print $1}')
+requests=$(wrk -t1 -c10 -d5s "${header[@]}" http://127.0.0.1:19150/json | awk '/requests in/ {print $1}')
 callgrind_control -d > /dev/null 2>&1
 sleep 1
 instructions=$(grep -h '^totals:\|^summary:' "$work"/callgrind.out.* | awk '{print $2}' | sort -n | tail -1)
-echo "requests=$requests instructions=$instructions per_request=$((instructions / requests))"
+echo "scenario=$scenario requests=$requests instructions=$instructions per_request=$((instructions / requests))"
