@@ -1,6 +1,7 @@
 //! One module per policy, each through a running gateway against real upstreams, and
 //! `precedence` for how policies attached at different places combine and order.
 
+mod acl;
 mod harness;
 mod ip_restriction;
 mod key_auth;
