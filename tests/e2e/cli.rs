@@ -159,7 +159,7 @@ fn validate_without_a_config_checks_the_embedded_default() {
 
     let text = printed(&output);
     assert_eq!(output.status.code(), Some(0), "{text}");
-    assert!(text.contains("configuration is valid: 2 routes, 0 services, 1 upstreams"), "{text}");
+    assert!(text.contains("configuration is valid: 3 routes, 0 services, 1 upstreams, 1 consumers"), "{text}");
 }
 
 #[test]
@@ -239,4 +239,12 @@ async fn runs_the_embedded_default_with_no_config_and_answers_the_demo_route() {
     assert_eq!(health.status, StatusCode::OK);
     assert_eq!(health.json()["status"], "ok");
     assert_eq!(client.get(&format!("http://{address}/nowhere")).await.status, StatusCode::NOT_FOUND);
+
+    let keyless = client.get(&format!("http://{address}/private/hello")).await;
+    assert_eq!(keyless.status, StatusCode::UNAUTHORIZED);
+    let keyed = client
+        .request(http::Method::GET, &format!("http://{address}/private/hello"), &[("apikey", "demo-key-change-me")], "")
+        .await;
+    assert_eq!(keyed.status, StatusCode::OK);
+    assert_eq!(keyed.json()["path"], "/hello");
 }
