@@ -6,6 +6,7 @@ mod harness;
 mod ip_restriction;
 mod key_auth;
 mod mock_response;
+mod oauth2_introspection;
 mod precedence;
 mod redirect;
 mod request_headers;

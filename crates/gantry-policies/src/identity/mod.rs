@@ -3,4 +3,6 @@
 //! `consumers[].credentials.<policy name>`.
 
 pub mod any_auth;
+mod bearer;
 pub mod key_auth;
+pub mod oauth2_introspection;

@@ -22,7 +22,8 @@ fn lists_unique_snake_case_names_in_stage_order() {
     for policy in all() {
         assert!(seen.insert(policy.name), "`{}` is registered twice", policy.name);
         assert!(
-            !policy.name.is_empty() && policy.name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+            policy.name.starts_with(|c: char| c.is_ascii_lowercase())
+                && policy.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
             "`{}` is not snake_case",
             policy.name
         );
