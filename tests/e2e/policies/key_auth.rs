@@ -94,6 +94,11 @@ async fn refuses_missing_and_unknown_keys_with_401_and_counts_them() {
     assert!(!String::from_utf8_lossy(&wrong.body).contains("guessed-key-999"));
     assert_eq!(upstream.requests(), 0, "a refused request reached the upstream");
 
+    let logs = gateway.logs().join("\n");
+    for secret in ["guessed-key-999", "alice-key-0123456789", "bob-old-key-000", "bob-new-key-111"] {
+        assert!(!logs.contains(secret), "the log shows a key: {logs}");
+    }
+
     let metrics = client.get(&format!("http://{}/metrics", gateway.admin_addr())).await;
     assert_eq!(metrics.status, StatusCode::OK);
     let text = String::from_utf8_lossy(&metrics.body).into_owned();
