@@ -14,6 +14,7 @@ use crate::forward::mock_response::MockResponse;
 use crate::identity::any_auth::AnyAuth;
 use crate::identity::key_auth::KeyAuth;
 use crate::identity::oauth2_introspection::OAuth2Introspection;
+use crate::identity::saml::Saml;
 use crate::ingress::redirect::Redirect;
 use crate::traffic::request_size_limit::RequestSizeLimit;
 use crate::transform::request_headers::RequestHeaders;
@@ -24,6 +25,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<Redirect>(),
         RegisteredPolicy::identity::<KeyAuth>(),
         RegisteredPolicy::identity::<OAuth2Introspection>(),
+        RegisteredPolicy::of::<Saml>(),
         RegisteredPolicy::of::<AnyAuth>(),
         RegisteredPolicy::of::<IpRestriction>(),
         RegisteredPolicy::of::<Acl>(),

@@ -6,3 +6,4 @@ pub mod any_auth;
 mod bearer;
 pub mod key_auth;
 pub mod oauth2_introspection;
+pub mod saml;
