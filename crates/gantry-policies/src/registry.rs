@@ -12,6 +12,8 @@ use crate::access::acl::Acl;
 use crate::access::ip_restriction::IpRestriction;
 use crate::forward::mock_response::MockResponse;
 use crate::identity::any_auth::AnyAuth;
+use crate::identity::basic_auth::BasicAuth;
+use crate::identity::hmac_auth::HmacAuth;
 use crate::identity::key_auth::KeyAuth;
 use crate::identity::oauth2_introspection::OAuth2Introspection;
 use crate::identity::saml::Saml;
@@ -24,6 +26,8 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
     vec![
         RegisteredPolicy::of::<Redirect>(),
         RegisteredPolicy::identity::<KeyAuth>(),
+        RegisteredPolicy::identity::<BasicAuth>(),
+        RegisteredPolicy::identity::<HmacAuth>(),
         RegisteredPolicy::identity::<OAuth2Introspection>(),
         RegisteredPolicy::of::<Saml>(),
         RegisteredPolicy::of::<AnyAuth>(),

@@ -3,6 +3,8 @@
 //! `consumers[].credentials.<policy name>`.
 
 pub mod any_auth;
+pub mod basic_auth;
+pub mod hmac_auth;
 mod bearer;
 pub mod key_auth;
 pub mod oauth2_introspection;
