@@ -2,7 +2,9 @@
 //! `precedence` for how policies attached at different places combine and order.
 
 mod acl;
+mod basic_auth;
 mod harness;
+mod hmac_auth;
 mod ip_restriction;
 mod key_auth;
 mod mock_response;
