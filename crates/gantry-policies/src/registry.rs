@@ -15,6 +15,7 @@ use crate::identity::any_auth::AnyAuth;
 use crate::identity::basic_auth::BasicAuth;
 use crate::identity::hmac_auth::HmacAuth;
 use crate::identity::key_auth::KeyAuth;
+use crate::identity::ldap_auth::LdapAuth;
 use crate::identity::oauth2_introspection::OAuth2Introspection;
 use crate::identity::saml::Saml;
 use crate::ingress::redirect::Redirect;
@@ -26,6 +27,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
     vec![
         RegisteredPolicy::of::<Redirect>(),
         RegisteredPolicy::identity::<KeyAuth>(),
+        RegisteredPolicy::identity::<LdapAuth>(),
         RegisteredPolicy::identity::<BasicAuth>(),
         RegisteredPolicy::identity::<HmacAuth>(),
         RegisteredPolicy::identity::<OAuth2Introspection>(),

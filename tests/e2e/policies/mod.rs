@@ -7,6 +7,7 @@ mod harness;
 mod hmac_auth;
 mod ip_restriction;
 mod key_auth;
+mod ldap_auth;
 mod mock_response;
 mod oauth2_introspection;
 mod precedence;

@@ -7,5 +7,6 @@ pub mod basic_auth;
 pub mod hmac_auth;
 mod bearer;
 pub mod key_auth;
+pub mod ldap_auth;
 pub mod oauth2_introspection;
 pub mod saml;
