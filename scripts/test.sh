@@ -27,6 +27,16 @@ if ! grep -qs "\"version\": \"$oidc_provider\"" target/test-tools/node_modules/o
   npm install --prefix target/test-tools --no-save --no-package-lock --no-audit --no-fund "oidc-provider@$oidc_provider"
 fi
 
+saml_idp=1.2.1
+if ! grep -qs "\"version\": \"$saml_idp\"" target/test-tools/saml-idp/node_modules/saml-idp/package.json; then
+  command -v npm >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm; }
+  echo "installing: saml-idp@$saml_idp"
+  mkdir -p target/test-tools/saml-idp
+  # saml-idp names its samlp dependency by a GitHub URL, which no registry serves; the published samlp stands in.
+  printf '{"private":true,"dependencies":{"saml-idp":"%s"},"overrides":{"samlp":"8.0.0"}}\n' "$saml_idp" >target/test-tools/saml-idp/package.json
+  npm install --prefix target/test-tools/saml-idp --no-package-lock --no-audit --no-fund
+fi
+
 echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== cargo clippy"

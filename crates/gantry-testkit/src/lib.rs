@@ -13,6 +13,7 @@ pub mod h2c;
 pub mod ldap;
 pub mod oidc;
 pub mod raw;
+pub mod saml;
 pub mod streaming;
 pub mod tls_client;
 pub mod tls_upstream;

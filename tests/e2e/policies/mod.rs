@@ -15,3 +15,4 @@ mod redirect;
 mod request_headers;
 mod request_size_limit;
 mod response_headers;
+mod saml;
