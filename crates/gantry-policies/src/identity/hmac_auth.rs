@@ -275,11 +275,14 @@ enum Presented<'a> {
 /// hold no `"`. Unknown parameters are ignored, a repeated one is malformed.
 fn presented(request: &RequestParts) -> Presented<'_> {
     let Some(value) = request.headers.get(AUTHORIZATION) else { return Presented::Nothing };
-    let Ok(value) = value.to_str() else { return Presented::Nothing };
-    let (scheme, mut rest) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("signature") {
+    let bytes = value.as_bytes();
+    let scheme = bytes.split(|&byte| byte == b' ').next().unwrap_or_default();
+    if !scheme.eq_ignore_ascii_case(b"signature") {
         return Presented::Nothing;
     }
+    // Parameters are ASCII (draft-cavage §4.1); anything else cannot be a signature.
+    let Ok(value) = value.to_str() else { return Presented::Malformed };
+    let mut rest = value.get(scheme.len()..).unwrap_or_default();
     let (mut key_id, mut algorithm, mut headers, mut signature) = (None, None, None, None);
     loop {
         rest = rest.trim_start_matches([' ', '\t', ',']);

@@ -315,6 +315,15 @@ fn refuses_malformed_signature_parameters() {
         let body: serde_json::Value = serde_json::from_slice(response.body()).expect("json");
         assert_eq!(body["detail"], "the Signature credentials are malformed", "{header}");
     }
+    let mut non_ascii = request("/orders?page=2", &[("date", &now)]);
+    non_ascii.headers.insert(
+        AUTHORIZATION,
+        HeaderValue::from_bytes(b"Signature keyId=\"caf\xc3\xa9\"").expect("obs-text is a valid header value"),
+    );
+    let Flow::Respond(response) = run(&*policy(""), non_ascii).0 else { panic!("non-ASCII must be refused") };
+    let body: serde_json::Value = serde_json::from_slice(response.body()).expect("json");
+    assert_eq!(body["detail"], "the Signature credentials are malformed");
+
     let not_base64 = authorization("alice-key", "hmac-sha256", "@request-target date", "%%%");
     let (flow, _, _) = run(&*policy(""), request("/orders?page=2", &[("date", &now), ("authorization", &not_base64)]));
     assert_eq!(refused_as(flow), "invalid-credentials");
