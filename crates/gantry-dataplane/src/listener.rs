@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_policy_api::problem::problem_response;
+use gantry_policy_api::ClientCertificate;
 use http::{Request, Response, StatusCode, Version};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -161,11 +162,18 @@ async fn accept_loop(
         let rules = HeadRules { http2: settings.http2, max_header_bytes: settings.max_header_bytes };
         tokio::spawn(async move {
             match &settings.tls {
-                None => serve_connection(stream, client, false, &builder, rules, gateway, watcher).await,
+                None => {
+                    let connection = Connection::new(client, false);
+                    serve_connection(stream, connection, &builder, rules, gateway, watcher).await;
+                }
                 Some(config) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve_connection(tls, client, true, &builder, rules, gateway, watcher).await,
+                        Ok(Ok(tls)) => {
+                            let certificate = client_certificate(&tls, client);
+                            let connection = Connection::new(client, true).with_client_certificate(certificate);
+                            serve_connection(tls, connection, &builder, rules, gateway, watcher).await;
+                        }
                         Ok(Err(err)) => tracing::debug!(%client, error = %err, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
                     }
@@ -175,10 +183,26 @@ async fn accept_loop(
     }
 }
 
+/// The leaf certificate the client presented, parsed once for the connection's requests.
+/// rustls has verified it by now (the handshake fails otherwise); a certificate webpki accepts
+/// but the parser cannot read is treated as absent, which `mtls_auth` refuses.
+fn client_certificate(
+    tls: &tokio_rustls::server::TlsStream<TcpStream>,
+    client: SocketAddr,
+) -> Option<Arc<ClientCertificate>> {
+    let leaf = tls.get_ref().1.peer_certificates()?.first()?;
+    match ClientCertificate::from_der(bytes::Bytes::copy_from_slice(leaf.as_ref())) {
+        Ok(certificate) => Some(Arc::new(certificate)),
+        Err(err) => {
+            tracing::debug!(%client, error = %err, "client certificate ignored");
+            None
+        }
+    }
+}
+
 async fn serve_connection<S>(
     stream: S,
-    client: SocketAddr,
-    is_tls: bool,
+    connection: Connection,
     builder: &auto::Builder<TokioExecutor>,
     rules: HeadRules,
     gateway: Arc<Gateway>,
@@ -186,7 +210,8 @@ async fn serve_connection<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let connection = Arc::new(Connection::new(client, is_tls));
+    let client = connection.client;
+    let connection = Arc::new(connection);
     let service = service_fn(move |request| {
         let gateway = gateway.clone();
         let connection = connection.clone();

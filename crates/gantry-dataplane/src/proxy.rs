@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use gantry_policy_api::problem::problem_response;
-use gantry_policy_api::{Exchange, LogRecord, PolicyResponse};
+use gantry_policy_api::{ClientCertificate, Exchange, LogRecord, PolicyResponse};
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, UPGRADE};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
@@ -34,12 +34,20 @@ pub struct Connection {
     pub is_tls: bool,
     /// The connection's part of the forwarding headers.
     pub forwarding: ClientForwarding,
+    /// The client certificate the TLS handshake verified, parsed once for every request.
+    pub client_certificate: Option<Arc<ClientCertificate>>,
 }
 
 impl Connection {
     /// The facts of a connection from `client`.
     pub fn new(client: SocketAddr, is_tls: bool) -> Self {
-        Self { client, is_tls, forwarding: ClientForwarding::new(client, is_tls) }
+        Self { client, is_tls, forwarding: ClientForwarding::new(client, is_tls), client_certificate: None }
+    }
+
+    /// The same connection, with the client certificate its handshake verified.
+    pub fn with_client_certificate(mut self, certificate: Option<Arc<ClientCertificate>>) -> Self {
+        self.client_certificate = certificate;
+        self
     }
 }
 
@@ -166,6 +174,8 @@ impl Gateway {
         };
         let route = found.route.clone();
         let mut exchange = Exchange::new(request_id.clone(), route.id.clone(), connection.client, connection.is_tls);
+        // A reference count, and only on connections that presented a certificate.
+        exchange.client_certificate.clone_from(&connection.client_certificate);
         exchange.path_params = found.params;
 
         if let RequestOutcome::Respond { policy, position, response } =

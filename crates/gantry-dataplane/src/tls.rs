@@ -1,10 +1,12 @@
-//! TLS termination: certificates loaded from PEM, chosen per connection by SNI, ALPN for h2.
+//! TLS termination: certificates loaded from PEM, chosen per connection by SNI, ALPN for h2,
+//! and, when configured, client certificates verified against the listener's client CAs.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use gantry_config::CertificateSpec;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use gantry_config::{ClientCertificateMode, ClientCertificatesSpec, ListenerTlsSpec};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -50,11 +52,16 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// A server config for `certificates`, offering h2 (when `http2`) and HTTP/1.1 by ALPN.
-pub fn server_config(certificates: &[CertificateSpec], http2: bool) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// A server config for the listener settings `tls`, offering h2 (when `http2`) and HTTP/1.1
+/// by ALPN, and asking for client certificates when `tls.client_certificates` says so.
+pub fn server_config(tls: &ListenerTlsSpec, http2: bool) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut keys = Vec::with_capacity(certificates.len());
-    for certificate in certificates {
+    let verifier = match &tls.client_certificates {
+        Some(spec) => client_verifier(spec, provider.clone())?,
+        None => WebPkiClientVerifier::no_client_auth(),
+    };
+    let mut keys = Vec::with_capacity(tls.certificates.len());
+    for certificate in &tls.certificates {
         let chain: Result<Vec<CertificateDer<'static>>, _> = CertificateDer::pem_file_iter(&certificate.cert_file)
             .map_err(|err| pem_error(&certificate.cert_file, err))?
             .collect();
@@ -73,8 +80,44 @@ pub fn server_config(certificates: &[CertificateSpec], http2: bool) -> Result<Ar
     }
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(SniResolver { keys }));
     config.alpn_protocols = if http2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
     Ok(Arc::new(config))
+}
+
+/// Verifies client certificates against the CAs of `spec` (RFC 5280 path validation by
+/// webpki: signature chain, validity period, client-auth key usage).
+fn client_verifier(
+    spec: &ClientCertificatesSpec,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let (source, certificates): (&Path, Vec<_>) = match (&spec.ca_file, &spec.ca_pem) {
+        (Some(file), _) => {
+            let certificates: Result<Vec<CertificateDer<'static>>, _> =
+                CertificateDer::pem_file_iter(file).map_err(|err| pem_error(file, err))?.collect();
+            (file.as_path(), certificates.map_err(|err| pem_error(file, err))?)
+        }
+        (None, Some(pem)) => {
+            let source = Path::new("client_certificates.ca_pem");
+            let certificates: Result<Vec<CertificateDer<'static>>, _> =
+                CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+            (source, certificates.map_err(|err| pem_error(source, err))?)
+        }
+        // The configuration loader refuses client_certificates without a CA.
+        (None, None) => return Err(pem_error(Path::new("client_certificates"), "no CA given")),
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in certificates {
+        roots.add(certificate).map_err(|err| pem_error(source, err))?;
+    }
+    if roots.is_empty() {
+        return Err(pem_error(source, "no CA certificate in it"));
+    }
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = match spec.mode {
+        ClientCertificateMode::Required => builder,
+        ClientCertificateMode::Optional => builder.allow_unauthenticated(),
+    };
+    builder.build().map_err(|err| pem_error(source, err))
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 
-use crate::Consumer;
+use crate::{ClientCertificate, Consumer};
 
 /// Who a request was recognised as, set by the identity policy that recognised it.
 #[derive(Clone, Debug)]
@@ -48,6 +48,9 @@ pub struct Exchange {
     pub client_addr: SocketAddr,
     /// Whether the client connection is TLS.
     pub is_tls: bool,
+    /// The certificate the client presented and the listener verified, parsed once per
+    /// connection and shared by its requests; `None` without TLS client authentication.
+    pub client_certificate: Option<Arc<ClientCertificate>>,
     /// Who the request comes from, once an identity policy has recognised it.
     pub identity: Option<Identity>,
     /// Values captured by `{name}` segments of the matched path.
@@ -68,6 +71,7 @@ impl Exchange {
             route_id,
             client_addr,
             is_tls,
+            client_certificate: None,
             identity: None,
             path_params: Vec::new(),
             started_at: Instant::now(),

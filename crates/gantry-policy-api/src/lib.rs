@@ -5,6 +5,7 @@
 //! attached to: [`Policy::on_request`] in [`Stage`] order, [`Policy::on_response`] in reverse,
 //! [`Policy::on_log`] last. Policies see `http` crate types only, never the HTTP engine.
 
+mod client_certificate;
 mod consumer;
 mod exchange;
 mod factory;
@@ -14,6 +15,7 @@ pub mod problem;
 mod stage;
 pub mod testing;
 
+pub use client_certificate::{CertificateParseError, ClientCertificate};
 pub use consumer::{Consumer, ConsumerDirectory, CredentialEntry, IdentityFactory};
 pub use exchange::{Exchange, Identity, LogRecord};
 pub use factory::{BuildContext, PolicyFactory, RegisteredPolicy, Validate};

@@ -133,7 +133,7 @@ async fn serve(node: NodeSpec, source: ConfigSource, loaded: LoadedConfig, watch
         let address: SocketAddr = spec.address.parse().map_err(|_| format!("bad listener address {}", spec.address))?;
         let tls = match &spec.tls {
             Some(tls) => Some(
-                gantry_dataplane::tls::server_config(&tls.certificates, spec.http2)
+                gantry_dataplane::tls::server_config(tls, spec.http2)
                     .map_err(|err| format!("listener {address}: {err}"))?,
             ),
             None => None,

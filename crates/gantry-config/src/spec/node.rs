@@ -82,6 +82,68 @@ fn default_true() -> bool {
 pub struct ListenerTlsSpec {
     /// Certificates; the one whose names match the client's SNI is used, the first one otherwise.
     pub certificates: Vec<CertificateSpec>,
+    /// Asks clients for certificates issued by these CAs (mutual TLS). Absent: none is asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificates: Option<ClientCertificatesSpec>,
+}
+
+/// TLS client authentication on a listener: which CAs issue client certificates, and whether
+/// a client must present one. Policies (`mtls_auth`) then see the verified certificate.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, try_from = "ClientCertificatesFields")]
+pub struct ClientCertificatesSpec {
+    /// PEM file of the CA certificates that issue client certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The same CA certificates written inline, in PEM (instead of `ca_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// `required`: the handshake fails without a valid certificate. `optional`: clients without
+    /// one are served too (routes decide with `mtls_auth`); a certificate presented must be
+    /// valid either way.
+    #[serde(default)]
+    pub mode: ClientCertificateMode,
+}
+
+/// The fields of [`ClientCertificatesSpec`] as written, before the check that exactly one CA
+/// source is given.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct ClientCertificatesFields {
+    /// PEM file of the CA certificates that issue client certificates.
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    /// The same CA certificates written inline, in PEM (instead of `ca_file`).
+    #[serde(default)]
+    ca_pem: Option<String>,
+    /// `required`: the handshake fails without a valid certificate. `optional`: clients without
+    /// one are served too (routes decide with `mtls_auth`); a certificate presented must be
+    /// valid either way.
+    #[serde(default)]
+    mode: ClientCertificateMode,
+}
+
+impl TryFrom<ClientCertificatesFields> for ClientCertificatesSpec {
+    type Error = &'static str;
+
+    fn try_from(fields: ClientCertificatesFields) -> Result<Self, Self::Error> {
+        match (&fields.ca_file, &fields.ca_pem) {
+            (None, None) => Err("give the client certificates' CA as `ca_file` or `ca_pem`"),
+            (Some(_), Some(_)) => Err("give `ca_file` or `ca_pem`, not both"),
+            _ => Ok(Self { ca_file: fields.ca_file, ca_pem: fields.ca_pem, mode: fields.mode }),
+        }
+    }
+}
+
+/// Whether a listener's clients must present a certificate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCertificateMode {
+    /// The TLS handshake fails without a valid client certificate.
+    #[default]
+    Required,
+    /// Clients without a certificate are served; one that presents an invalid certificate is not.
+    Optional,
 }
 
 /// A certificate chain and its key, in PEM files.
@@ -161,4 +223,45 @@ pub struct AccessLogSpec {
 
 fn default_queue_capacity() -> usize {
     16 * 1024
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener_tls(client_certificates: &str) -> Result<Option<ClientCertificatesSpec>, Vec<String>> {
+        let yaml = format!(
+            "node:\n  listeners:\n    - address: 127.0.0.1:0\n      tls:\n        certificates: [{{cert_file: a.pem, key_file: a.key}}]\n        client_certificates: {client_certificates}\n"
+        );
+        match crate::load_str(&yaml) {
+            Ok(spec) => {
+                let node = spec.node.expect("node settings");
+                Ok(node.listeners[0].tls.as_ref().and_then(|tls| tls.client_certificates.clone()))
+            }
+            Err(errors) => Err(errors.iter().map(|error| format!("{}: {}", error.path, error.message)).collect()),
+        }
+    }
+
+    #[test]
+    fn reads_client_certificate_settings_with_required_as_the_default_mode() {
+        let spec = listener_tls("{ca_file: clients-ca.pem}").expect("valid").expect("present");
+        assert_eq!(spec.ca_file.as_deref(), Some(std::path::Path::new("clients-ca.pem")));
+        assert_eq!(spec.mode, ClientCertificateMode::Required);
+        let spec =
+            listener_tls("{ca_pem: \"-----BEGIN CERTIFICATE-----\", mode: optional}").expect("valid").expect("present");
+        assert_eq!(spec.mode, ClientCertificateMode::Optional);
+    }
+
+    #[test]
+    fn rejects_client_certificates_without_exactly_one_ca_source_at_their_path() {
+        let at = "node.listeners[0].tls.client_certificates";
+        let errors = listener_tls("{mode: optional}").expect_err("no CA");
+        assert!(errors.iter().any(|e| e.starts_with(at) && e.contains("`ca_file` or `ca_pem`")), "{errors:?}");
+        let errors = listener_tls("{ca_file: a.pem, ca_pem: x}").expect_err("two CAs");
+        assert!(errors.iter().any(|e| e.starts_with(at) && e.contains("not both")), "{errors:?}");
+        let errors = listener_tls("{ca_file: a.pem, mode: sometimes}").expect_err("bad mode");
+        assert!(errors.iter().any(|e| e.starts_with(at)), "{errors:?}");
+        let errors = listener_tls("{ca_file: a.pem, verify_depth: 3}").expect_err("unknown field");
+        assert!(errors.iter().any(|e| e.contains("verify_depth")), "{errors:?}");
+    }
 }
