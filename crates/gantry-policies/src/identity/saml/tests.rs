@@ -94,8 +94,14 @@ fn start_login(policy: &CompiledSaml, uri: &str) -> Login {
     assert!(document.get_attribute(root, "IssueInstant").and_then(response::instant).is_some());
     let issuer = document.first_child_element_by_name_ns(root, xml::ASSERTION_NS, "Issuer").expect("Issuer");
     assert_eq!(xml::text(&document, issuer), SP_ENTITY_ID);
-    let pending = set_cookies(&response).into_iter().find(|cookie| cookie.starts_with("gantry_saml_request=")).expect("pending-login cookie");
-    assert!(pending.contains("Path=/saml/acs") && pending.contains("HttpOnly") && pending.contains("Secure; SameSite=None"), "{pending}");
+    let pending = set_cookies(&response)
+        .into_iter()
+        .find(|cookie| cookie.starts_with("gantry_saml_request="))
+        .expect("pending-login cookie");
+    assert!(
+        pending.contains("Path=/saml/acs") && pending.contains("HttpOnly") && pending.contains("Secure; SameSite=None"),
+        "{pending}"
+    );
     Login {
         request_id: document.get_attribute(root, "ID").expect("ID").to_owned(),
         relay_state: pairs["RelayState"].clone(),
@@ -134,7 +140,8 @@ fn assert_refused(response: &PolicyResponse, reason: &str) {
 fn session_cookie(policy: &CompiledSaml, login: &Login, xml: &str) -> String {
     let response = post_response(policy, login, xml, &login.relay_state);
     assert_eq!(response.status(), StatusCode::SEE_OTHER, "accepted: {}", detail(&response));
-    let session = set_cookies(&response).into_iter().find(|cookie| cookie.starts_with("gantry_saml=")).expect("session cookie");
+    let session =
+        set_cookies(&response).into_iter().find(|cookie| cookie.starts_with("gantry_saml=")).expect("session cookie");
     cookie_pair(&session)
 }
 
@@ -157,7 +164,10 @@ fn accepts_a_response_with_a_signed_assertion_and_returns_to_the_original_path()
     assert_eq!(response.headers()[LOCATION], "/orders?page=2");
     let cookies = set_cookies(&response);
     let session = cookies.iter().find(|cookie| cookie.starts_with("gantry_saml=")).expect("session cookie");
-    assert!(session.contains("HttpOnly") && session.contains("SameSite=Lax") && session.contains("Secure"), "{session}");
+    assert!(
+        session.contains("HttpOnly") && session.contains("SameSite=Lax") && session.contains("Secure"),
+        "{session}"
+    );
     assert!(session.contains("Max-Age=28800"), "the session lasts session_ttl: {session}");
     assert!(cookies.iter().any(|cookie| cookie.starts_with("gantry_saml_request=;") && cookie.contains("Max-Age=0")));
 }
@@ -174,7 +184,8 @@ fn accepts_a_response_signed_as_a_whole() {
 fn lets_a_request_with_a_session_through_as_the_asserted_consumer_with_its_groups() {
     let policy = compiled();
     let login = start_login(&policy, "/");
-    let session = session_cookie(&policy, &login, &fixtures::assertion_signed_response(&Facts::valid(&login.request_id), idp()));
+    let session =
+        session_cookie(&policy, &login, &fixtures::assertion_signed_response(&Facts::valid(&login.request_id), idp()));
     let mut request = get("/orders", Some(&format!("theme=dark; {session}")));
     let mut exchange = exchange_from("192.0.2.1:5000");
     assert!(matches!(run_request(&policy, &mut request, &mut exchange), Flow::Continue));
@@ -190,7 +201,8 @@ fn lets_a_request_with_a_session_through_as_the_asserted_consumer_with_its_group
 fn uses_a_configured_consumer_of_that_id_adding_the_asserted_groups() {
     let policy = compiled_with(settings(), "consumers:\n  - id: alice\n    groups: [staff, billing]\n");
     let login = start_login(&policy, "/");
-    let session = session_cookie(&policy, &login, &fixtures::assertion_signed_response(&Facts::valid(&login.request_id), idp()));
+    let session =
+        session_cookie(&policy, &login, &fixtures::assertion_signed_response(&Facts::valid(&login.request_id), idp()));
     let mut exchange = exchange_from("192.0.2.1:5000");
     run_request(&policy, &mut get("/", Some(&session)), &mut exchange);
     let consumer = exchange.consumer().expect("authenticated").clone();
@@ -217,9 +229,16 @@ fn ends_the_session_at_the_idps_session_not_on_or_after_when_sooner() {
     let login = start_login(&policy, "/");
     let mut facts = Facts::valid(&login.request_id);
     facts.session_not_on_or_after = Some(SystemTime::now() + Duration::from_secs(600));
-    let response = post_response(&policy, &login, &fixtures::assertion_signed_response(&facts, idp()), &login.relay_state);
-    let session = set_cookies(&response).into_iter().find(|cookie| cookie.starts_with("gantry_saml=")).expect("session");
-    let max_age: u64 = session.split("Max-Age=").nth(1).and_then(|rest| rest.split(';').next()).and_then(|age| age.parse().ok()).expect("Max-Age");
+    let response =
+        post_response(&policy, &login, &fixtures::assertion_signed_response(&facts, idp()), &login.relay_state);
+    let session =
+        set_cookies(&response).into_iter().find(|cookie| cookie.starts_with("gantry_saml=")).expect("session");
+    let max_age: u64 = session
+        .split("Max-Age=")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|age| age.parse().ok())
+        .expect("Max-Age");
     assert!((598..=600).contains(&max_age), "{session}");
 }
 
@@ -227,13 +246,18 @@ fn ends_the_session_at_the_idps_session_not_on_or_after_when_sooner() {
 fn redirects_again_when_the_session_cookie_is_altered_or_sealed_by_another_secret() {
     let policy = compiled();
     let login = start_login(&policy, "/");
-    let session = session_cookie(&policy, &login, &fixtures::assertion_signed_response(&Facts::valid(&login.request_id), idp()));
+    let session =
+        session_cookie(&policy, &login, &fixtures::assertion_signed_response(&Facts::valid(&login.request_id), idp()));
     let altered = format!("{}A", &session[..session.len() - 1]);
     let response = answered(run_request(&policy, &mut get("/", Some(&altered)), &mut exchange_from("192.0.2.1:5000")));
     assert_eq!(response.status(), StatusCode::FOUND);
     let mut other = settings();
     other["session_secret"] = json!("another secret that is 32 bytes long!!");
-    let response = answered(run_request(&compiled_with(other, ""), &mut get("/", Some(&session)), &mut exchange_from("192.0.2.1:5000")));
+    let response = answered(run_request(
+        &compiled_with(other, ""),
+        &mut get("/", Some(&session)),
+        &mut exchange_from("192.0.2.1:5000"),
+    ));
     assert_eq!(response.status(), StatusCode::FOUND);
 }
 
@@ -241,32 +265,46 @@ fn redirects_again_when_the_session_cookie_is_altered_or_sealed_by_another_secre
 fn refuses_an_expired_session() {
     let policy = compiled();
     let expired = Session { sub: "alice".to_owned(), groups: Vec::new(), exp: unix_seconds(SystemTime::now()) - 1 };
-    let sealed = policy.sealer.seal(Purpose::Session, &serde_json::to_vec(&expired).expect("json"), b"").expect("sealed");
-    let response = answered(run_request(&policy, &mut get("/", Some(&format!("gantry_saml={sealed}"))), &mut exchange_from("192.0.2.1:5000")));
+    let sealed =
+        policy.sealer.seal(Purpose::Session, &serde_json::to_vec(&expired).expect("json"), b"").expect("sealed");
+    let response = answered(run_request(
+        &policy,
+        &mut get("/", Some(&format!("gantry_saml={sealed}"))),
+        &mut exchange_from("192.0.2.1:5000"),
+    ));
     assert_eq!(response.status(), StatusCode::FOUND);
 }
 
 #[test]
 fn answers_401_to_a_non_get_request_without_a_session() {
     let request = http::Request::post("/orders").header(HOST, "app.test").body(()).expect("request");
-    let response = answered(run_request(&compiled(), &mut request_parts(request), &mut exchange_from("192.0.2.1:5000")));
+    let response =
+        answered(run_request(&compiled(), &mut request_parts(request), &mut exchange_from("192.0.2.1:5000")));
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(response.headers()[http::header::WWW_AUTHENTICATE], "SAML");
 }
 
 #[test]
 fn answers_405_to_a_get_on_the_assertion_consumer_service() {
-    let response = answered(run_request(&compiled(), &mut get("/saml/acs", None), &mut exchange_from("192.0.2.1:5000")));
+    let response =
+        answered(run_request(&compiled(), &mut get("/saml/acs", None), &mut exchange_from("192.0.2.1:5000")));
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(response.headers()[http::header::ALLOW], "POST");
 }
 
 #[test]
 fn logout_clears_the_session_cookie() {
-    let response = answered(run_request(&compiled(), &mut get("/logout", Some("gantry_saml=x")), &mut exchange_from("192.0.2.1:5000")));
+    let response = answered(run_request(
+        &compiled(),
+        &mut get("/logout", Some("gantry_saml=x")),
+        &mut exchange_from("192.0.2.1:5000"),
+    ));
     assert_eq!(response.status(), StatusCode::OK);
     let cookies = set_cookies(&response);
-    assert!(cookies.iter().any(|cookie| cookie.starts_with("gantry_saml=;") && cookie.contains("Max-Age=0")), "{cookies:?}");
+    assert!(
+        cookies.iter().any(|cookie| cookie.starts_with("gantry_saml=;") && cookie.contains("Max-Age=0")),
+        "{cookies:?}"
+    );
 }
 
 #[test]
@@ -309,7 +347,10 @@ fn refused_with(change: impl FnOnce(&mut Facts), reason: &str) {
     let login = start_login(&policy, "/");
     let mut facts = Facts::valid(&login.request_id);
     change(&mut facts);
-    assert_refused(&post_response(&policy, &login, &fixtures::assertion_signed_response(&facts, idp()), &login.relay_state), reason);
+    assert_refused(
+        &post_response(&policy, &login, &fixtures::assertion_signed_response(&facts, idp()), &login.relay_state),
+        reason,
+    );
 }
 
 #[test]
@@ -421,7 +462,8 @@ fn refuses_a_response_with_a_document_type_declaration() {
     let policy = compiled();
     let login = start_login(&policy, "/");
     let xml = fixtures::assertion_signed_response(&Facts::valid(&login.request_id), idp());
-    let with_xxe = format!(r#"<!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>{}"#, xml.replacen(">alice<", ">&x;<", 1));
+    let with_xxe =
+        format!(r#"<!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>{}"#, xml.replacen(">alice<", ">&x;<", 1));
     assert_refused(&post_response(&policy, &login, &with_xxe, &login.relay_state), "without a DTD");
     let laughs = format!(
         r#"<!DOCTYPE r [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;"><!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]>{}"#,
@@ -443,7 +485,9 @@ fn refuses_an_encrypted_assertion() {
 fn refuses_a_form_without_saml_response_with_400() {
     let policy = compiled();
     let login = start_login(&policy, "/");
-    let request = request_parts(http::Request::post("/saml/acs").header(COOKIE, &login.pending_cookie).body(()).expect("request"));
+    let request = request_parts(
+        http::Request::post("/saml/acs").header(COOKIE, &login.pending_cookie).body(()).expect("request"),
+    );
     let response = policy.consume(b"RelayState=x", &request, true, SystemTime::now());
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 }
@@ -496,9 +540,13 @@ fn refuses_xsw1_a_signed_response_moved_into_the_signature_of_an_evil_one() {
     assert_wrapping_refused(|request_id| {
         let good = fixtures::response_signed_response(&Facts::valid(request_id), idp());
         let evil = evil_facts(request_id);
-        let signature = signature_of(&good).replace("</ds:Signature>", &format!("<ds:Object>{good}</ds:Object></ds:Signature>"));
-        fixtures::response(&evil, &fixtures::assertion(&evil, false), false)
-            .replacen("</saml:Issuer>", &format!("</saml:Issuer>{signature}"), 1)
+        let signature =
+            signature_of(&good).replace("</ds:Signature>", &format!("<ds:Object>{good}</ds:Object></ds:Signature>"));
+        fixtures::response(&evil, &fixtures::assertion(&evil, false), false).replacen(
+            "</saml:Issuer>",
+            &format!("</saml:Issuer>{signature}"),
+            1,
+        )
     });
 }
 
@@ -508,8 +556,11 @@ fn refuses_xsw2_a_signed_response_placed_beside_the_signature_of_an_evil_one() {
         let good = fixtures::response_signed_response(&Facts::valid(request_id), idp());
         let evil = evil_facts(request_id);
         let detached = format!("{good}{}", signature_of(&good));
-        fixtures::response(&evil, &fixtures::assertion(&evil, false), false)
-            .replacen("</saml:Issuer>", &format!("</saml:Issuer>{detached}"), 1)
+        fixtures::response(&evil, &fixtures::assertion(&evil, false), false).replacen(
+            "</saml:Issuer>",
+            &format!("</saml:Issuer>{detached}"),
+            1,
+        )
     });
 }
 
@@ -529,7 +580,8 @@ fn refuses_xsw4_the_signed_assertion_wrapped_inside_an_evil_one() {
         let facts = Facts::valid(request_id);
         let evil = evil_facts(request_id);
         let good = fixtures::signed_assertion(&facts, idp());
-        let wrapper = fixtures::assertion(&evil, false).replace("</saml:Assertion>", &format!("{good}</saml:Assertion>"));
+        let wrapper =
+            fixtures::assertion(&evil, false).replace("</saml:Assertion>", &format!("{good}</saml:Assertion>"));
         fixtures::response(&facts, &wrapper, false)
     });
 }
@@ -543,8 +595,11 @@ fn refuses_xsw5_an_evil_assertion_carrying_the_signature_of_a_moved_signed_one()
         // refused because the signature then covers an element it is not in.
         let mut evil = evil_facts(request_id);
         evil.assertion_id = facts.assertion_id.clone();
-        let evil_with_signature = fixtures::assertion(&evil, false)
-            .replacen("</saml:Issuer>", &format!("</saml:Issuer>{}", signature_of(&good)), 1);
+        let evil_with_signature = fixtures::assertion(&evil, false).replacen(
+            "</saml:Issuer>",
+            &format!("</saml:Issuer>{}", signature_of(&good)),
+            1,
+        );
         let unsigned_good = good.replace(signature_of(&good), "");
         fixtures::response(&facts, &format!("{evil_with_signature}{unsigned_good}"), false)
     });
@@ -571,7 +626,8 @@ fn refuses_xsw8_the_signed_assertion_inside_the_evil_assertions_signature_object
         let evil = evil_facts(request_id);
         let good = fixtures::signed_assertion(&facts, idp());
         let unsigned_good = good.replace(signature_of(&good), "");
-        let signature = signature_of(&good).replace("</ds:Signature>", &format!("<ds:Object>{unsigned_good}</ds:Object></ds:Signature>"));
+        let signature = signature_of(&good)
+            .replace("</ds:Signature>", &format!("<ds:Object>{unsigned_good}</ds:Object></ds:Signature>"));
         let evil_assertion =
             fixtures::assertion(&evil, false).replacen("</saml:Issuer>", &format!("</saml:Issuer>{signature}"), 1);
         fixtures::response(&facts, &evil_assertion, false)
@@ -598,7 +654,11 @@ fn refuses_a_signature_outside_the_element_it_signs() {
         let good = fixtures::signed_assertion(&facts, idp());
         let signature = signature_of(&good).to_owned();
         let unsigned = good.replace(&signature, "");
-        fixtures::response(&facts, &unsigned, false).replacen("<samlp:Status>", &format!("{signature}<samlp:Status>"), 1)
+        fixtures::response(&facts, &unsigned, false).replacen(
+            "<samlp:Status>",
+            &format!("{signature}<samlp:Status>"),
+            1,
+        )
     });
 }
 
@@ -622,7 +682,9 @@ fn builds_from_explicit_idp_settings_with_defaults() {
     assert_eq!(config.cookie_name, "gantry_saml");
     assert_eq!(config.session_ttl, gantry_config::Duration::from_secs(8 * 3600));
     assert_eq!(config.allowed_clock_skew, gantry_config::Duration::from_secs(60));
-    gantry_policy_api::testing::build_policy(saml_entry(), &yaml_settings("")).map(|_| ()).unwrap_or_else(|errors| panic!("{errors:?}"));
+    gantry_policy_api::testing::build_policy(saml_entry(), &yaml_settings(""))
+        .map(|_| ())
+        .unwrap_or_else(|errors| panic!("{errors:?}"));
 }
 
 #[test]
@@ -641,13 +703,18 @@ fn builds_from_inline_metadata_and_from_a_metadata_file() {
     let directory = tempfile_dir();
     let file = directory.join("idp.xml");
     std::fs::write(&file, &metadata).expect("write metadata");
-    let from_file = json!({"idp_metadata": file.to_string_lossy(), "sp_entity_id": SP_ENTITY_ID, "session_secret": SECRET});
+    let from_file =
+        json!({"idp_metadata": file.to_string_lossy(), "sp_entity_id": SP_ENTITY_ID, "session_secret": SECRET});
     assert_eq!(compiled_with(from_file, "").idp_sso_url, IDP_SSO_URL);
     std::fs::remove_dir_all(directory).ok();
 }
 
 fn tempfile_dir() -> std::path::PathBuf {
-    let directory = std::env::temp_dir().join(format!("gantry-saml-test-{}-{}", std::process::id(), request::new_request_id().expect("random")));
+    let directory = std::env::temp_dir().join(format!(
+        "gantry-saml-test-{}-{}",
+        std::process::id(),
+        request::new_request_id().expect("random")
+    ));
     std::fs::create_dir_all(&directory).expect("temp dir");
     directory
 }
@@ -689,4 +756,46 @@ fn rejects_unreadable_metadata_at_its_path() {
 fn rejects_unknown_fields() {
     let errors = build_policy_error(saml_entry(), &yaml_settings("hide_credentials: true\n"));
     assert!(errors.to_string().contains("hide_credentials"), "{errors}");
+}
+
+// ---- a response from a real identity provider ----
+
+#[test]
+fn accepts_a_response_recorded_from_the_saml_idp_package() {
+    // Made by saml-idp 1.2.1 (node-samlp, xml-crypto) for AuthnRequest `_abc123`: the
+    // Response and the Assertion each signed, RSA-SHA256 with exclusive C14N. Checked at a
+    // time inside its one-hour validity.
+    let xml = include_str!("tests/saml-idp-response.xml");
+    let settings = json!({
+        "idp_entity_id": "urn:test:idp",
+        "idp_sso_url": "http://127.0.0.1:9999/saml/sso",
+        "idp_certificates": [include_str!("tests/saml-idp-certificate.pem")],
+        "sp_entity_id": "urn:test:sp",
+        "base_url": "http://127.0.0.1:9999",
+        "session_secret": SECRET,
+        "attribute_for_groups": "groups",
+    });
+    let policy = compiled_with(settings, "");
+    let now = response::instant("2026-11-23T19:30:00Z").expect("time");
+    let pending = PendingLogin { id: "_abc123".to_owned(), exp: unix_seconds(now) + 7200 };
+    let sealed =
+        policy.sealer.seal(Purpose::Request, &serde_json::to_vec(&pending).expect("json"), b"").expect("sealed");
+    let request = request_parts(
+        http::Request::post("/saml/acs")
+            .header(COOKIE, format!("gantry_saml_request={sealed}"))
+            .body(())
+            .expect("request"),
+    );
+    let form =
+        form_urlencoded::Serializer::new(String::new()).append_pair("SAMLResponse", &STANDARD.encode(xml)).finish();
+    let response = policy.consume(form.as_bytes(), &request, false, now);
+    assert_eq!(response.status(), StatusCode::SEE_OTHER, "{}", detail(&response));
+    let session =
+        set_cookies(&response).into_iter().find(|cookie| cookie.starts_with("gantry_saml=")).expect("session");
+    let later = policy.session(&get("/", Some(&cookie_pair(&session))), now).expect("a session");
+    assert_eq!(later.sub, "alice@example.com");
+    assert_eq!(later.groups, ["admins", "developers"]);
+
+    let an_hour_later = now + Duration::from_secs(3600);
+    assert_refused(&policy.consume(form.as_bytes(), &request, false, an_hour_later), "expired");
 }

@@ -26,7 +26,8 @@ impl Signer {
         let key = KeyPair::generate(KeySize::Rsa2048).expect("RSA key generation");
         let pkcs8 = key.as_der().expect("PKCS#8 encoding");
         let pem = pem("PRIVATE KEY", pkcs8.as_ref());
-        let rcgen_key = rcgen::KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).expect("rcgen reads the key");
+        let rcgen_key =
+            rcgen::KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).expect("rcgen reads the key");
         let certificate = rcgen::CertificateParams::new(vec![name.to_owned()])
             .expect("certificate parameters")
             .self_signed(&rcgen_key)
