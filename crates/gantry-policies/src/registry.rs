@@ -14,6 +14,7 @@ use crate::forward::mock_response::MockResponse;
 use crate::identity::any_auth::AnyAuth;
 use crate::identity::basic_auth::BasicAuth;
 use crate::identity::hmac_auth::HmacAuth;
+use crate::identity::jwt::Jwt;
 use crate::identity::key_auth::KeyAuth;
 use crate::identity::ldap_auth::LdapAuth;
 use crate::identity::oauth2_introspection::OAuth2Introspection;
@@ -30,6 +31,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::identity::<LdapAuth>(),
         RegisteredPolicy::identity::<BasicAuth>(),
         RegisteredPolicy::identity::<HmacAuth>(),
+        RegisteredPolicy::identity::<Jwt>(),
         RegisteredPolicy::identity::<OAuth2Introspection>(),
         RegisteredPolicy::of::<Saml>(),
         RegisteredPolicy::of::<AnyAuth>(),

@@ -10,6 +10,7 @@ pub mod client;
 pub mod gateway;
 pub mod grpc;
 pub mod h2c;
+pub mod jwks;
 pub mod ldap;
 pub mod oidc;
 pub mod raw;

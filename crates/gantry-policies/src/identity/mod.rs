@@ -5,6 +5,8 @@
 pub mod any_auth;
 pub mod basic_auth;
 pub mod hmac_auth;
+pub mod jwks;
+pub mod jwt;
 mod bearer;
 pub mod key_auth;
 pub mod ldap_auth;
