@@ -134,6 +134,7 @@ fn is_element(document: &Document<'_>, node: NodeId, namespace: &str, name: &str
 /// is enveloped in, when its single reference points at exactly that element. Any signature
 /// that does not verify refuses the whole message.
 fn signed_elements(document: &Document<'_>, verifier: &DsigContext) -> Result<Vec<NodeId>, Rejected> {
+    refuse_sha1(document)?;
     let results = bergshamra_dsig::verify::verify_all_document(verifier, document).map_err(|err| {
         if document.get_elements_by_tag_name_ns(DSIG_NS, "Signature").is_empty() {
             return reject("the response is not signed");
@@ -163,6 +164,19 @@ fn signed_elements(document: &Document<'_>, verifier: &DsigContext) -> Result<Ve
         }
     }
     Ok(signed)
+}
+
+/// SHA-1 digests and signatures are refused (collisions are practical since 2017), whatever
+/// the signature library would accept.
+fn refuse_sha1(document: &Document<'_>) -> Result<(), Rejected> {
+    for name in ["SignatureMethod", "DigestMethod"] {
+        for method in document.get_elements_by_tag_name_ns(DSIG_NS, name) {
+            if document.get_attribute(method, "Algorithm").is_some_and(|algorithm| algorithm.ends_with("sha1")) {
+                return Err(reject("SHA-1 signatures are refused; configure the identity provider for SHA-256"));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_assertion(document: &Document<'_>, assertion: NodeId, expected: &Expected<'_>) -> Result<Asserted, Rejected> {

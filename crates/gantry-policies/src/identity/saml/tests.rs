@@ -473,6 +473,18 @@ fn refuses_a_response_with_a_document_type_declaration() {
 }
 
 #[test]
+fn refuses_a_signature_naming_sha1() {
+    // The signing backend here cannot make SHA-1 signatures, so the algorithms are renamed
+    // after signing: the policy refuses by algorithm before any signature is checked.
+    let policy = compiled();
+    let login = start_login(&policy, "/");
+    let xml = fixtures::assertion_signed_response(&Facts::valid(&login.request_id), idp())
+        .replace("http://www.w3.org/2001/04/xmldsig-more#rsa-sha256", "http://www.w3.org/2000/09/xmldsig#rsa-sha1")
+        .replace("http://www.w3.org/2001/04/xmlenc#sha256", "http://www.w3.org/2000/09/xmldsig#sha1");
+    assert_refused(&post_response(&policy, &login, &xml, &login.relay_state), "SHA-1 signatures are refused");
+}
+
+#[test]
 fn refuses_an_encrypted_assertion() {
     let policy = compiled();
     let login = start_login(&policy, "/");
