@@ -18,13 +18,14 @@ if ((${#needed[@]})); then
   apt-get install -y -qq --no-install-recommends "${needed[@]}"
 fi
 
-# npm packages the tests run (pinned), kept under target/test-tools where the tests look.
+# npm packages the tests run (pinned), each in its own directory under target/test-tools where
+# the tests look (one prefix per package, so installing one never prunes another).
 oidc_provider=9.13.3
-if ! grep -qs "\"version\": \"$oidc_provider\"" target/test-tools/node_modules/oidc-provider/package.json; then
+if ! grep -qs "\"version\": \"$oidc_provider\"" target/test-tools/oidc-provider/node_modules/oidc-provider/package.json; then
   command -v npm >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm; }
   echo "installing: oidc-provider@$oidc_provider"
-  mkdir -p target/test-tools
-  npm install --prefix target/test-tools --no-save --no-package-lock --no-audit --no-fund "oidc-provider@$oidc_provider"
+  mkdir -p target/test-tools/oidc-provider
+  npm install --prefix target/test-tools/oidc-provider --no-save --no-package-lock --no-audit --no-fund "oidc-provider@$oidc_provider"
 fi
 
 saml_idp=1.2.1

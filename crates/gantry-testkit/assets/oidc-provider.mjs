@@ -1,5 +1,5 @@
 // A real OpenID provider for Gantry's tests: the `oidc-provider` npm package (installed by
-// scripts/test.sh into target/test-tools), configured with one confidential client.
+// scripts/test.sh into target/test-tools/oidc-provider), configured with one confidential client.
 //
 // Started by `gantry_testkit::oidc::OidcProvider`, which passes everything through the
 // environment and reads the first stdout line, `listening <port>`, to learn the port:

@@ -1,8 +1,9 @@
 //! A real OpenID provider for tests: the `oidc-provider` npm package run by `node` from
 //! `assets/oidc-provider.mjs`, on a port the system picks, killed on drop.
 //!
-//! `scripts/test.sh` installs the package (pinned) into `target/test-tools/node_modules`;
-//! `GANTRY_TEST_TOOLS` names another directory holding `node_modules`. The provider knows one
+//! `scripts/test.sh` installs the package (pinned) into
+//! `target/test-tools/oidc-provider/node_modules`; `GANTRY_TEST_TOOLS` names another directory
+//! holding `oidc-provider/node_modules`. The provider knows one
 //! confidential client ([`OidcProvider::CLIENT_ID`]) that may use client credentials (opaque
 //! access tokens, or JWTs for [`OidcProvider::RESOURCE`]), the authorization code flow with PKCE
 //! through the provider's development login pages, introspection and revocation.
@@ -40,7 +41,7 @@ impl OidcProvider {
         assert!(
             modules.join("oidc-provider").join("package.json").is_file(),
             "oidc-provider is not installed in {}: run scripts/test.sh, or \
-             `npm install --prefix target/test-tools oidc-provider@{OIDC_PROVIDER_VERSION}`",
+             `npm install --prefix target/test-tools/oidc-provider oidc-provider@{OIDC_PROVIDER_VERSION}`",
             modules.display()
         );
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets").join("oidc-provider.mjs");
@@ -150,10 +151,11 @@ impl Drop for OidcProvider {
     }
 }
 
-/// `target/test-tools/node_modules` of the workspace, or `$GANTRY_TEST_TOOLS/node_modules`.
+/// `target/test-tools/oidc-provider/node_modules` of the workspace, or the same below
+/// `$GANTRY_TEST_TOOLS`.
 fn node_modules() -> PathBuf {
     let tools = std::env::var_os("GANTRY_TEST_TOOLS").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("..").join("target").join("test-tools")
     });
-    tools.join("node_modules")
+    tools.join("oidc-provider").join("node_modules")
 }
