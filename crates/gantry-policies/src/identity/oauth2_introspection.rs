@@ -1,6 +1,6 @@
 #![doc = include_str!("oauth2_introspection.md")]
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gantry_config::{ConfigErrors, FieldPath, Secret};
@@ -14,9 +14,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::bearer::{
-    check_realm, check_subjects, Challenges, ConsumerMapping, SubjectCredential, TokenSource, Unmapped,
-};
+use super::bearer::{check_realm, check_subjects, Challenges, ConsumerMapping, SubjectCredential, TokenSource};
 
 /// Settings of `oauth2_introspection`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -182,7 +180,14 @@ fn compile(
     let (Some(endpoint), Some(http)) = (endpoint, http) else { return Err(errors) };
     errors.into_result(())?;
     let credentials = context.consumers.credentials::<OAuth2Introspection>();
-    let cache = moka::future::Cache::builder().max_capacity(config.cache_max_entries).expire_after(PerResult).build();
+    let cache = shared_cache(CacheKey {
+        endpoint: endpoint.to_string(),
+        client_id: config.client_id.clone(),
+        token_type_hint: config.token_type_hint.clone(),
+        cache_ttl: config.cache_ttl.get(),
+        negative_cache_ttl: config.negative_cache_ttl.get(),
+        max_entries: config.cache_max_entries,
+    });
     Ok(CompiledIntrospection {
         endpoint,
         client_id: config.client_id,
@@ -221,22 +226,51 @@ pub(crate) fn parse_endpoint(text: &str, path: &FieldPath, errors: &mut ConfigEr
     }
 }
 
-/// What the authorization server said about a token, as the policy acts on it.
+/// What the authorization server said about a token.
 #[derive(Debug)]
-enum Verdict {
-    /// Active, and mapped to an identity.
-    Pass(Identity),
-    /// Active, but names no consumer this policy accepts.
-    Unmapped(Unmapped),
+enum Outcome {
+    /// Active, with the response's members (`sub`, `client_id`, `scope`, ...).
+    Active(serde_json::Map<String, serde_json::Value>),
     /// Not active: unknown, expired or revoked.
     Inactive,
 }
 
-/// A verdict and how long it may be reused.
+/// An outcome and how long it may be reused.
 #[derive(Debug)]
 struct Cached {
-    verdict: Verdict,
+    outcome: Outcome,
     ttl: Duration,
+}
+
+type ResultCache = moka::future::Cache<[u8; 32], Arc<Cached>>;
+
+/// What makes two policies' cached results interchangeable: the same server asked by the same
+/// client in the same way, kept by the same rules. The secret is left out: it authenticates
+/// the gateway, it does not change what the server says about a token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct CacheKey {
+    endpoint: String,
+    client_id: String,
+    token_type_hint: Option<String>,
+    cache_ttl: Duration,
+    negative_cache_ttl: Duration,
+    max_entries: u64,
+}
+
+/// Caches alive in this process, so a configuration reload keeps the results (and the
+/// gateway keeps serving them while the server is down) instead of starting empty.
+static SHARED: LazyLock<Mutex<Vec<(CacheKey, Weak<ResultCache>)>>> = LazyLock::new(Mutex::default);
+
+/// The cache of `key` alive in this process, or a new one.
+fn shared_cache(key: CacheKey) -> Arc<ResultCache> {
+    let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(alive) = shared.iter().filter(|(own, _)| *own == key).find_map(|(_, cache)| cache.upgrade()) {
+        return alive;
+    }
+    let cache = Arc::new(moka::future::Cache::builder().max_capacity(key.max_entries).expire_after(PerResult).build());
+    shared.retain(|(_, cache)| cache.strong_count() > 0);
+    shared.push((key, Arc::downgrade(&cache)));
+    cache
 }
 
 /// Why a token could not be checked; never cached, so the next request asks again.
@@ -277,8 +311,9 @@ struct IntrospectionResponse {
 /// Largest introspection response read; real ones are a few hundred bytes.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
-/// Runs per request: a token digest and a cache lookup; one introspection call per token
-/// and cache period, shared by the requests that arrive while it is under way.
+/// Runs per request: a token digest, a cache lookup and the consumer mapping; one
+/// introspection call per token and cache period, shared by the requests that arrive while it
+/// is under way.
 struct CompiledIntrospection {
     endpoint: reqwest::Url,
     client_id: String,
@@ -288,7 +323,7 @@ struct CompiledIntrospection {
     tokens: TokenSource,
     cache_ttl: Duration,
     negative_cache_ttl: Duration,
-    cache: moka::future::Cache<[u8; 32], Arc<Cached>>,
+    cache: Arc<ResultCache>,
     mapping: ConsumerMapping,
     hide_credentials: bool,
     anonymous: Option<Arc<Consumer>>,
@@ -338,7 +373,7 @@ impl CompiledIntrospection {
     /// The verdict on an introspection response received at `now`, and how long it holds.
     fn judge(&self, answer: IntrospectionResponse, now: SystemTime) -> Cached {
         let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
-        let inactive = Cached { verdict: Verdict::Inactive, ttl: self.negative_cache_ttl };
+        let inactive = Cached { outcome: Outcome::Inactive, ttl: self.negative_cache_ttl };
         if !answer.active {
             return inactive;
         }
@@ -348,11 +383,7 @@ impl CompiledIntrospection {
             Some(exp) => self.cache_ttl.min(Duration::from_secs(exp - now_secs)),
             None => self.cache_ttl,
         };
-        let verdict = match self.mapping.identity(&answer.claims) {
-            Ok(identity) => Verdict::Pass(identity),
-            Err(unmapped) => Verdict::Unmapped(unmapped),
-        };
-        Cached { verdict, ttl }
+        Cached { outcome: Outcome::Active(answer.claims), ttl }
     }
 }
 
@@ -395,16 +426,20 @@ impl Policy for CompiledIntrospection {
                     return Flow::Respond(unavailable());
                 }
             };
-            match &cached.verdict {
-                Verdict::Pass(identity) => {
-                    exchange.authenticate(identity.clone());
-                    if self.hide_credentials {
-                        self.tokens.remove(request, found);
+            match &cached.outcome {
+                // Mapped per request rather than cached: the cache outlives a reload that
+                // may change the consumers.
+                Outcome::Active(claims) => match self.mapping.identity(claims) {
+                    Ok(identity) => {
+                        exchange.authenticate(identity);
+                        if self.hide_credentials {
+                            self.tokens.remove(request, found);
+                        }
+                        Flow::Continue
                     }
-                    Flow::Continue
-                }
-                Verdict::Unmapped(unmapped) => Flow::Respond(unmapped.response()),
-                Verdict::Inactive => {
+                    Err(unmapped) => Flow::Respond(unmapped.response()),
+                },
+                Outcome::Inactive => {
                     tracing::debug!("token not active");
                     Flow::Respond(self.challenges.invalid("the token is not active"))
                 }

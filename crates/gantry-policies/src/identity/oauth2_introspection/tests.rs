@@ -335,6 +335,19 @@ async fn reuses_active_and_inactive_results_instead_of_asking_again() {
     assert_eq!(stub.calls(), 2, "one call per token");
 }
 
+#[tokio::test]
+async fn keeps_cached_results_across_a_reload_and_maps_them_with_the_new_settings() {
+    let stub = StubServer::start(Duration::ZERO).await;
+    let before = policy(&settings(&stub, ""));
+    assert!(matches!(run(&*before, bearer("stranger-token")).await.0, Flow::Continue));
+    // A reload builds the new policy while the old one still serves.
+    let after = policy(&settings(&stub, "require_consumer: true"));
+    let response = answered(run(&*after, bearer("stranger-token")).await.0);
+    assert_eq!(response.status(), StatusCode::FORBIDDEN, "the new consumer rule applies to the cached result");
+    assert_eq!(stub.calls(), 1, "the reload kept the cached result");
+    drop(before);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn makes_one_call_for_concurrent_requests_with_the_same_token() {
     let stub = StubServer::start(Duration::from_millis(200)).await;
@@ -421,7 +434,7 @@ fn keeps_results_until_the_token_expires_or_the_cache_ttl_ends_whichever_is_firs
     assert_eq!(compiled.judge(active(Some(1_100_000)), now).ttl, Duration::from_secs(60));
     assert_eq!(compiled.judge(active(None), now).ttl, Duration::from_secs(60));
     let expired = compiled.judge(active(Some(999_999)), now);
-    assert!(matches!(expired.verdict, Verdict::Inactive));
+    assert!(matches!(expired.outcome, Outcome::Inactive));
     assert_eq!(expired.ttl, Duration::from_secs(2));
     let inactive = IntrospectionResponse { active: false, exp: None, claims: serde_json::Map::new() };
     assert_eq!(compiled.judge(inactive, now).ttl, Duration::from_secs(2));
