@@ -259,7 +259,9 @@ struct CacheKey {
 
 /// Caches alive in this process, so a configuration reload keeps the results (and the
 /// gateway keeps serving them while the server is down) instead of starting empty.
-static SHARED: LazyLock<Mutex<Vec<(CacheKey, Weak<ResultCache>)>>> = LazyLock::new(Mutex::default);
+static SHARED: LazyLock<Mutex<Vec<SharedCache>>> = LazyLock::new(Mutex::default);
+
+type SharedCache = (CacheKey, Weak<ResultCache>);
 
 /// The cache of `key` alive in this process, or a new one.
 fn shared_cache(key: CacheKey) -> Arc<ResultCache> {
