@@ -18,6 +18,7 @@ use crate::identity::jwt::Jwt;
 use crate::identity::key_auth::KeyAuth;
 use crate::identity::ldap_auth::LdapAuth;
 use crate::identity::oauth2_introspection::OAuth2Introspection;
+use crate::identity::oidc::Oidc;
 use crate::identity::saml::Saml;
 use crate::ingress::redirect::Redirect;
 use crate::traffic::request_size_limit::RequestSizeLimit;
@@ -33,6 +34,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::identity::<HmacAuth>(),
         RegisteredPolicy::identity::<Jwt>(),
         RegisteredPolicy::identity::<OAuth2Introspection>(),
+        RegisteredPolicy::identity::<Oidc>(),
         RegisteredPolicy::of::<Saml>(),
         RegisteredPolicy::of::<AnyAuth>(),
         RegisteredPolicy::of::<IpRestriction>(),

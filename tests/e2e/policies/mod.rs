@@ -10,6 +10,7 @@ mod key_auth;
 mod ldap_auth;
 mod mock_response;
 mod oauth2_introspection;
+mod oidc;
 mod precedence;
 mod redirect;
 mod request_headers;

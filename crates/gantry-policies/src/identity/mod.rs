@@ -11,4 +11,5 @@ mod bearer;
 pub mod key_auth;
 pub mod ldap_auth;
 pub mod oauth2_introspection;
+pub mod oidc;
 pub mod saml;
