@@ -6,6 +6,7 @@ mod basic_auth;
 mod harness;
 mod hmac_auth;
 mod ip_restriction;
+mod jwt;
 mod key_auth;
 mod ldap_auth;
 mod mock_response;
