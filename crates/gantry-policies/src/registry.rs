@@ -17,6 +17,7 @@ use crate::identity::hmac_auth::HmacAuth;
 use crate::identity::jwt::Jwt;
 use crate::identity::key_auth::KeyAuth;
 use crate::identity::ldap_auth::LdapAuth;
+use crate::identity::mtls_auth::MtlsAuth;
 use crate::identity::oauth2_introspection::OAuth2Introspection;
 use crate::identity::oidc::Oidc;
 use crate::identity::saml::Saml;
@@ -30,6 +31,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<Redirect>(),
         RegisteredPolicy::identity::<KeyAuth>(),
         RegisteredPolicy::identity::<LdapAuth>(),
+        RegisteredPolicy::identity::<MtlsAuth>(),
         RegisteredPolicy::identity::<BasicAuth>(),
         RegisteredPolicy::identity::<HmacAuth>(),
         RegisteredPolicy::identity::<Jwt>(),

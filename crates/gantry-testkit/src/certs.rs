@@ -2,7 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
+};
 
 /// A test certificate authority.
 pub struct TestCa {
@@ -50,6 +53,33 @@ impl TestCa {
         let files = CertFiles { cert: dir.join(format!("{stem}.pem")), key: dir.join(format!("{stem}.key")) };
         std::fs::write(&files.cert, cert.pem()).expect("write cert");
         std::fs::write(&files.key, key.serialize_pem()).expect("write key");
+        files
+    }
+
+    /// Issues a client certificate (extended key usage `clientAuth`) with common name
+    /// `common_name` and subject alternative names `names`: an entry with `@` is an e-mail
+    /// address, one with `://` a URI, any other a DNS name. Writes `<stem>.pem` and
+    /// `<stem>.key` in `dir`.
+    pub fn issue_client(&self, dir: &Path, stem: &str, common_name: &str, names: &[&str]) -> CertFiles {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        for name in names {
+            let name = (*name).to_owned();
+            let san = if name.contains("://") {
+                SanType::URI(name.try_into().expect("an ASCII URI"))
+            } else if name.contains('@') {
+                SanType::Rfc822Name(name.try_into().expect("an ASCII e-mail address"))
+            } else {
+                SanType::DnsName(name.try_into().expect("an ASCII DNS name"))
+            };
+            params.subject_alt_names.push(san);
+        }
+        let key = KeyPair::generate().expect("client key");
+        let cert = params.signed_by(&key, &self.issuer).expect("signed client certificate");
+        let files = CertFiles { cert: dir.join(format!("{stem}.pem")), key: dir.join(format!("{stem}.key")) };
+        std::fs::write(&files.cert, cert.pem()).expect("write client cert");
+        std::fs::write(&files.key, key.serialize_pem()).expect("write client key");
         files
     }
 }

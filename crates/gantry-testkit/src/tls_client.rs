@@ -12,12 +12,13 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use crate::certs::CertFiles;
 use crate::client::TestResponse;
 
 /// ALPN id of HTTP/2.
@@ -39,17 +40,37 @@ pub struct TlsConnection {
 impl TlsClient {
     /// A client trusting the CA in `ca_pem` and offering `alpn` (in preference order).
     pub fn new(ca_pem: &str, alpn: &[&[u8]]) -> Self {
+        Self::build(ca_pem, alpn, None)
+    }
+
+    /// Like [`Self::new`], presenting the client certificate `identity` when the server asks
+    /// for one.
+    pub fn with_client_certificate(ca_pem: &str, alpn: &[&[u8]], identity: &CertFiles) -> Self {
+        Self::build(ca_pem, alpn, Some(identity))
+    }
+
+    fn build(ca_pem: &str, alpn: &[&[u8]], identity: Option<&CertFiles>) -> Self {
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
             roots.add(cert.expect("the test CA is valid PEM")).expect("the test CA is a valid root");
         }
         // Explicit provider: the process may hold more than one, and rustls refuses to guess.
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("default TLS versions are supported")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let mut config = match identity {
+            Some(identity) => {
+                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&identity.cert)
+                    .expect("the client certificate file exists")
+                    .collect::<Result<_, _>>()
+                    .expect("the client certificate is valid PEM");
+                let key = PrivateKeyDer::from_pem_file(&identity.key).expect("the client key is valid PEM");
+                config.with_client_auth_cert(chain, key).expect("the client key matches its certificate")
+            }
+            None => config.with_no_client_auth(),
+        };
         config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
         Self { connector: TlsConnector::from(Arc::new(config)) }
     }

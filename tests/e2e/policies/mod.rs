@@ -9,6 +9,7 @@ mod ip_restriction;
 mod jwt;
 mod key_auth;
 mod ldap_auth;
+mod mtls_auth;
 mod mock_response;
 mod oauth2_introspection;
 mod oidc;

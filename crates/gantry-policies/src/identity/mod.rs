@@ -10,6 +10,7 @@ pub mod jwt;
 mod bearer;
 pub mod key_auth;
 pub mod ldap_auth;
+pub mod mtls_auth;
 pub mod oauth2_introspection;
 pub mod oidc;
 pub mod saml;
