@@ -40,6 +40,8 @@ pub struct Pipeline {
     response: Vec<usize>,
     /// Positions of policies with a log hook.
     log: Vec<usize>,
+    /// Positions of policies that may need the request body.
+    body_readers: Vec<usize>,
     /// This pipeline with each consumer's own policies, by consumer id.
     for_consumers: HashMap<Arc<str>, Arc<Pipeline>>,
 }
@@ -70,7 +72,8 @@ impl Pipeline {
         let request = positions(|entry| entry.policy.hooks().request);
         let response = positions(|entry| entry.policy.hooks().response);
         let log = positions(|entry| entry.policy.hooks().log);
-        Self { entries, request, response, log, for_consumers: HashMap::new() }
+        let body_readers = positions(|entry| entry.policy.reads_request_body());
+        Self { entries, request, response, log, body_readers, for_consumers: HashMap::new() }
     }
 
     /// Adds the pipelines used once a consumer with policies of its own is recognised: each
@@ -101,6 +104,13 @@ impl Pipeline {
     /// The policies in running order.
     pub fn entries(&self) -> &[PipelineEntry] {
         &self.entries
+    }
+
+    /// The most bytes of this request's body that a policy wants buffered before the request
+    /// hooks run, if any does. Only the route's policies are asked: a consumer's own are not
+    /// known before the identity stage, and the body must be read before it.
+    pub fn request_body_limit(&self, request: &RequestParts) -> Option<u64> {
+        self.body_readers.iter().filter_map(|&position| self.entries[position].policy.request_body_limit(request)).max()
     }
 
     /// Runs request hooks until one answers. Response and log hooks must then run on
@@ -258,5 +268,36 @@ mod tests {
         assert_eq!(run(&pipeline), Some(1));
         let calls = calls.lock().expect("lock").clone();
         assert_eq!(calls, ["request ingress", "request access", "response access", "response ingress"]);
+    }
+
+    /// Wants `limit` bytes of POST bodies.
+    struct BodyReader(u64);
+
+    impl Policy for BodyReader {
+        fn hooks(&self) -> Hooks {
+            Hooks::REQUEST
+        }
+
+        fn reads_request_body(&self) -> bool {
+            true
+        }
+
+        fn request_body_limit(&self, request: &RequestParts) -> Option<u64> {
+            (request.method == http::Method::POST).then_some(self.0)
+        }
+    }
+
+    #[test]
+    fn asks_only_body_readers_and_takes_the_largest_limit() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let reader =
+            |limit| PipelineEntry { name: "reader", stage: Stage::Identity, policy: Arc::new(BodyReader(limit)) };
+        let pipeline = Pipeline::new(vec![reader(10), entry("other", Stage::Access, false, &calls), reader(64)]);
+        let post = request_parts(http::Request::post("/").body(()).expect("request"));
+        let get = request_parts(http::Request::get("/").body(()).expect("request"));
+        assert_eq!(pipeline.request_body_limit(&post), Some(64));
+        assert_eq!(pipeline.request_body_limit(&get), None);
+        let without = Pipeline::new(vec![entry("other", Stage::Access, false, &calls)]);
+        assert_eq!(without.request_body_limit(&post), None);
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use gantry_policy_api::problem::problem_response;
-use gantry_policy_api::{ClientCertificate, Exchange, LogRecord, PolicyResponse};
+use gantry_policy_api::{ClientCertificate, Exchange, LogRecord, PolicyResponse, RequestBody};
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, UPGRADE};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
@@ -157,7 +157,7 @@ impl Gateway {
             headers: &parts.headers,
         };
         let Some(found) = snapshot.router.find(&facts) else {
-            discard_unread(&parts, body);
+            discard_unread(&parts, ClientBody::Streaming(body));
             let detail = format!("no route matches {} {}", parts.method, parts.uri.path());
             return Served {
                 response: into_gateway_response(problem_response(
@@ -177,6 +177,18 @@ impl Gateway {
         // A reference count, and only on connections that presented a certificate.
         exchange.client_certificate.clone_from(&connection.client_certificate);
         exchange.path_params = found.params;
+
+        let body = match route.pipeline.request_body_limit(&parts) {
+            None => ClientBody::Streaming(body),
+            Some(limit) => match read_whole_body(body, limit).await {
+                Ok(bytes) => {
+                    exchange.extensions.insert(RequestBody(bytes.clone()));
+                    ClientBody::Buffered(bytes)
+                }
+                // Nothing of the body is left to discard: it was read up to the failure.
+                Err(response) => return respond_with(&route, exchange, response),
+            },
+        };
 
         if let RequestOutcome::Respond { policy, position, response } =
             route.pipeline.run_request(&mut parts, &mut exchange).await
@@ -225,16 +237,32 @@ impl Gateway {
         }
 
         let body_limit = exchange.request_body_limit.map(|limit| (limit, Arc::new(AtomicBool::new(false))));
-        let body = if http_body::Body::is_end_stream(&body) {
-            GatewayBody::Empty
-        } else {
-            match &body_limit {
+        let body = match body {
+            ClientBody::Buffered(bytes) => {
+                if body_limit.as_ref().is_some_and(|(limit, _)| bytes.len() as u64 > *limit) {
+                    let detail = "the request body is larger than this route accepts";
+                    let response = problem_response(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request-body-too-large",
+                        "Content Too Large",
+                        Some(detail),
+                    );
+                    return respond_with(&route, exchange, response);
+                }
+                if bytes.is_empty() {
+                    GatewayBody::Empty
+                } else {
+                    GatewayBody::full(bytes)
+                }
+            }
+            ClientBody::Streaming(body) if http_body::Body::is_end_stream(&body) => GatewayBody::Empty,
+            ClientBody::Streaming(body) => match &body_limit {
                 Some((limit, exceeded)) => {
                     let discard_rest = parts.version <= Version::HTTP_11;
                     GatewayBody::Limited(LimitedBody::new(body, *limit, exceeded.clone(), discard_rest))
                 }
                 None => GatewayBody::Streamed(body),
-            }
+            },
         };
         let forward_request =
             ForwardRequest { parts, body, path_and_query, client: connection.client, original_host: host, body_limit };
@@ -274,9 +302,40 @@ impl Gateway {
     }
 }
 
+/// The client's request body: still streaming, or read whole because a policy asked for it.
+enum ClientBody {
+    Streaming(Incoming),
+    Buffered(Bytes),
+}
+
+/// Reads a request body of at most `limit` bytes, for policies that asked for it; a longer or
+/// broken body becomes the answer (413, 400).
+async fn read_whole_body(body: Incoming, limit: u64) -> Result<Bytes, PolicyResponse> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)).await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(problem_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request-body-too-large",
+            "Content Too Large",
+            Some("the request body is larger than this route's policies read"),
+        )),
+        Err(err) => {
+            tracing::debug!(error = %err, "request body could not be read");
+            Err(problem_response(
+                StatusCode::BAD_REQUEST,
+                "client-body-failed",
+                "Bad Request",
+                Some("the request body could not be read"),
+            ))
+        }
+    }
+}
+
 /// Lets an HTTP/1.x client finish sending a body the gateway answers without reading, so that
 /// it gets the answer rather than a reset connection (see [`discard`]).
-fn discard_unread(parts: &http::request::Parts, body: Incoming) {
+fn discard_unread(parts: &http::request::Parts, body: ClientBody) {
+    let ClientBody::Streaming(body) = body else { return };
     // A client waiting for `100 Continue` has sent no body; reading would ask it for one.
     let awaits_continue =
         parts.headers.get(EXPECT).is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));

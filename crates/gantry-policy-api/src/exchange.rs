@@ -8,6 +8,12 @@ use http::{Method, StatusCode};
 
 use crate::{ClientCertificate, Consumer};
 
+/// A request's whole body, buffered because a policy asked for it with
+/// [`Policy::request_body_limit`](crate::Policy::request_body_limit); found in
+/// [`Exchange::extensions`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestBody(pub bytes::Bytes);
+
 /// Who a request was recognised as, set by the identity policy that recognised it.
 #[derive(Clone, Debug)]
 pub struct Identity {

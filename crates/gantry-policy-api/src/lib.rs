@@ -17,7 +17,7 @@ pub mod testing;
 
 pub use client_certificate::{CertificateParseError, ClientCertificate};
 pub use consumer::{Consumer, ConsumerDirectory, CredentialEntry, IdentityFactory};
-pub use exchange::{Exchange, Identity, LogRecord};
+pub use exchange::{Exchange, Identity, LogRecord, RequestBody};
 pub use factory::{BuildContext, PolicyFactory, RegisteredPolicy, Validate};
 pub use flow::{Flow, Hook};
 pub use stage::Stage;
@@ -56,6 +56,22 @@ pub trait Policy: Send + Sync + 'static {
     /// route that has it needs no upstream.
     fn answers_every_request(&self) -> bool {
         false
+    }
+
+    /// True when this policy may need a request's whole body before its request hook (to read
+    /// a form or a document). Asked once, when the pipeline is built; only such policies are
+    /// asked [`Policy::request_body_limit`] per request.
+    fn reads_request_body(&self) -> bool {
+        false
+    }
+
+    /// How many bytes of this request's body the policy needs buffered, at most, or `None`
+    /// when it does not need this request's body. The data plane then reads the body before
+    /// any request hook runs (413 past the largest limit asked), puts it in the exchange's
+    /// extensions as a [`RequestBody`], and forwards the same bytes.
+    fn request_body_limit(&self, request: &RequestParts) -> Option<u64> {
+        let _ = request;
+        None
     }
 
     /// Inspects or changes the request before it goes upstream; may answer instead.

@@ -1,11 +1,8 @@
 //! `saml` through a running gateway against a real identity provider (the `saml-idp` npm
 //! package, started by the test kit): a browser without a session is sent to the IdP with an
 //! AuthnRequest the IdP accepts and answers for this gateway's ACS; requests that cannot be
-//! redirected get 401 and never reach the upstream.
-//!
-//! The second half of the login (posting the IdP's answer to the ACS, then the session) needs
-//! the data plane to hand request bodies to policies; that test is written and ignored until
-//! it does (see the caveats in saml.md).
+//! redirected get 401 and never reach the upstream; the whole browser login, through the IdP's
+//! form and the gateway's ACS, ends at the upstream as the asserted consumer.
 
 use gantry_testkit::client::{TestClient, TestResponse};
 use gantry_testkit::saml::SamlIdp;
@@ -139,7 +136,6 @@ async fn answers_401_to_requests_that_cannot_be_redirected_and_405_to_a_get_on_t
 }
 
 #[tokio::test]
-#[ignore = "the ACS needs the request body, which the data plane does not hand to policies yet (saml.md, Caveats)"]
 async fn signs_a_browser_in_through_a_real_idp_and_lets_it_through_as_the_asserted_consumer() {
     let idp = SamlIdp::start(SP_ENTITY_ID);
     let upstream = EchoUpstream::start("up").await;

@@ -19,8 +19,8 @@ use gantry_config::{ConfigErrors, Duration, FieldPath, Secret};
 use gantry_policy_api::identity::unauthorized;
 use gantry_policy_api::problem::problem_response;
 use gantry_policy_api::{
-    BuildContext, Consumer, Exchange, Flow, Hook, Hooks, Identity, Policy, PolicyFactory, PolicyResponse, RequestParts,
-    Stage, Validate,
+    BuildContext, Consumer, Exchange, Flow, Hook, Hooks, Identity, Policy, PolicyFactory, PolicyResponse, RequestBody,
+    RequestParts, Stage, Validate,
 };
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, HOST, LOCATION, SET_COOKIE};
 use http::{HeaderValue, Method, StatusCode};
@@ -317,6 +317,16 @@ impl Policy for CompiledSaml {
         Hooks::REQUEST
     }
 
+    fn reads_request_body(&self) -> bool {
+        true
+    }
+
+    /// Only the identity provider's POST to the ACS is read, and only up to the size a signed
+    /// response plausibly has.
+    fn request_body_limit(&self, request: &RequestParts) -> Option<u64> {
+        (request.method == Method::POST && request.uri.path() == self.acs_path).then_some(MAX_ACS_FORM_BYTES)
+    }
+
     fn on_request<'a>(&'a self, request: &'a mut RequestParts, exchange: &'a mut Exchange) -> Hook<'a> {
         let path = request.uri.path();
         if path == self.acs_path {
@@ -332,11 +342,13 @@ impl Policy for CompiledSaml {
             }
             return match request_form(request, exchange) {
                 Some(form) => self.consume(&form, request, exchange.is_tls, SystemTime::now()).into(),
+                // The data plane reads every ACS POST for this policy; this is only reached if
+                // a body never came (a broken client), which is the client's fault.
                 None => problem_response(
-                    StatusCode::NOT_IMPLEMENTED,
-                    "saml-acs-unavailable",
-                    "Not Implemented",
-                    Some("this gateway does not hand request bodies to policies, so it cannot read the SAMLResponse"),
+                    StatusCode::BAD_REQUEST,
+                    "invalid-saml-response",
+                    "Bad Request",
+                    Some("the POST carries no form"),
                 )
                 .into(),
             };
@@ -360,10 +372,14 @@ impl Policy for CompiledSaml {
     }
 }
 
-/// The urlencoded form a POST to the ACS carries. The data plane does not hand bodies to
-/// policies yet (see saml.md), so this finds none; `CompiledSaml::consume` is what takes it.
-fn request_form(_request: &RequestParts, _exchange: &Exchange) -> Option<Bytes> {
-    None
+/// Largest ACS form read: a signed response with a certificate and many attributes stays well
+/// under it; more is refused (413) before any parsing.
+const MAX_ACS_FORM_BYTES: u64 = 512 * 1024;
+
+/// The urlencoded form a POST to the ACS carries, read by the data plane because
+/// [`Policy::request_body_limit`] asked for it.
+fn request_form(_request: &RequestParts, exchange: &Exchange) -> Option<Bytes> {
+    exchange.extensions.get::<RequestBody>().map(|body| body.0.clone())
 }
 
 impl CompiledSaml {
