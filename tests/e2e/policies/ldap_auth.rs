@@ -262,3 +262,97 @@ routes:
     let untrusted = get_as(&client, &gateway, "/untrusted/x", &basic("alice", "alice-password-1")).await;
     assert_eq!(untrusted.status, StatusCode::SERVICE_UNAVAILABLE, "{untrusted:?}");
 }
+
+/// A TCP relay in front of the directory: counts the connections the gateway opens and can
+/// cut every open one, as a directory restart or an idle timeout would.
+struct Relay {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    cut: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let addr = listener.local_addr().expect("relay address");
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        let counter = accepted.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut cuts = cuts.clone();
+                // Only cuts after this connection was accepted end it.
+                cuts.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { addr, accepted, cut, task }
+    }
+
+    fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn cut_all(&self) {
+        self.cut.send_modify(|generation| *generation += 1);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn reuses_a_bounded_pool_of_directory_connections_and_replaces_broken_ones() {
+    let directory = Slapd::start(&users());
+    let relay = Relay::start(directory.addr()).await;
+    let upstream = EchoUpstream::start("up").await;
+    let yaml = format!(
+        "node:
+  listeners:
+    - address: 127.0.0.1:0
+upstreams:
+  - id: up
+    endpoints: [{upstream}]
+routes:
+  - id: pooled
+    paths: [/pooled/*]
+    upstream: up
+    policies:
+      - ldap_auth: {{url: \"ldap://{relay}\", base_dn: \"{PEOPLE_DN}\", pool_size: 2, cache_ttl: 0s}}
+",
+        upstream = upstream.addr(),
+        relay = relay.addr,
+    );
+    let gateway = start_gateway(&yaml);
+    let client = TestClient::default();
+
+    // Twenty logins, eight at a time, with nothing cached: two connections serve them all.
+    for _ in 0..5 {
+        let credentials: Vec<String> =
+            (0..4).flat_map(|_| [basic("alice", "alice-password-1"), basic("bob", "bob-password-2")]).collect();
+        let logins = credentials.iter().map(|credential| get_as(&client, &gateway, "/pooled/x", credential));
+        for response in futures_util::future::join_all(logins).await {
+            assert_eq!(response.status, StatusCode::OK, "{response:?}");
+        }
+    }
+    assert!(relay.connections() <= 2, "{} connections for a pool of 2", relay.connections());
+
+    // Connections broken behind the pool's back are replaced, not reported as an outage.
+    let before = relay.connections();
+    relay.cut_all();
+    let after_cut = get_as(&client, &gateway, "/pooled/x", &basic("alice", "alice-password-1")).await;
+    assert_eq!(after_cut.status, StatusCode::OK, "{after_cut:?}");
+    assert!(relay.connections() > before, "no new connection was opened");
+    assert_eq!(upstream.requests(), 41);
+}

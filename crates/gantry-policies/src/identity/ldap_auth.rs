@@ -439,11 +439,12 @@ fn is_refusal(rc: u32) -> bool {
 }
 
 impl Directory {
-    /// Checks `password` for `username`, on a pooled connection; a pooled connection that
-    /// turns out to be broken (the server restarted, an idle timeout closed it) is replaced
-    /// once before the directory is called unavailable.
+    /// Checks `password` for `username`, on a pooled connection. Pooled connections that turn
+    /// out to be broken (the directory restarted, an idle timeout closed them) are dropped and
+    /// the login tried again, at most once per pooled connection; only a failure on a new
+    /// connection means the directory is unavailable.
     async fn login(&self, username: &str, password: &str) -> Result<DirectoryUser, LoginError> {
-        let mut retried = false;
+        let mut attempts = self.pool.status().max_size + 1;
         loop {
             let mut pooled = self.pool.get().await.map_err(|err| LoginError::Unavailable(err.to_string()))?;
             let reused = Object::metrics(&pooled).recycle_count > 0;
@@ -456,11 +457,10 @@ impl Directory {
                 Err(err) => {
                     // The connection is dropped, not reused (`clean` stays false).
                     drop(Object::take(pooled));
-                    if reused && !retried {
-                        retried = true;
-                        continue;
+                    attempts -= 1;
+                    if !reused || attempts == 0 {
+                        return Err(LoginError::Unavailable(err.to_string()));
                     }
-                    return Err(LoginError::Unavailable(err.to_string()));
                 }
             }
         }
