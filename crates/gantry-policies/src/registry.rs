@@ -10,6 +10,7 @@ use gantry_policy_api::RegisteredPolicy;
 
 use crate::access::acl::Acl;
 use crate::access::ip_restriction::IpRestriction;
+use crate::access::scopes::Scopes;
 use crate::forward::mock_response::MockResponse;
 use crate::identity::any_auth::AnyAuth;
 use crate::identity::basic_auth::BasicAuth;
@@ -41,6 +42,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<AnyAuth>(),
         RegisteredPolicy::of::<IpRestriction>(),
         RegisteredPolicy::of::<Acl>(),
+        RegisteredPolicy::of::<Scopes>(),
         RegisteredPolicy::of::<RequestSizeLimit>(),
         RegisteredPolicy::of::<RequestHeaders>(),
         RegisteredPolicy::of::<ResponseHeaders>(),

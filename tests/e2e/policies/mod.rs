@@ -2,6 +2,7 @@
 //! `precedence` for how policies attached at different places combine and order.
 
 mod acl;
+mod any_auth;
 mod basic_auth;
 mod harness;
 mod hmac_auth;
@@ -9,8 +10,8 @@ mod ip_restriction;
 mod jwt;
 mod key_auth;
 mod ldap_auth;
-mod mtls_auth;
 mod mock_response;
+mod mtls_auth;
 mod oauth2_introspection;
 mod oidc;
 mod precedence;
@@ -19,3 +20,4 @@ mod request_headers;
 mod request_size_limit;
 mod response_headers;
 mod saml;
+mod scopes;

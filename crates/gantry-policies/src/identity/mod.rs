@@ -4,10 +4,10 @@
 
 pub mod any_auth;
 pub mod basic_auth;
+mod bearer;
 pub mod hmac_auth;
 pub mod jwks;
 pub mod jwt;
-mod bearer;
 pub mod key_auth;
 pub mod ldap_auth;
 pub mod mtls_auth;
