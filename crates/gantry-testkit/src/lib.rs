@@ -14,6 +14,7 @@ pub mod jwks;
 pub mod ldap;
 pub mod oidc;
 pub mod raw;
+pub mod redis;
 pub mod saml;
 pub mod streaming;
 pub mod tls_client;

@@ -34,6 +34,10 @@ pub struct NodeSpec {
     /// Starts the built-in demo upstream on this address (`host:port`), for trying Gantry out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub demo_upstream: Option<String>,
+    /// Stores shared by policies that keep state outside the process (rate limit counters in
+    /// Redis). The in-memory store is always there and needs no settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stores: Option<StoresSpec>,
 }
 
 impl Default for NodeSpec {
@@ -46,6 +50,7 @@ impl Default for NodeSpec {
             worker_threads: None,
             access_log: None,
             demo_upstream: None,
+            stores: None,
         }
     }
 }
@@ -223,6 +228,63 @@ pub struct AccessLogSpec {
 
 fn default_queue_capacity() -> usize {
     16 * 1024
+}
+
+/// Stores that policies may keep state in, beyond the process's own memory.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoresSpec {
+    /// A Redis server or Redis Cluster, for limits shared by every gateway process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSpec>,
+}
+
+/// How to reach Redis. One connection to a node carries many requests at once (pipelined),
+/// so a few connections serve a whole process.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSpec {
+    /// `redis://host:port[/db]` of the server, or of several nodes of a Redis Cluster (the
+    /// other nodes are discovered). Credentials go in `username` and `password`, not here.
+    pub urls: Vec<String>,
+    /// The nodes form a Redis Cluster: keys are spread over its slots and requests follow them.
+    #[serde(default)]
+    pub cluster: bool,
+    /// User name for Redis ACLs (`AUTH username password`). Absent: the default user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Password (`requirepass` or the ACL user's). Shown as `***` by the admin API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret<String>>,
+    /// Connections kept open per process (per cluster client with `cluster`), each carrying
+    /// pipelined requests; requests are spread over them in turn.
+    #[serde(default = "default_redis_pool_size")]
+    pub pool_size: usize,
+    /// Longest wait for one answer; past it the request is treated as a store error.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout: Duration,
+    /// Longest wait for a new connection.
+    #[serde(default = "default_redis_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Put before every key Gantry writes, so several gateways or applications can share a server.
+    #[serde(default = "default_redis_key_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_redis_pool_size() -> usize {
+    2
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(100)
+}
+
+fn default_redis_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_redis_key_prefix() -> String {
+    "gantry:".to_owned()
 }
 
 #[cfg(test)]
