@@ -22,22 +22,25 @@ use gantry_dataplane::upstream::{
 };
 use gantry_dataplane::Snapshot;
 use gantry_policy_api::{BuildContext, ConsumerDirectory, Stage};
+use gantry_state::Stores;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
 /// Checks and compiles `spec` into generation `generation`. Upstream state (endpoint
-/// health, connection pools) is taken from `states`, so it survives the swap.
+/// health, connection pools) is taken from `states`, and policies keep their counters in
+/// `stores`, so both survive the swap.
 pub fn compile_snapshot(
     spec: &GatewaySpec,
     generation: u64,
     states: &UpstreamStates,
+    stores: &Stores,
 ) -> Result<Snapshot, ConfigErrors> {
     let mut errors = validate_spec(spec);
     let consumers = ConsumerDirectory::build(spec, &gantry_policies::registry::find, &mut errors);
     if !errors.is_empty() {
-        check_policies(spec, &consumers, &mut errors);
+        check_policies(spec, &consumers, stores, &mut errors);
         return Err(errors);
     }
-    let context = BuildContext { spec, consumers: &consumers };
+    let context = BuildContext::new(spec, &consumers).with_stores(stores);
     let root = FieldPath::root();
 
     let mut upstreams: HashMap<&str, Arc<CompiledUpstream>> = HashMap::new();
@@ -131,8 +134,8 @@ pub fn compile_snapshot(
 
 /// Builds every policy of an inconsistent `spec` only to collect its errors, so one pass
 /// reports bad policy settings next to missing references and duplicate ids.
-fn check_policies(spec: &GatewaySpec, consumers: &ConsumerDirectory, errors: &mut ConfigErrors) {
-    let context = BuildContext { spec, consumers };
+fn check_policies(spec: &GatewaySpec, consumers: &ConsumerDirectory, stores: &Stores, errors: &mut ConfigErrors) {
+    let context = BuildContext::new(spec, consumers).with_stores(stores);
     let root = FieldPath::root();
     build_policies(&spec.global_policies, &root.key("global_policies"), &context, errors);
     for (index, service) in spec.services.iter().enumerate() {

@@ -10,6 +10,7 @@ use gantry_config::{ConfigErrors, ConfigSource, GatewaySpec, LoadedConfig, NodeS
 use gantry_dataplane::snapshot::{empty_handle, SnapshotHandle};
 use gantry_dataplane::upstream::health::HealthCheckers;
 use gantry_dataplane::upstream::UpstreamStates;
+use gantry_state::Stores;
 
 use crate::compile::{compile_snapshot, live_endpoints};
 
@@ -41,6 +42,8 @@ pub struct Applied {
 pub struct ControlPlane {
     snapshot: SnapshotHandle,
     states: Arc<UpstreamStates>,
+    /// Counters of policies (rate limits), kept across every swap.
+    stores: Stores,
     health: HealthCheckers,
     applied: Mutex<Applied>,
     source: Option<ConfigSource>,
@@ -68,6 +71,7 @@ impl ControlPlane {
         Self {
             snapshot: empty_handle(),
             states: Arc::new(UpstreamStates::default()),
+            stores: Stores::in_memory(),
             health: HealthCheckers::default(),
             applied: Mutex::new(Applied::default()),
             source,
@@ -75,6 +79,14 @@ impl ControlPlane {
             reload_failures: AtomicU64::new(0),
             unread_save: Mutex::new(None),
         }
+    }
+
+    /// The same control plane with the process's `stores` (policies keep counters there).
+    /// Without it, policies count in a memory store of their own.
+    #[must_use]
+    pub fn with_stores(mut self, stores: Stores) -> Self {
+        self.stores = stores;
+        self
     }
 
     /// The handle the data plane reads.
@@ -168,7 +180,7 @@ impl ControlPlane {
             return Ok(applied.generation);
         }
         let generation = applied.generation + 1;
-        let snapshot = match compile_snapshot(&spec, generation, &self.states) {
+        let snapshot = match compile_snapshot(&spec, generation, &self.states, &self.stores) {
             Ok(snapshot) => snapshot,
             Err(mut errors) => {
                 locate(&mut errors);

@@ -1,8 +1,9 @@
 //! How a policy is built from its settings, and the entry the registry keeps for it.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use gantry_config::{ConfigErrors, FieldPath, GatewaySpec};
+use gantry_state::Stores;
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 
@@ -20,13 +21,35 @@ pub trait Validate {
     }
 }
 
-/// What a factory may consult while building: the whole configuration being compiled.
+/// What a factory may consult while building: the whole configuration being compiled, and
+/// the process's stores. Made with [`BuildContext::new`], so adding a field breaks no caller.
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct BuildContext<'a> {
     /// The configuration being compiled.
     pub spec: &'a GatewaySpec,
     /// Its consumers, with credentials typed by their identity policies.
     pub consumers: &'a ConsumerDirectory,
+    /// Where policies keep state that outlives a snapshot (rate limit counters). Created once
+    /// per process, so a reload keeps every counter.
+    pub stores: &'a Stores,
+}
+
+/// The stores of a context made without any: memory only, shared by every such context.
+static MEMORY_ONLY: LazyLock<Stores> = LazyLock::new(Stores::in_memory);
+
+impl<'a> BuildContext<'a> {
+    /// A context for `spec` and its `consumers`, with an in-memory store shared by every
+    /// context made this way (tests that count give each policy its own with [`Self::with_stores`]).
+    pub fn new(spec: &'a GatewaySpec, consumers: &'a ConsumerDirectory) -> Self {
+        Self { spec, consumers, stores: &MEMORY_ONLY }
+    }
+
+    /// The same context with the process's `stores`.
+    #[must_use]
+    pub fn with_stores(self, stores: &'a Stores) -> Self {
+        Self { stores, ..self }
+    }
 }
 
 /// Builds one kind of policy. Implemented once per policy, listed once in the registry.

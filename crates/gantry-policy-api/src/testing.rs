@@ -1,11 +1,15 @@
 //! Helpers for testing policies without a gateway: build one from YAML, run its hooks.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use gantry_config::{ConfigErrors, FieldPath, GatewaySpec};
+use gantry_state::Stores;
 
 use crate::{BuildContext, ConsumerDirectory, Exchange, Flow, Policy, RegisteredPolicy, RequestParts, ResponseParts};
+
+/// The stores of the helpers that take none: memory only.
+static MEMORY_ONLY: LazyLock<Stores> = LazyLock::new(Stores::in_memory);
 
 /// Builds the policy `entry` from YAML settings, as the compiler would for a global policy.
 pub fn build_policy(entry: RegisteredPolicy, yaml: &str) -> Result<Arc<dyn Policy>, ConfigErrors> {
@@ -13,7 +17,7 @@ pub fn build_policy(entry: RegisteredPolicy, yaml: &str) -> Result<Arc<dyn Polic
         if yaml.trim().is_empty() { serde_json::Value::Object(Default::default()) } else { parse_settings(yaml)? };
     let spec = GatewaySpec::default();
     let consumers = ConsumerDirectory::default();
-    entry.build(&raw, &policy_path(entry.name), &BuildContext { spec: &spec, consumers: &consumers })
+    entry.build(&raw, &policy_path(entry.name), &BuildContext::new(&spec, &consumers))
 }
 
 /// Builds identity policy `entry` from YAML settings, with the consumers of `config_yaml` (a
@@ -24,6 +28,17 @@ pub fn build_identity_policy(
     settings_yaml: &str,
     config_yaml: &str,
 ) -> Result<Arc<dyn Policy>, ConfigErrors> {
+    build_policy_with_stores(entry, settings_yaml, config_yaml, &MEMORY_ONLY)
+}
+
+/// Like [`build_identity_policy`], for any policy, with `stores` as the process's stores (a
+/// policy that counts gets its own stores, so tests running at once never share counters).
+pub fn build_policy_with_stores(
+    entry: RegisteredPolicy,
+    settings_yaml: &str,
+    config_yaml: &str,
+    stores: &Stores,
+) -> Result<Arc<dyn Policy>, ConfigErrors> {
     let raw: serde_json::Value = if settings_yaml.trim().is_empty() {
         serde_json::Value::Object(Default::default())
     } else {
@@ -33,7 +48,8 @@ pub fn build_identity_policy(
     let mut errors = ConfigErrors::default();
     let find = |name: &str| (name == entry.name).then_some(entry);
     let consumers = ConsumerDirectory::build(&spec, &find, &mut errors);
-    let built = entry.build(&raw, &policy_path(entry.name), &BuildContext { spec: &spec, consumers: &consumers });
+    let context = BuildContext::new(&spec, &consumers).with_stores(stores);
+    let built = entry.build(&raw, &policy_path(entry.name), &context);
     match built {
         Ok(policy) => errors.into_result(policy),
         Err(more) => {

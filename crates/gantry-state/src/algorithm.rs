@@ -120,13 +120,22 @@ pub(crate) fn gcra(state: Option<State>, now: u64, emission_interval: Duration, 
     let allow_at = new_tat.saturating_sub(tolerance);
     if now < allow_at {
         let remaining = tolerance.saturating_sub(tat - now) / interval;
-        let decision =
-            Decision { allowed: false, remaining, reset_after: duration(tat - now), retry_after: duration(allow_at - now) };
+        let decision = Decision {
+            allowed: false,
+            remaining,
+            reset_after: duration(tat - now),
+            retry_after: duration(allow_at - now),
+        };
         return Outcome { decision, state: None };
     }
     let remaining = tolerance.saturating_sub(new_tat - now) / interval;
     Outcome {
-        decision: Decision { allowed: true, remaining, reset_after: duration(new_tat - now), retry_after: Duration::ZERO },
+        decision: Decision {
+            allowed: true,
+            remaining,
+            reset_after: duration(new_tat - now),
+            retry_after: Duration::ZERO,
+        },
         state: Some((State::Gcra { tat: new_tat }, new_tat)),
     }
 }

@@ -98,7 +98,10 @@ impl MemoryStore {
 
     /// Keys held now, expired or not yet swept included.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|shard| shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).entries.len()).sum()
+        self.shards
+            .iter()
+            .map(|shard| shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).entries.len())
+            .sum()
     }
 
     /// True when no key is held.

@@ -83,7 +83,8 @@ impl RedisStore {
             errors.push(path.key("urls"), "give at least one `redis://host:port` URL");
         }
         if spec.urls.len() > 1 && !spec.cluster {
-            errors.push(path.key("urls"), "several URLs are only for a Redis Cluster: set `cluster: true`, or give one");
+            errors
+                .push(path.key("urls"), "several URLs are only for a Redis Cluster: set `cluster: true`, or give one");
         }
         if spec.pool_size == 0 {
             errors.push(path.key("pool_size"), "must be at least 1");
@@ -95,7 +96,9 @@ impl RedisStore {
         for (index, url) in spec.urls.iter().enumerate() {
             let at = path.key("urls").index(index);
             match url.as_str().into_connection_info() {
-                Ok(info) if info.redis_settings().password().is_some() || info.redis_settings().username().is_some() => {
+                Ok(info)
+                    if info.redis_settings().password().is_some() || info.redis_settings().username().is_some() =>
+                {
                     // Reported without the URL: it holds a secret.
                     errors.push(at, "the URL holds credentials: give them as `username` and `password`");
                 }
@@ -120,7 +123,8 @@ impl RedisStore {
             Client::Cluster(client)
         } else {
             let info = infos.into_iter().next().ok_or_else(|| ConfigErrors::one(path.key("urls"), "no URL"))?;
-            let client = redis::Client::open(info).map_err(|err| ConfigErrors::one(path.key("urls"), err.to_string()))?;
+            let client =
+                redis::Client::open(info).map_err(|err| ConfigErrors::one(path.key("urls"), err.to_string()))?;
             Client::Single { client, connect_timeout: spec.connect_timeout.get(), timeout: spec.timeout.get() }
         };
         Ok(Self {

@@ -158,9 +158,8 @@ async fn redis_store_decides_like_the_memory_store() {
             assert_eq!(remaining, [2, 1, 0, 0, 0], "{name}: {decisions:?}");
         }
         // Times differ by the microseconds between calls; they must be close to the exact ones.
-        let close = |actual: Duration, expected: Duration| {
-            actual <= expected && expected - actual < Duration::from_secs(2)
-        };
+        let close =
+            |actual: Duration, expected: Duration| actual <= expected && expected - actual < Duration::from_secs(2);
         assert!(close(fixed[3].retry_after, window), "{name}: {:?}", fixed[3]);
         assert!(close(gcra[2].reset_after, Duration::from_secs(60)), "{name}: {:?}", gcra[2]);
         assert!(close(gcra[3].retry_after, Duration::from_secs(20)), "{name}: {:?}", gcra[3]);

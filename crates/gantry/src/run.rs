@@ -14,6 +14,7 @@ use gantry_dataplane::listener::{bind, ListenerSettings, Server};
 use gantry_dataplane::metrics::GatewayMetrics;
 use gantry_dataplane::proxy::Gateway;
 use gantry_dataplane::upstream::UpstreamStates;
+use gantry_state::Stores;
 
 use crate::cli::{RunArgs, ValidateArgs};
 use crate::demo;
@@ -31,7 +32,11 @@ fn source_for(config: Option<&std::path::Path>) -> ConfigSource {
 /// Loads and fully compiles a configuration, as a reload would.
 fn check(source: &ConfigSource) -> Result<LoadedConfig, ConfigErrors> {
     let loaded = source.read()?;
-    if let Err(mut errors) = compile_snapshot(&loaded.spec, 1, &UpstreamStates::default()) {
+    let stores = Stores::from_node(loaded.spec.node.as_ref()).map_err(|mut errors| {
+        loaded.attach_origins(&mut errors);
+        errors
+    })?;
+    if let Err(mut errors) = compile_snapshot(&loaded.spec, 1, &UpstreamStates::default(), &stores) {
         loaded.attach_origins(&mut errors);
         return Err(errors);
     }
@@ -113,7 +118,12 @@ pub fn run(args: RunArgs) -> ExitCode {
 async fn serve(node: NodeSpec, source: ConfigSource, loaded: LoadedConfig, watch: bool) -> Result<(), String> {
     // The node settings as written, so a reload compares against the file and not against
     // the command-line overrides.
-    let control = Arc::new(ControlPlane::new(Some(source.clone()), loaded.spec.node.clone()));
+    // Stores live as long as the process: every reload compiles against the same counters.
+    let stores = Stores::from_node(loaded.spec.node.as_ref()).map_err(|err| err.to_string())?;
+    let connecting = stores.clone();
+    tokio::spawn(async move { connecting.connect().await });
+    let control =
+        Arc::new(ControlPlane::new(Some(source.clone()), loaded.spec.node.clone()).with_stores(stores.clone()));
     control.apply_loaded(&loaded).map_err(|err| err.to_string())?;
 
     if let Some(address) = &node.demo_upstream {
@@ -150,6 +160,7 @@ async fn serve(node: NodeSpec, source: ConfigSource, loaded: LoadedConfig, watch
     }
     let mut metrics = prometheus_client::registry::Registry::default();
     let gateway = Gateway::new(control.snapshot(), access_log, GatewayMetrics::register(&mut metrics));
+    stores.register_metrics(&mut metrics);
     let metrics = Arc::new(metrics);
     let server = Server::start(listeners, gateway).map_err(|err| format!("cannot start the listeners: {err}"))?;
     for (address, spec) in server.local_addrs().iter().zip(&node.listeners) {

@@ -4,7 +4,7 @@ use super::*;
 
 fn compile(yaml: &str) -> Result<Snapshot, ConfigErrors> {
     let spec = load_str(yaml).expect("test YAML parses");
-    compile_snapshot(&spec, 1, &UpstreamStates::default())
+    compile_snapshot(&spec, 1, &UpstreamStates::default(), &gantry_state::Stores::in_memory())
 }
 
 const UPSTREAM: &str = "upstreams:\n  - id: up\n    endpoints: [127.0.0.1:9]\n";
@@ -89,7 +89,7 @@ fn reports_clashing_templates_at_the_route_path() {
 fn keeps_endpoint_state_across_compiles() {
     let states = UpstreamStates::default();
     let spec = load_str(&format!("{UPSTREAM}routes:\n  - id: r\n    paths: [/x]\n    upstream: up\n")).expect("parses");
-    let first = compile_snapshot(&spec, 1, &states).expect("valid");
-    let second = compile_snapshot(&spec, 2, &states).expect("valid");
+    let first = compile_snapshot(&spec, 1, &states, &gantry_state::Stores::in_memory()).expect("valid");
+    let second = compile_snapshot(&spec, 2, &states, &gantry_state::Stores::in_memory()).expect("valid");
     assert!(std::sync::Arc::ptr_eq(&first.upstreams[0].endpoints[0].state, &second.upstreams[0].endpoints[0].state));
 }

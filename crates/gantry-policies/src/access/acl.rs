@@ -160,7 +160,7 @@ mod tests {
             .remove(0)
             .config;
         RegisteredPolicy::of::<Acl>()
-            .build(&raw, &FieldPath::root(), &BuildContext { spec: &spec, consumers: &consumers })
+            .build(&raw, &FieldPath::root(), &BuildContext::new(&spec, &consumers))
             .unwrap_or_else(|errors| panic!("{errors}"))
     }
 

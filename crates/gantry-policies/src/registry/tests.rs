@@ -128,7 +128,7 @@ fn loads_and_builds_every_yaml_example_in_the_docs() {
             let mut credential_errors = ConfigErrors::default();
             let consumers = ConsumerDirectory::build(&spec, &find, &mut credential_errors);
             assert!(credential_errors.is_empty(), "{example}: {credential_errors}\n{block}");
-            let context = BuildContext { spec: &spec, consumers: &consumers };
+            let context = BuildContext::new(&spec, &consumers);
             for (path, entry) in entries {
                 uses_itself |= entry.name == policy.name;
                 let registered = find(&entry.name).unwrap_or_else(|| panic!("{example}: unknown policy at {path}"));
@@ -251,7 +251,7 @@ fn loads_and_builds_every_yaml_example_in_the_docs_index() {
         let mut credential_errors = ConfigErrors::default();
         let consumers = ConsumerDirectory::build(&spec, &find, &mut credential_errors);
         assert!(credential_errors.is_empty(), "{credential_errors}\n{block}");
-        let context = BuildContext { spec: &spec, consumers: &consumers };
+        let context = BuildContext::new(&spec, &consumers);
         for (path, entry) in policy_entries(&spec) {
             let registered = find(&entry.name).unwrap_or_else(|| panic!("unknown policy at {path}\n{block}"));
             if let Err(errors) = registered.build(&entry.config, &path, &context) {

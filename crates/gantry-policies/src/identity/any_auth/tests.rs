@@ -21,11 +21,7 @@ fn build(settings: &str) -> Result<Arc<dyn Policy>, ConfigErrors> {
         .global_policies
         .remove(0)
         .config;
-    RegisteredPolicy::of::<AnyAuth>().build(
-        &raw,
-        &policy_path("any_auth"),
-        &BuildContext { spec: &spec, consumers: &consumers },
-    )
+    RegisteredPolicy::of::<AnyAuth>().build(&raw, &policy_path("any_auth"), &BuildContext::new(&spec, &consumers))
 }
 
 const TWO_HEADERS: &str =

@@ -65,7 +65,7 @@ fn compiled(settings: serde_json::Value) -> CompiledLdapAuth {
     let consumers = ConsumerDirectory::build(&spec, &find, &mut errors);
     assert!(errors.is_empty(), "{errors}");
     let config: Config = serde_json::from_value(settings).expect("settings parse");
-    let context = BuildContext { spec: &spec, consumers: &consumers };
+    let context = BuildContext::new(&spec, &consumers);
     LdapAuth::compile(config, &FieldPath::root(), &context).unwrap_or_else(|errors| panic!("{errors}"))
 }
 

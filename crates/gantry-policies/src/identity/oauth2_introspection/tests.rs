@@ -422,8 +422,8 @@ fn keeps_results_until_the_token_expires_or_the_cache_ttl_ends_whichever_is_firs
     let spec = gantry_config::GatewaySpec::default();
     let consumers = gantry_policy_api::ConsumerDirectory::default();
     let path = gantry_policy_api::testing::policy_path(OAuth2Introspection::NAME);
-    let compiled = compile(config, &path, &BuildContext { spec: &spec, consumers: &consumers })
-        .unwrap_or_else(|errors| panic!("{errors}"));
+    let compiled =
+        compile(config, &path, &BuildContext::new(&spec, &consumers)).unwrap_or_else(|errors| panic!("{errors}"));
     let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
     let active = |exp: Option<u64>| IntrospectionResponse {
         active: true,
