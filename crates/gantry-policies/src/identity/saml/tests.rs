@@ -36,7 +36,7 @@ fn compiled_with(settings: serde_json::Value, consumers_yaml: &str) -> CompiledS
     };
     let mut errors = ConfigErrors::default();
     let consumers = ConsumerDirectory::build(&spec, &|_| None, &mut errors);
-    let context = BuildContext { spec: &spec, consumers: &consumers };
+    let context = BuildContext::new(&spec, &consumers);
     match compile(config, &policy_path("saml"), &context) {
         Ok(policy) => policy,
         Err(errors) => panic!("settings rejected: {errors:?}"),
