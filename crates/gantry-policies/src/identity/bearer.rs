@@ -2,8 +2,10 @@
 //! bearer token is found in a request (RFC 6750 §2), how it is removed before the request goes
 //! upstream, how a checked token's claims name a consumer, and the challenges they answer with.
 //!
-//! Runs per request, before any remote call: a few header lookups, no allocation but the token.
+//! Runs per request, before any remote call: a few header lookups; the token is borrowed from
+//! the request.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -11,9 +13,11 @@ use gantry_config::{ConfigErrors, FieldPath};
 use gantry_policy_api::identity::{forbidden, quoted, unauthorized};
 use gantry_policy_api::{Consumer, CredentialEntry, Identity, PolicyResponse, RequestParts, Validate};
 use http::header::AUTHORIZATION;
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use schemars::JsonSchema;
 use serde::Deserialize;
+
+use super::request_credentials::{self, bearer_or_bare_token, bearer_token, CredentialSource};
 
 /// A consumer's credential for a token-checking policy: the value of the token's consumer
 /// claim (`sub` by default) that stands for this consumer.
@@ -46,16 +50,14 @@ pub(crate) fn check_subjects(credentials: &[CredentialEntry<'_, SubjectCredentia
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Found {
     Authorization,
-    Header,
-    Query,
+    Elsewhere(request_credentials::Found),
 }
 
 /// Where tokens are looked for: `Authorization: Bearer` first, then an optional header holding
-/// the bare token, then an optional query parameter.
+/// the bare token (or a whole `Bearer` credential), then an optional query parameter.
 #[derive(Debug)]
 pub(crate) struct TokenSource {
-    header: Option<HeaderName>,
-    query: Option<String>,
+    elsewhere: CredentialSource,
 }
 
 impl TokenSource {
@@ -66,39 +68,18 @@ impl TokenSource {
         path: &FieldPath,
         errors: &mut ConfigErrors,
     ) -> Self {
-        let header = header.and_then(|name| match HeaderName::from_bytes(name.as_bytes()) {
-            Ok(name) => Some(name),
-            Err(_) => {
-                errors.push(path.key("header"), format!("`{name}` is not a header name"));
-                None
-            }
-        });
-        if query.is_some_and(str::is_empty) {
-            errors.push(path.key("query"), "name the query parameter, or leave `query` out");
-        }
-        Self { header, query: query.filter(|name| !name.is_empty()).map(str::to_owned) }
+        let elsewhere = CredentialSource::build(header, query, None, path, errors);
+        CredentialSource::check_names(query, None, path, errors);
+        Self { elsewhere }
     }
 
     /// The token a request carries, and where.
-    pub(crate) fn find(&self, request: &RequestParts) -> Option<(String, Found)> {
+    pub(crate) fn find<'r>(&self, request: &'r RequestParts) -> Option<(Cow<'r, str>, Found)> {
         if let Some(token) = request.headers.get(AUTHORIZATION).and_then(bearer_token) {
-            return Some((token.to_owned(), Found::Authorization));
+            return Some((Cow::Borrowed(token), Found::Authorization));
         }
-        if let Some(value) = self.header.as_ref().and_then(|name| request.headers.get(name)) {
-            // The header may hold the bare token or a whole `Bearer` credential.
-            let token = bearer_token(value).or_else(|| value.to_str().ok().map(str::trim));
-            if let Some(token) = token.filter(|token| !token.is_empty()) {
-                return Some((token.to_owned(), Found::Header));
-            }
-        }
-        if let Some(name) = &self.query {
-            let query = request.uri.query().unwrap_or_default();
-            let found = form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == name);
-            if let Some((_, token)) = found.filter(|(_, token)| !token.is_empty()) {
-                return Some((token.into_owned(), Found::Query));
-            }
-        }
-        None
+        let (token, found) = self.elsewhere.find_token(request, bearer_or_bare_token)?;
+        Some((token, Found::Elsewhere(found)))
     }
 
     /// Removes the token found at `found` from the request.
@@ -107,46 +88,7 @@ impl TokenSource {
             Found::Authorization => {
                 request.headers.remove(AUTHORIZATION);
             }
-            Found::Header => {
-                if let Some(name) = &self.header {
-                    request.headers.remove(name);
-                }
-            }
-            Found::Query => {
-                if let Some(name) = &self.query {
-                    remove_query_parameter(request, name);
-                }
-            }
-        }
-    }
-}
-
-/// The token of a `Bearer` credential; the scheme is case-insensitive (RFC 9110 §11.1).
-pub(crate) fn bearer_token(value: &HeaderValue) -> Option<&str> {
-    let value = value.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
-fn remove_query_parameter(request: &mut RequestParts, name: &str) {
-    let Some(query) = request.uri.query() else { return };
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| {
-            let key = pair.split_once('=').map_or(*pair, |(key, _)| key);
-            form_urlencoded::parse(key.as_bytes()).next().is_none_or(|(decoded, _)| decoded != name)
-        })
-        .collect();
-    let path = request.uri.path();
-    let path_and_query = if kept.is_empty() { path.to_owned() } else { format!("{path}?{}", kept.join("&")) };
-    let mut parts = request.uri.clone().into_parts();
-    // The kept pairs are a subset of a query that was valid, so this parses; if it did not,
-    // the token would stay, which the upstream tolerates better than a broken URI.
-    if let Ok(path_and_query) = path_and_query.parse() {
-        parts.path_and_query = Some(path_and_query);
-        if let Ok(uri) = http::Uri::from_parts(parts) {
-            request.uri = uri;
+            Found::Elsewhere(found) => self.elsewhere.remove(request, found),
         }
     }
 }

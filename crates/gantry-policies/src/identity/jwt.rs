@@ -10,7 +10,7 @@ use gantry_policy_api::{
     BuildContext, Consumer, CredentialEntry, Exchange, Flow, Hook, Hooks, Identity, IdentityFactory, Policy,
     PolicyFactory, PolicyResponse, RequestParts, Stage, Validate,
 };
-use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use http::StatusCode;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Header, Validation};
@@ -19,12 +19,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::identity::jwks::{install_crypto_provider, JwksCache, JwksError, JwksSettings, KeySet, VerifyingKey};
+use crate::identity::request_credentials::{bearer_or_bare_token, bearer_token, CredentialSource, Found};
 
 mod claims;
-mod token;
 
 use claims::ClaimNames;
-use token::{Found, TokenSource};
 
 /// Settings of `jwt`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -269,12 +268,7 @@ impl Validate for Config {
                 errors.push(path.key("required_claims").index(index), "name the claim");
             }
         }
-        if self.query.as_deref().is_some_and(str::is_empty) {
-            errors.push(path.key("query"), "name the query parameter, or leave `query` out");
-        }
-        if self.cookie.as_deref().is_some_and(str::is_empty) {
-            errors.push(path.key("cookie"), "name the cookie, or leave `cookie` out");
-        }
+        CredentialSource::check_names(self.query.as_deref(), self.cookie.as_deref(), path, errors);
         if HeaderValue::from_str(&quoted(&self.realm)).is_err() {
             errors.push(path.key("realm"), "must be printable text without line breaks");
         }
@@ -339,14 +333,18 @@ impl PolicyFactory for Jwt {
     fn build(config: Config, path: &FieldPath, context: &BuildContext<'_>) -> Result<Arc<dyn Policy>, ConfigErrors> {
         install_crypto_provider();
         let mut errors = ConfigErrors::default();
-        let header = HeaderName::from_bytes(config.header.as_bytes())
-            .map_err(|_| errors.push(path.key("header"), format!("`{}` is not a header name", config.header)))
-            .ok();
+        let source = CredentialSource::build(
+            Some(&config.header),
+            config.query.as_deref(),
+            config.cookie.as_deref(),
+            path,
+            &mut errors,
+        );
         let keys = build_keys(&config, path, &mut errors);
         let claim_headers = build_claim_headers(&config.claims_to_headers, &path.key("claims_to_headers"), &mut errors);
         let anonymous = context.consumers.anonymous(config.anonymous_consumer.as_deref(), path, &mut errors);
         errors.into_result(())?;
-        let (Some(header), Some(keys)) = (header, keys) else {
+        let Some(keys) = keys else {
             // Whatever kept them from being built was reported by `validate`.
             return Err(ConfigErrors::default());
         };
@@ -376,7 +374,10 @@ impl PolicyFactory for Jwt {
         }
         let consumer_claim = &config.consumer_claim;
         Ok(Arc::new(CompiledJwt {
-            source: TokenSource { header, query: config.query, cookie: config.cookie },
+            // `Authorization` holds credentials of other schemes too; other headers may hold
+            // the bare token.
+            read_header: if source.header() == Some(&AUTHORIZATION) { bearer_token } else { bearer_or_bare_token },
+            source,
             keys,
             validations,
             names,
@@ -547,7 +548,9 @@ enum Keys {
 /// verifies with the matching key (no lock, no wait, unless a key set must be fetched), and
 /// reads only the claims the settings name, in place.
 struct CompiledJwt {
-    source: TokenSource,
+    source: CredentialSource,
+    /// How the token is read from the source's header.
+    read_header: fn(&HeaderValue) -> Option<&str>,
     keys: Keys,
     validations: Vec<(Algorithm, Validation)>,
     names: ClaimNames,
@@ -752,7 +755,7 @@ impl Policy for CompiledJwt {
     }
 
     fn on_request<'a>(&'a self, request: &'a mut RequestParts, exchange: &'a mut Exchange) -> Hook<'a> {
-        let Some((token, found)) = self.source.find(request) else {
+        let Some((token, found)) = self.source.find_token(request, self.read_header) else {
             if let Some(anonymous) = &self.anonymous {
                 self.strip_claim_headers(request);
                 exchange.authenticate(Identity::anonymous(anonymous.clone(), Jwt::NAME));

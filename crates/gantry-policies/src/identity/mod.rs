@@ -13,4 +13,5 @@ pub mod ldap_auth;
 pub mod mtls_auth;
 pub mod oauth2_introspection;
 pub mod oidc;
+mod request_credentials;
 pub mod saml;

@@ -417,6 +417,8 @@ impl Policy for CompiledIntrospection {
             }
             return self.challenges.missing("the request carries no bearer token").into();
         };
+        // The call outlives the borrow of the request, which it changes at the end.
+        let token = token.into_owned();
         Hook::Wait(Box::pin(async move {
             let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
             // Requests with the same token wait for one call; a failure is handed to them all

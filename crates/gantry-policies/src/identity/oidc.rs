@@ -16,10 +16,11 @@ use jsonwebtoken::{Algorithm, Header, Validation};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::bearer::{bearer_token, check_realm, check_subjects, Challenges, ConsumerMapping, SubjectCredential};
+use super::bearer::{check_realm, check_subjects, Challenges, ConsumerMapping, SubjectCredential};
 use super::jwks::{install_crypto_provider, JwksError, JwksSettings, KeySet};
 use super::jwt::JwtAlgorithm;
 use super::oauth2_introspection::ClientAuth;
+use super::request_credentials::bearer_token;
 
 mod discovery;
 mod login;

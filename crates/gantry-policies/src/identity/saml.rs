@@ -22,7 +22,7 @@ use gantry_policy_api::{
     BuildContext, Consumer, Exchange, Flow, Hook, Hooks, Identity, Policy, PolicyFactory, PolicyResponse, RequestBody,
     RequestParts, Stage, Validate,
 };
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, HOST, LOCATION, SET_COOKIE};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HOST, LOCATION, SET_COOKIE};
 use http::{HeaderValue, Method, StatusCode};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use self::metadata::{parse_certificate, parse_metadata, IdpMetadata};
 use self::response::{check_response, Expected};
 use self::seal::{Purpose, Sealer};
+use super::request_credentials::{cookie, remove_cookies};
 
 /// Settings of `saml`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -596,35 +597,6 @@ fn append_cookie(response: &mut PolicyResponse, cookie: &str) {
 fn internal_error(detail: &str) -> PolicyResponse {
     tracing::error!(detail, "saml policy failed");
     problem_response(StatusCode::INTERNAL_SERVER_ERROR, "internal-error", "Internal Server Error", Some(detail))
-}
-
-/// `name=value` pairs of every `Cookie` header (RFC 6265 §5.4).
-fn cookies(request: &RequestParts) -> impl Iterator<Item = (&str, &str)> {
-    request
-        .headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-}
-
-fn cookie<'r>(request: &'r RequestParts, name: &str) -> Option<&'r str> {
-    cookies(request).find(|(key, _)| *key == name).map(|(_, value)| value)
-}
-
-fn remove_cookies(request: &mut RequestParts, names: &[&str]) {
-    if !cookies(request).any(|(key, _)| names.contains(&key)) {
-        return;
-    }
-    let kept: Vec<String> =
-        cookies(request).filter(|(key, _)| !names.contains(key)).map(|(key, value)| format!("{key}={value}")).collect();
-    request.headers.remove(COOKIE);
-    if !kept.is_empty() {
-        if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
-            request.headers.insert(COOKIE, value);
-        }
-    }
 }
 
 #[cfg(test)]

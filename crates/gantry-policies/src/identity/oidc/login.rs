@@ -15,10 +15,9 @@ use http::{HeaderValue, StatusCode};
 use serde::Deserialize;
 
 use super::discovery::describe;
-use super::session::{
-    clear_cookie, cookie, pkce_challenge, random_token, remove_cookie, set_cookie, PendingLogin, Sealer, Session,
-};
+use super::session::{clear_cookie, pkce_challenge, random_token, set_cookie, PendingLogin, Sealer, Session};
 use super::{now_secs, unavailable, ClientAuth, CompiledOidc, LoginConfig, Refusal};
+use crate::identity::request_credentials::{cookie, remove_cookies};
 
 /// How long a browser may take between the redirect to the provider and the callback.
 const LOGIN_TTL_SECS: u64 = 600;
@@ -187,7 +186,7 @@ impl Login {
             Ok(identity) => {
                 exchange.authenticate(identity);
                 if oidc.hide_credentials {
-                    remove_cookie(request, &self.cookie_name);
+                    remove_cookies(request, &[&self.cookie_name]);
                 }
                 Some(Flow::Continue)
             }

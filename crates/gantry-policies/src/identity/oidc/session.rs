@@ -8,9 +8,6 @@ use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LE
 use aws_lc_rs::hkdf::{Salt, HKDF_SHA256};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use gantry_policy_api::RequestParts;
-use http::header::COOKIE;
-use http::HeaderValue;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -116,34 +113,6 @@ pub(crate) fn random_token() -> Option<String> {
 pub(crate) fn pkce_challenge(verifier: &str) -> String {
     use sha2::Digest;
     URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()))
-}
-
-/// `name=value` pairs of every `Cookie` header (RFC 6265 §5.4).
-fn cookies(request: &RequestParts) -> impl Iterator<Item = (&str, &str)> {
-    request
-        .headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-}
-
-/// The value of cookie `name`, if the request carries it.
-pub(crate) fn cookie<'r>(request: &'r RequestParts, name: &str) -> Option<&'r str> {
-    cookies(request).find(|(key, _)| *key == name).map(|(_, value)| value)
-}
-
-/// Removes cookie `name` from the request, keeping the others.
-pub(crate) fn remove_cookie(request: &mut RequestParts, name: &str) {
-    let kept: Vec<String> =
-        cookies(request).filter(|(key, _)| *key != name).map(|(key, value)| format!("{key}={value}")).collect();
-    request.headers.remove(COOKIE);
-    if !kept.is_empty() {
-        if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
-            request.headers.insert(COOKIE, value);
-        }
-    }
 }
 
 /// A `Set-Cookie` value: HttpOnly, `SameSite=Lax` (sent on the provider's top-level redirect

@@ -4,6 +4,7 @@ use std::time::{Duration, SystemTime};
 use gantry_config::GatewaySpec;
 use gantry_policy_api::testing::{build_policy_error, exchange_from, policy_path, request_parts, run_request};
 use gantry_policy_api::{ConsumerDirectory, RegisteredPolicy};
+use http::header::COOKIE;
 use serde_json::json;
 
 use super::*;
