@@ -42,6 +42,8 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, K
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use serde::Deserialize;
 
+use crate::identity::outbound;
+
 /// Largest key set document read; real ones are a few kilobytes.
 const MAX_JWKS_BYTES: usize = 1 << 20;
 
@@ -472,12 +474,8 @@ impl JwksCache {
             return Err(JwksUrlError::NotHttp(url.to_owned()));
         }
         install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .user_agent("gantry")
-            .build()
-            .map_err(|err| JwksUrlError::Client(err.to_string()))?;
+        let client =
+            outbound::client_builder(settings.timeout).build().map_err(|err| JwksUrlError::Client(err.to_string()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 url: parsed,
@@ -615,39 +613,9 @@ impl Inner {
     }
 
     async fn download(&self) -> Result<KeySet, String> {
-        let mut response = self
-            .client
-            .get(self.url.clone())
-            .header(http::header::ACCEPT, "application/jwk-set+json, application/json")
-            .send()
-            .await
-            .map_err(|err| describe(&err))?;
-        if !response.status().is_success() {
-            return Err(format!("the server answered {}", response.status()));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|err| describe(&err))? {
-            if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                return Err(format!("the key set is larger than {MAX_JWKS_BYTES} bytes"));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let accept = "application/jwk-set+json, application/json";
+        let body = outbound::get_document(&self.client, &self.url, accept, MAX_JWKS_BYTES).await?;
         KeySet::from_jwks_json(&body)
-    }
-}
-
-/// A reqwest error without its URL (which `loggable` already gives, without secrets).
-fn describe(error: &reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "could not connect"
-    } else {
-        "request failed"
-    };
-    match std::error::Error::source(error) {
-        Some(source) => format!("{kind}: {source}"),
-        None => kind.to_owned(),
     }
 }
 

@@ -13,5 +13,6 @@ pub mod ldap_auth;
 pub mod mtls_auth;
 pub mod oauth2_introspection;
 pub mod oidc;
+mod outbound;
 mod request_credentials;
 pub mod saml;

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::bearer::{check_realm, check_subjects, Challenges, ConsumerMapping, SubjectCredential, TokenSource};
+use super::outbound::{self, BodyError};
 
 /// Settings of `oauth2_introspection`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -167,12 +168,9 @@ fn compile(
     let endpoint = parse_endpoint(&config.introspection_endpoint, &path.key("introspection_endpoint"), &mut errors);
     let tokens = TokenSource::build(config.header.as_deref(), config.query.as_deref(), path, &mut errors);
     let anonymous = context.consumers.anonymous(config.anonymous_consumer.as_deref(), path, &mut errors);
-    let http = reqwest::Client::builder()
-        .timeout(config.timeout.get())
-        .connect_timeout(config.timeout.get())
+    let http = outbound::client_builder(config.timeout.get())
         // A redirect would send the client secret somewhere not configured.
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("gantry/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|err| errors.push(path.clone(), format!("cannot set up the HTTP client: {err}")))
         .ok();
@@ -360,13 +358,10 @@ impl CompiledIntrospection {
         if status != StatusCode::OK {
             return Err(IntrospectionError::Status(status));
         }
-        if response.content_length().is_some_and(|length| length > MAX_RESPONSE_BYTES as u64) {
-            return Err(IntrospectionError::Malformed("larger than 64 KiB".to_owned()));
-        }
-        let body = response.bytes().await.map_err(|err| IntrospectionError::Unreachable(err.without_url()))?;
-        if body.len() > MAX_RESPONSE_BYTES {
-            return Err(IntrospectionError::Malformed("larger than 64 KiB".to_owned()));
-        }
+        let body = outbound::read_body(response, MAX_RESPONSE_BYTES).await.map_err(|err| match err {
+            BodyError::TooLarge => IntrospectionError::Malformed("larger than 64 KiB".to_owned()),
+            BodyError::Failed(err) => IntrospectionError::Unreachable(err.without_url()),
+        })?;
         let answer: IntrospectionResponse =
             serde_json::from_slice(&body).map_err(|err| IntrospectionError::Malformed(err.to_string()))?;
         Ok(Arc::new(self.judge(answer, SystemTime::now())))

@@ -13,6 +13,7 @@ use arc_swap::ArcSwapOption;
 use serde::Deserialize;
 
 use crate::identity::jwks::{JwksCache, JwksSettings};
+use crate::identity::outbound;
 
 /// Largest metadata document read; real ones are a few kilobytes.
 const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
@@ -104,11 +105,8 @@ impl Discovery {
         }
         let url = reqwest::Url::parse(&format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/')))
             .map_err(|err| format!("not a URL: {err}"))?;
-        let client = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
+        let client = outbound::client_builder(settings.timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("gantry/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|err| format!("cannot set up the HTTP client: {err}"))?;
         Ok(Self {
@@ -201,23 +199,7 @@ impl Inner {
     }
 
     async fn download(&self) -> Result<Metadata, String> {
-        let mut response = self
-            .client
-            .get(self.url.clone())
-            .header(http::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|err| describe(&err))?;
-        if !response.status().is_success() {
-            return Err(format!("the provider answered {}", response.status()));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|err| describe(&err))? {
-            if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-                return Err(format!("the metadata is larger than {MAX_DOCUMENT_BYTES} bytes"));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = outbound::get_document(&self.client, &self.url, "application/json", MAX_DOCUMENT_BYTES).await?;
         self.parse(&body)
     }
 
@@ -241,20 +223,5 @@ impl Inner {
             jwks,
             fetched_at: Instant::now(),
         })
-    }
-}
-
-/// A reqwest error without its URL.
-pub(crate) fn describe(error: &reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "could not connect"
-    } else {
-        "request failed"
-    };
-    match std::error::Error::source(error) {
-        Some(source) => format!("{kind}: {source}"),
-        None => kind.to_owned(),
     }
 }

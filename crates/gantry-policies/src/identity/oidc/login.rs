@@ -14,9 +14,9 @@ use http::header::{CACHE_CONTROL, HOST, LOCATION, SET_COOKIE};
 use http::{HeaderValue, StatusCode};
 use serde::Deserialize;
 
-use super::discovery::describe;
 use super::session::{clear_cookie, pkce_challenge, random_token, set_cookie, PendingLogin, Sealer, Session};
 use super::{now_secs, unavailable, ClientAuth, CompiledOidc, LoginConfig, Refusal};
+use crate::identity::outbound::{self, describe};
 use crate::identity::request_credentials::{cookie, remove_cookies};
 
 /// How long a browser may take between the redirect to the provider and the callback.
@@ -98,12 +98,9 @@ impl Login {
             RedirectUri::Path(path) => path.split('?').next().unwrap_or(path).to_owned(),
             RedirectUri::Absolute(url) => url.path().to_owned(),
         };
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
+        let http = outbound::client_builder(timeout)
             // A redirect would send the client secret and the code somewhere not configured.
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("gantry/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|err| errors.push(path.clone(), format!("cannot set up the HTTP client: {err}")))
             .ok()?;
@@ -347,7 +344,7 @@ impl Login {
                 form.push(("client_secret", self.client_secret.expose()));
             }
         }
-        let mut response = call.form(&form).send().await.map_err(|err| {
+        let response = call.form(&form).send().await.map_err(|err| {
             tracing::warn!(error = %describe(&err), "token request failed");
             unavailable()
         })?;
@@ -364,16 +361,7 @@ impl Login {
                 "the OpenID provider did not accept the authorization code",
             ));
         }
-        let mut body = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_TOKEN_RESPONSE_BYTES => {
-                    body.extend_from_slice(&chunk)
-                }
-                Ok(None) => break,
-                Ok(Some(_)) | Err(_) => return Err(unavailable()),
-            }
-        }
+        let body = outbound::read_body(response, MAX_TOKEN_RESPONSE_BYTES).await.map_err(|_| unavailable())?;
         serde_json::from_slice(&body).map_err(|_| {
             tracing::warn!("the token response carries no ID token");
             unavailable()
