@@ -1,5 +1,6 @@
 //! Body types of the hot path: enums over the few concrete bodies, so that no body is boxed;
-//! the streamed body limit; and [`discard`], which reads away a client body the gateway
+//! the streamed body limit; [`HoldingBody`], which keeps a request's policy state until its
+//! response has been sent; and [`discard`], which reads away a client body the gateway
 //! answered without using.
 
 use std::pin::Pin;
@@ -25,6 +26,8 @@ pub enum GatewayBody {
     Upstream(Incoming, crate::upstream::InFlight),
     /// A client body cut off once it exceeds a limit.
     Limited(LimitedBody),
+    /// A response body that keeps what policies left in the exchange alive until it ends.
+    Holding(HoldingBody),
     /// Made by the gateway (a policy response, a problem document).
     Full(Full<Bytes>),
     /// No body.
@@ -48,6 +51,7 @@ impl Body for GatewayBody {
                 Pin::new(body).poll_frame(cx).map_err(PeerBodyError::boxed)
             }
             GatewayBody::Limited(body) => Pin::new(body).poll_frame(cx),
+            GatewayBody::Holding(body) => Pin::new(body).poll_frame(cx),
             GatewayBody::Full(body) => Pin::new(body).poll_frame(cx).map_err(|never| match never {}),
             GatewayBody::Empty => Poll::Ready(None),
         }
@@ -57,6 +61,7 @@ impl Body for GatewayBody {
         match self {
             GatewayBody::Streamed(body) | GatewayBody::Upstream(body, _) => body.is_end_stream(),
             GatewayBody::Limited(body) => body.is_end_stream(),
+            GatewayBody::Holding(body) => body.is_end_stream(),
             GatewayBody::Full(body) => body.is_end_stream(),
             GatewayBody::Empty => true,
         }
@@ -66,6 +71,7 @@ impl Body for GatewayBody {
         match self {
             GatewayBody::Streamed(body) | GatewayBody::Upstream(body, _) => body.size_hint(),
             GatewayBody::Limited(body) => body.size_hint(),
+            GatewayBody::Holding(body) => body.size_hint(),
             GatewayBody::Full(body) => body.size_hint(),
             GatewayBody::Empty => SizeHint::with_exact(0),
         }
@@ -153,6 +159,52 @@ impl Body for LimitedBody {
     }
 }
 
+/// A response body together with the exchange's extensions, in which policies leave what must
+/// live as long as the response (a `concurrency_limit` slot). They are dropped when the body
+/// ends or fails, or when the body itself is dropped because the client went away, whichever
+/// comes first: a request counts until its last byte, not just its response head.
+#[derive(Debug)]
+pub struct HoldingBody {
+    // Boxed: `GatewayBody` cannot contain itself. Only responses with something to hold pay
+    // for the allocation.
+    inner: Box<GatewayBody>,
+    held: Option<http::Extensions>,
+}
+
+impl HoldingBody {
+    /// `inner`, holding `held` until it ends.
+    pub fn new(inner: GatewayBody, held: http::Extensions) -> Self {
+        Self { inner: Box::new(inner), held: Some(held) }
+    }
+
+    /// Whether the held state is still alive (the body has not ended yet).
+    pub fn is_holding(&self) -> bool {
+        self.held.is_some()
+    }
+}
+
+impl Body for HoldingBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut *this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            this.held = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// How long [`discard`] goes on reading a body the gateway will not use.
 const DISCARD_FOR: Duration = Duration::from_secs(5);
 
@@ -176,4 +228,51 @@ pub fn discard(body: Incoming) {
         let mut body = body;
         let _ = tokio::time::timeout(DISCARD_FOR, async { while let Some(Ok(_)) = body.frame().await {} }).await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An extension whose liveness a test can observe through the reference count.
+    #[derive(Clone)]
+    struct Guard {
+        _alive: Arc<()>,
+    }
+
+    fn holding(inner: GatewayBody) -> (HoldingBody, Arc<()>) {
+        let alive = Arc::new(());
+        let mut extensions = http::Extensions::new();
+        extensions.insert(Guard { _alive: alive.clone() });
+        (HoldingBody::new(inner, extensions), alive)
+    }
+
+    #[tokio::test]
+    async fn holds_extensions_until_the_body_has_ended() {
+        let (mut body, alive) = holding(GatewayBody::full("the whole body"));
+        assert_eq!(Arc::strong_count(&alive), 2);
+        let frame = body.frame().await.expect("a data frame").expect("no error");
+        assert_eq!(frame.into_data().expect("data"), "the whole body");
+        assert!(body.is_holding(), "the end of the body has not been read yet");
+        assert_eq!(Arc::strong_count(&alive), 2);
+        assert!(body.frame().await.is_none());
+        assert!(!body.is_holding());
+        assert_eq!(Arc::strong_count(&alive), 1, "the end of the body releases what it held");
+    }
+
+    #[test]
+    fn releases_extensions_when_dropped_before_the_end() {
+        let (body, alive) = holding(GatewayBody::full("never read"));
+        drop(body);
+        assert_eq!(Arc::strong_count(&alive), 1, "a client that went away releases what the body held");
+    }
+
+    #[test]
+    fn reports_the_inner_body_length_and_end() {
+        let (body, _alive) = holding(GatewayBody::full("12345"));
+        assert_eq!(body.size_hint().exact(), Some(5));
+        assert!(!body.is_end_stream());
+        let (empty, _alive) = holding(GatewayBody::Empty);
+        assert!(empty.is_end_stream());
+    }
 }

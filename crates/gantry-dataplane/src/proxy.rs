@@ -16,7 +16,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, AccessRecord};
-use crate::body::{discard, GatewayBody, LimitedBody};
+use crate::body::{discard, GatewayBody, HoldingBody, LimitedBody};
 use crate::forward::{forward, ForwardError, ForwardRequest};
 use crate::headers::{add_forwarded, remove_hop_by_hop, request_id, ClientForwarding, X_REQUEST_ID};
 use crate::metrics::GatewayMetrics;
@@ -132,10 +132,12 @@ impl Gateway {
                 upstream_duration: served.upstream_duration,
             });
         }
-        if is_grpc && is_gateway_error {
-            return into_grpc_error(served.response).await;
+        let response =
+            if is_grpc && is_gateway_error { into_grpc_error(served.response).await } else { served.response };
+        match served.exchange {
+            Some(exchange) => hold_until_sent(response, exchange),
+            None => response,
         }
-        served.response
     }
 
     async fn serve(
@@ -269,12 +271,10 @@ impl Gateway {
         match forward(upstream, forward_request).await {
             Ok(mut forwarded) => {
                 let upgraded = forwarded.response.status() == StatusCode::SWITCHING_PROTOCOLS;
-                if upgraded {
-                    if let Some(client_side) = on_upgrade {
-                        let upstream_side = hyper::upgrade::on(&mut forwarded.response);
-                        tokio::spawn(tunnel(client_side, upstream_side, route.id.clone()));
-                    }
-                }
+                let tunnel_ends = match on_upgrade {
+                    Some(client_side) if upgraded => Some((client_side, hyper::upgrade::on(&mut forwarded.response))),
+                    _ => None,
+                };
                 let (mut head, body) = forwarded.response.into_parts();
                 remove_hop_by_hop(&mut head.headers, upgraded);
                 if upgraded {
@@ -283,6 +283,12 @@ impl Gateway {
                 // The client's protocol decides the response framing, not the upstream's.
                 head.version = Version::HTTP_11;
                 route.pipeline.selected(&exchange).run_response(&mut head, &mut exchange, None);
+                if let Some((client_side, upstream_side)) = tunnel_ends {
+                    // The tunnel outlives the 101 response, so it holds what policies left for
+                    // the length of the exchange (a concurrency slot) until it closes.
+                    let held = std::mem::take(&mut exchange.extensions);
+                    tokio::spawn(tunnel(client_side, upstream_side, route.id.clone(), held));
+                }
                 Served {
                     response: Response::from_parts(head, GatewayBody::Upstream(body, forwarded.in_flight)),
                     route: Some(route.clone()),
@@ -342,6 +348,20 @@ fn discard_unread(parts: &http::request::Parts, body: ClientBody) {
     if parts.version <= Version::HTTP_11 && !awaits_continue {
         discard(body);
     }
+}
+
+/// Keeps what policies left in the exchange's extensions (a `concurrency_limit` slot) alive
+/// until the response body has been sent or the client has gone, so that a policy can count a
+/// request for as long as it occupies the gateway and the upstream, not just until its
+/// response head. Most exchanges leave nothing, and their body is not wrapped.
+fn hold_until_sent(response: Response<GatewayBody>, mut exchange: Exchange) -> Response<GatewayBody> {
+    // Already forwarded; a long download need not keep the request body in memory.
+    exchange.extensions.remove::<RequestBody>();
+    if exchange.extensions.is_empty() {
+        return response;
+    }
+    let held = exchange.extensions;
+    response.map(|body| GatewayBody::Holding(HoldingBody::new(body, held)))
 }
 
 /// Answers with a gateway-made response that every policy of the route gets to see.
@@ -489,8 +509,15 @@ fn is_upgrade_request<B>(request: &Request<B>) -> bool {
             .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Copies bytes both ways between an upgraded client connection and upstream connection.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, route: Arc<str>) {
+/// Copies bytes both ways between an upgraded client connection and upstream connection;
+/// `held` (the exchange's extensions) is dropped when the tunnel closes.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    route: Arc<str>,
+    held: http::Extensions,
+) {
+    let _held = held;
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(err) => {

@@ -1,3 +1,5 @@
 //! Traffic-stage policies: how much a client may send.
 
+pub mod concurrency_limit;
+pub mod limit_key;
 pub mod request_size_limit;
