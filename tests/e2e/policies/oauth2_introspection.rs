@@ -94,6 +94,7 @@ async fn refuses_revoked_and_made_up_tokens_with_401_invalid_token() {
     let missing = client.get(&gateway.url("/api/orders")).await;
     assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
     assert_eq!(missing.header("www-authenticate"), Some("Bearer realm=\"gantry\""));
+    assert_eq!(missing.json()["type"], "https://gantry.dev/problems/missing-token");
     assert_eq!(upstream.requests(), 0, "a refused request reached the upstream");
 }
 

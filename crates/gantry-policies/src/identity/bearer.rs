@@ -196,7 +196,7 @@ impl Challenges {
 
     /// 401 for a request without a token: a bare challenge, no error code (RFC 6750 §3.1).
     pub(crate) fn missing(&self, detail: &str) -> PolicyResponse {
-        unauthorized(&self.missing, "missing-credentials", detail)
+        unauthorized(&self.missing, "missing-token", detail)
     }
 
     /// 401 for a token that is not (or no longer) valid: `error="invalid_token"`.

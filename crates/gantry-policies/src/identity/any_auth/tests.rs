@@ -67,6 +67,34 @@ fn refuses_a_request_without_credentials_with_every_challenge() {
 }
 
 #[test]
+fn takes_a_missing_token_of_the_token_policies_for_missing_credentials() {
+    // Nothing is fetched or called for a request without a token, so the servers named here
+    // never need to exist.
+    let methods = "{methods: [{key_auth: {}}, \
+        {jwt: {realm: j, algorithms: [HS256], keys: [{alg: HS256, secret: a-32-byte-secret-for-hs256-tests}]}}, \
+        {oauth2_introspection: {realm: i, introspection_endpoint: \"http://127.0.0.1:9/x\", \
+            client_id: gw, client_secret: s}}, \
+        {oidc: {realm: o, issuer: \"http://127.0.0.1:9\", client_id: gw}}";
+    let strict = build(&format!("{methods}]}}")).unwrap_or_else(|errors| panic!("{errors}"));
+    let (flow, _) = run(&*strict, &[]);
+    let Flow::Respond(response) = flow else { panic!("must refuse") };
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let challenges: Vec<_> = response.headers().get_all(WWW_AUTHENTICATE).iter().collect();
+    assert_eq!(
+        challenges,
+        ["Key realm=\"gantry\"", "Bearer realm=\"j\"", "Bearer realm=\"i\"", "Bearer realm=\"o\""],
+        "every method's missing answer counts as absent, so every challenge is sent"
+    );
+    let body: serde_json::Value = serde_json::from_slice(response.body()).expect("problem");
+    assert_eq!(body["type"], "https://gantry.dev/problems/missing-credentials");
+
+    let open = build(&format!("{methods}], anonymous_consumer: guest}}")).unwrap_or_else(|errors| panic!("{errors}"));
+    let (flow, exchange) = run(&*open, &[]);
+    assert!(matches!(flow, Flow::Continue));
+    assert!(exchange.identity.expect("anonymous").is_anonymous);
+}
+
+#[test]
 fn reports_wrong_credentials_rather_than_missing_ones() {
     let (flow, _) = run(&*policy(""), &[("x-key-b", "wrong")]);
     let Flow::Respond(response) = flow else { panic!("must refuse") };

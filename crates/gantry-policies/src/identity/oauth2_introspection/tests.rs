@@ -250,7 +250,7 @@ async fn rejects_a_missing_token_with_a_bare_bearer_challenge() {
     let response = answered(flow);
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(response.headers()[WWW_AUTHENTICATE], "Bearer realm=\"gantry\"");
-    assert_eq!(problem_type(&response), "missing-credentials");
+    assert_eq!(problem_type(&response), "missing-token");
     // A request with another scheme carries no bearer token either.
     let basic = http::Request::get("/").header(AUTHORIZATION, "Basic YTpi").body(()).expect("request");
     assert_eq!(response_status(run(&*policy, basic).await.0), Some(StatusCode::UNAUTHORIZED));

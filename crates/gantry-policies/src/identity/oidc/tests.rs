@@ -278,7 +278,7 @@ async fn answers_a_request_without_credentials_with_401_or_the_anonymous_consume
     let response = answered(run(&*policy(&bearer_settings(&provider.issuer(), "")), get("/")).await.0);
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(response.headers()[WWW_AUTHENTICATE], "Bearer realm=\"gantry\"");
-    assert_eq!(problem_type(&response), "missing-credentials");
+    assert_eq!(problem_type(&response), "missing-token");
 
     let anonymous = policy(&bearer_settings(&provider.issuer(), "anonymous_consumer: guest"));
     let (flow, _, exchange) = run(&*anonymous, get("/")).await;
