@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod h2c;
 pub mod jwks;
 pub mod ldap;
+mod node;
 pub mod oidc;
 pub mod raw;
 pub mod redis;

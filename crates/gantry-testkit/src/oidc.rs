@@ -8,20 +8,17 @@
 //! access tokens, or JWTs for [`OidcProvider::RESOURCE`]), the authorization code flow with PKCE
 //! through the provider's development login pages, introspection and revocation.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+
+use crate::node::{test_tools, NodeProcess};
 
 /// The version of `oidc-provider` `scripts/test.sh` installs.
 pub const OIDC_PROVIDER_VERSION: &str = "9.13.3";
 
 /// A running OpenID provider; killed on drop.
 pub struct OidcProvider {
-    child: Option<Child>,
-    port: u16,
-    logs: Arc<Mutex<Vec<String>>>,
+    process: NodeProcess,
     http: reqwest::Client,
 }
 
@@ -45,51 +42,28 @@ impl OidcProvider {
             modules.display()
         );
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets").join("oidc-provider.mjs");
-        let mut child = Command::new("node")
+        let mut command = Command::new("node");
+        command
             .arg(&script)
             .env("GANTRY_TEST_NODE_MODULES", &modules)
             .env("OIDC_CLIENT_ID", Self::CLIENT_ID)
             .env("OIDC_CLIENT_SECRET", Self::CLIENT_SECRET)
             .env("OIDC_RESOURCE", Self::RESOURCE)
-            .env("NODE_ENV", "test")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start node (is Node.js installed?)");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("logs lock").push(line);
-            }
+            .env("NODE_ENV", "test");
+        let process = NodeProcess::start("the OpenID provider", command, |line| {
+            line.strip_prefix("listening ")?.trim().parse().ok()
         });
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (ports, port) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
-            let found = lines.by_ref().find_map(|line| line.strip_prefix("listening ")?.trim().parse::<u16>().ok());
-            let _ = ports.send(found);
-            // Keep draining so the provider never blocks on a full pipe.
-            lines.for_each(drop);
-        });
-        let mut provider = Self { child: Some(child), port: 0, logs, http: reqwest::Client::new() };
-        match port.recv_timeout(crate::deadline()) {
-            Ok(Some(port)) => provider.port = port,
-            _ => panic!("the OpenID provider did not start:\n{}", provider.logs().join("\n")),
-        }
-        provider
+        Self { process, http: reqwest::Client::new() }
     }
 
     /// The issuer, `http://127.0.0.1:<port>`.
     pub fn issuer(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.port())
     }
 
     /// The provider's port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.process.port()
     }
 
     /// The token introspection endpoint (RFC 7662).
@@ -97,9 +71,9 @@ impl OidcProvider {
         format!("{}/token/introspection", self.issuer())
     }
 
-    /// What the provider wrote to stderr so far.
+    /// What the provider printed so far.
     pub fn logs(&self) -> Vec<String> {
-        self.logs.lock().expect("logs lock").clone()
+        self.process.logs()
     }
 
     /// An access token from the client credentials grant with `scope`: opaque without
@@ -138,24 +112,12 @@ impl OidcProvider {
 
     /// Kills the provider and waits until it has exited, so its port refuses connections.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OidcProvider {
-    fn drop(&mut self) {
-        self.stop();
+        self.process.stop();
     }
 }
 
 /// `target/test-tools/oidc-provider/node_modules` of the workspace, or the same below
 /// `$GANTRY_TEST_TOOLS`.
 fn node_modules() -> PathBuf {
-    let tools = std::env::var_os("GANTRY_TEST_TOOLS").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("..").join("target").join("test-tools")
-    });
-    tools.join("oidc-provider").join("node_modules")
+    test_tools().join("oidc-provider").join("node_modules")
 }

@@ -8,25 +8,22 @@
 //! open the login page the gateway redirected to, submit it as a chosen user, and read the
 //! auto-submitting form the IdP answers with.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rsa::{KeyPair, KeySize};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
+use crate::node::{test_tools, NodeProcess};
+
 /// The version of `saml-idp` `scripts/test.sh` installs.
 pub const SAML_IDP_VERSION: &str = "1.2.1";
 
 /// A running identity provider; killed on drop.
 pub struct SamlIdp {
-    child: Option<Child>,
-    port: u16,
-    logs: Arc<Mutex<Vec<String>>>,
+    process: NodeProcess,
     certificate_pem: String,
     _files: tempfile::TempDir,
 }
@@ -70,7 +67,8 @@ impl SamlIdp {
         let certificate = files.path().join("idp-cert.pem");
         std::fs::write(&key, key_pem).expect("write the IdP key");
         std::fs::write(&certificate, &certificate_pem).expect("write the IdP certificate");
-        let mut child = Command::new("node")
+        let mut command = Command::new("node");
+        command
             .arg(&script)
             .args(["--host", "127.0.0.1", "--port", "0", "--issuer", Self::ENTITY_ID])
             .arg("--cert")
@@ -80,49 +78,20 @@ impl SamlIdp {
             // Required, but the AuthnRequest's AssertionConsumerServiceURL is used instead.
             .args(["--acsUrl", "http://127.0.0.1/unused", "--audience", sp_entity_id])
             .current_dir(&tools)
-            .env("FORCE_COLOR", "0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start node (is Node.js installed?)");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("logs lock").push(line);
-            }
+            .env("FORCE_COLOR", "0");
+        // It prints "IdP server ready at" and the base URL on the next line.
+        let mut ready = false;
+        let process = NodeProcess::start("saml-idp", command, move |line| {
+            let port = if ready { line.trim().rsplit(':').next().and_then(|port| port.parse().ok()) } else { None };
+            ready |= line.contains("IdP server ready at");
+            port
         });
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (ports, port) = mpsc::channel();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
-            // It prints "IdP server ready at" and the base URL on the next line.
-            let mut ready = false;
-            let mut sent = false;
-            for line in lines.by_ref() {
-                sink.lock().expect("logs lock").push(line.clone());
-                if ready && !sent {
-                    let port = line.trim().rsplit(':').next().and_then(|port| port.parse::<u16>().ok());
-                    let _ = ports.send(port);
-                    sent = true;
-                }
-                ready |= line.contains("IdP server ready at");
-            }
-        });
-        let mut idp = Self { child: Some(child), port: 0, logs, certificate_pem, _files: files };
-        match port.recv_timeout(crate::deadline()) {
-            Ok(Some(port)) => idp.port = port,
-            _ => panic!("saml-idp did not start:\n{}", idp.logs().join("\n")),
-        }
-        idp
+        Self { process, certificate_pem, _files: files }
     }
 
     /// `http://127.0.0.1:<port>`.
     pub fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.process.port())
     }
 
     /// The single sign-on URL (HTTP-Redirect and HTTP-POST bindings).
@@ -142,7 +111,7 @@ impl SamlIdp {
 
     /// What the IdP printed so far.
     pub fn logs(&self) -> Vec<String> {
-        self.logs.lock().expect("logs lock").clone()
+        self.process.logs()
     }
 
     /// Opens `login_url` (where the service provider redirected the browser), signs in as
@@ -186,25 +155,13 @@ impl SamlIdp {
 
     /// Kills the IdP and waits until it has exited.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for SamlIdp {
-    fn drop(&mut self) {
-        self.stop();
+        self.process.stop();
     }
 }
 
 /// `target/test-tools/saml-idp` of the workspace, or `$GANTRY_TEST_TOOLS/saml-idp`.
 fn tools_dir() -> PathBuf {
-    let tools = std::env::var_os("GANTRY_TEST_TOOLS").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("..").join("target").join("test-tools")
-    });
-    tools.join("saml-idp")
+    test_tools().join("saml-idp")
 }
 
 /// A fresh RSA-2048 key (PKCS#8 PEM) and its self-signed certificate (PEM): the IdP's
