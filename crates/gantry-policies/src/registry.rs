@@ -24,6 +24,7 @@ use crate::identity::oidc::Oidc;
 use crate::identity::saml::Saml;
 use crate::ingress::redirect::Redirect;
 use crate::traffic::concurrency_limit::ConcurrencyLimit;
+use crate::traffic::rate_limit::RateLimit;
 use crate::traffic::request_size_limit::RequestSizeLimit;
 use crate::transform::request_headers::RequestHeaders;
 use crate::transform::response_headers::ResponseHeaders;
@@ -44,6 +45,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<IpRestriction>(),
         RegisteredPolicy::of::<Acl>(),
         RegisteredPolicy::of::<Scopes>(),
+        RegisteredPolicy::of::<RateLimit>(),
         RegisteredPolicy::of::<RequestSizeLimit>(),
         RegisteredPolicy::of::<ConcurrencyLimit>(),
         RegisteredPolicy::of::<RequestHeaders>(),

@@ -128,7 +128,10 @@ fn loads_and_builds_every_yaml_example_in_the_docs() {
             let mut credential_errors = ConfigErrors::default();
             let consumers = ConsumerDirectory::build(&spec, &find, &mut credential_errors);
             assert!(credential_errors.is_empty(), "{example}: {credential_errors}\n{block}");
-            let context = BuildContext::new(&spec, &consumers);
+            // The example's own node settings decide which stores exist (`node.stores.redis`).
+            let stores = gantry_state::Stores::from_node(spec.node.as_ref())
+                .unwrap_or_else(|errors| panic!("{example}: {errors}\n{block}"));
+            let context = BuildContext::new(&spec, &consumers).with_stores(&stores);
             for (path, entry) in entries {
                 uses_itself |= entry.name == policy.name;
                 let registered = find(&entry.name).unwrap_or_else(|| panic!("{example}: unknown policy at {path}"));

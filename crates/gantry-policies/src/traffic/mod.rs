@@ -2,4 +2,5 @@
 
 pub mod concurrency_limit;
 pub mod limit_key;
+pub mod rate_limit;
 pub mod request_size_limit;
