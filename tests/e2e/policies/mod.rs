@@ -16,6 +16,7 @@ mod mtls_auth;
 mod oauth2_introspection;
 mod oidc;
 mod precedence;
+mod rate_limit;
 mod redirect;
 mod request_headers;
 mod request_size_limit;
