@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
+use gantry_testkit::client::{TestClient, TestResponse};
 use gantry_testkit::GatewayProcess;
+use http::{Method, StatusCode};
 
 /// The `gantry` executable built for these tests.
 pub fn gantry_binary() -> &'static Path {
@@ -17,4 +19,29 @@ pub fn start_gateway(yaml: &str) -> GatewayProcess {
 /// A config with one plain listener on port 0 and the given resources.
 pub fn with_listener(resources: &str) -> String {
     format!("node:\n  listeners:\n    - address: 127.0.0.1:0\n{resources}")
+}
+
+/// A config with one plain listener and the admin API (its key `api_key`), both on port 0,
+/// and the given resources.
+pub fn with_admin(api_key: &str, resources: &str) -> String {
+    with_listener(&format!("  admin:\n    address: 127.0.0.1:0\n    api_key: {api_key}\n{resources}"))
+}
+
+/// `GET path` on the gateway's admin API with `api_key`.
+pub async fn admin_get(gateway: &GatewayProcess, api_key: &str, path: &str) -> TestResponse {
+    let url = format!("http://{}{path}", gateway.admin_addr());
+    TestClient::default().request(Method::GET, &url, &[("x-api-key", api_key)], "").await
+}
+
+/// The gateway's counters, `GET /metrics` on its admin API (which asks no key for it).
+pub async fn metrics(gateway: &GatewayProcess) -> String {
+    let response = TestClient::default().get(&format!("http://{}/metrics", gateway.admin_addr())).await;
+    assert_eq!(response.status, StatusCode::OK, "{response:?}");
+    String::from_utf8_lossy(&response.body).into_owned()
+}
+
+/// Asserts that `/metrics` has the line `line` exactly (a counter with its labels and value).
+pub async fn assert_metric(gateway: &GatewayProcess, line: &str) {
+    let text = metrics(gateway).await;
+    assert!(text.lines().any(|own| own == line), "no `{line}` in:\n{text}");
 }

@@ -10,7 +10,8 @@ use gantry_testkit::client::{TestClient, TestResponse};
 use gantry_testkit::{EchoUpstream, GatewayProcess};
 use http::{Method, StatusCode};
 
-use crate::support::start_gateway;
+use super::harness::{assert_policy_answers, assert_unauthorized};
+use crate::support::{admin_get, start_gateway, with_admin};
 
 const ADMIN_KEY: &str = "e2e-admin-key-basic-auth-7d2e";
 const CHALLENGE: &str = "Basic realm=\"e2e\", charset=\"UTF-8\"";
@@ -34,14 +35,10 @@ fn hashes() -> Hashes {
 /// Consumers alice (Argon2id), bob (bcrypt) and carol (clear text), each naming itself to the
 /// upstream through its own `request_headers`; route `/basic/*` with `basic_auth`.
 fn config(upstream: &EchoUpstream, hashes: &Hashes) -> String {
-    format!(
-        "node:
-  listeners:
-    - address: 127.0.0.1:0
-  admin:
-    address: 127.0.0.1:0
-    api_key: {ADMIN_KEY}
-consumers:
+    with_admin(
+        ADMIN_KEY,
+        &format!(
+            "consumers:
   - id: alice
     credentials:
       basic_auth: {{username: alice, password_hash: \"{alice}\"}}
@@ -67,9 +64,10 @@ routes:
     policies:
       - basic_auth: {{realm: e2e}}
 ",
-        alice = hashes.alice_argon2id,
-        bob = hashes.bob_bcrypt,
-        upstream = upstream.addr()
+            alice = hashes.alice_argon2id,
+            bob = hashes.bob_bcrypt,
+            upstream = upstream.addr()
+        ),
     )
 }
 
@@ -80,13 +78,6 @@ fn basic(credentials: &str) -> String {
 async fn get(client: &TestClient, gateway: &GatewayProcess, authorization: Option<&str>) -> TestResponse {
     let headers: Vec<(&str, &str)> = authorization.map(|value| ("authorization", value)).into_iter().collect();
     client.request(Method::GET, &gateway.url("/basic/reports"), &headers, "").await
-}
-
-fn assert_refused(response: &TestResponse, problem: &str) {
-    assert_eq!(response.status, StatusCode::UNAUTHORIZED, "{response:?}");
-    assert_eq!(response.header("www-authenticate"), Some(CHALLENGE));
-    assert_eq!(response.header("content-type"), Some("application/problem+json"));
-    assert_eq!(response.json()["type"], format!("https://gantry.dev/problems/{problem}"));
 }
 
 #[tokio::test]
@@ -117,8 +108,8 @@ async fn refuses_missing_wrong_and_malformed_credentials_before_the_upstream_and
     let gateway = start_gateway(&config(&upstream, &hashes()));
     let client = TestClient::default();
 
-    assert_refused(&get(&client, &gateway, None).await, "missing-credentials");
-    assert_refused(&get(&client, &gateway, Some("Bearer some.jwt.token")).await, "missing-credentials");
+    assert_unauthorized(&get(&client, &gateway, None).await, CHALLENGE, "missing-credentials");
+    assert_unauthorized(&get(&client, &gateway, Some("Bearer some.jwt.token")).await, CHALLENGE, "missing-credentials");
     for authorization in [
         basic("alice:wrong-password-9"),
         basic("mallory:alice-password-1"),
@@ -126,7 +117,7 @@ async fn refuses_missing_wrong_and_malformed_credentials_before_the_upstream_and
         basic("alice-without-colon"),
     ] {
         let response = get(&client, &gateway, Some(&authorization)).await;
-        assert_refused(&response, "invalid-credentials");
+        assert_unauthorized(&response, CHALLENGE, "invalid-credentials");
         let body = String::from_utf8_lossy(&response.body).into_owned();
         assert!(!body.contains("wrong-password-9") && !body.contains("mallory"), "{body}");
     }
@@ -136,13 +127,7 @@ async fn refuses_missing_wrong_and_malformed_credentials_before_the_upstream_and
     for secret in ["wrong-password-9", "alice-password-1", "carol-clear-text-3"] {
         assert!(!logs.contains(secret), "the log shows a password: {logs}");
     }
-    let metrics = client.get(&format!("http://{}/metrics", gateway.admin_addr())).await;
-    assert_eq!(metrics.status, StatusCode::OK);
-    let text = String::from_utf8_lossy(&metrics.body).into_owned();
-    assert!(
-        text.lines().any(|line| line == "gantry_policy_answers_total{policy=\"basic_auth\",status=\"401\"} 6"),
-        "{text}"
-    );
+    assert_policy_answers(&gateway, "basic_auth", 401, 6).await;
 }
 
 #[tokio::test]
@@ -177,17 +162,13 @@ async fn the_admin_api_shows_passwords_and_hashes_as_stars() {
     let upstream = EchoUpstream::start("up").await;
     let hashes = hashes();
     let gateway = start_gateway(&config(&upstream, &hashes));
-    let client = TestClient::default();
-    let admin = format!("http://{}", gateway.admin_addr());
 
     for (consumer, field) in [("alice", "password_hash"), ("bob", "password_hash"), ("carol", "password")] {
-        let response = client
-            .request(Method::GET, &format!("{admin}/consumers/{consumer}"), &[("x-api-key", ADMIN_KEY)], "")
-            .await;
+        let response = admin_get(&gateway, ADMIN_KEY, &format!("/consumers/{consumer}")).await;
         assert_eq!(response.status, StatusCode::OK, "{consumer}: {response:?}");
         assert_eq!(response.json()["credentials"]["basic_auth"][field], "***", "{consumer}");
     }
-    let config = client.request(Method::GET, &format!("{admin}/config"), &[("x-api-key", ADMIN_KEY)], "").await;
+    let config = admin_get(&gateway, ADMIN_KEY, "/config").await;
     let body = String::from_utf8_lossy(&config.body).into_owned();
     for secret in [hashes.alice_argon2id.as_str(), hashes.bob_bcrypt.as_str(), "carol-clear-text-3"] {
         assert!(!body.contains(secret), "/config shows a password or hash: {body}");

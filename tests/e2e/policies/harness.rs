@@ -1,6 +1,7 @@
 //! Helpers the policy tests share: a client that connects from a chosen loopback address and
-//! can stream a chunked body, and an upstream that records exactly what reached it (every
-//! header value, and how much of the body arrived before the stream ended or broke).
+//! can stream a chunked body, an upstream that records exactly what reached it (every header
+//! value, and how much of the body arrived before the stream ended or broke), bearer-token
+//! requests, and checks of refusals and of the answers `/metrics` counts per policy.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -10,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use gantry_testkit::client::TestResponse;
-use http::{Request, Response};
+use gantry_testkit::client::{TestClient, TestResponse};
+use gantry_testkit::GatewayProcess;
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::service::service_fn;
@@ -53,6 +55,27 @@ pub async fn get_from(from: IpAddr, gateway: SocketAddr, path: &str) -> TestResp
     let request =
         Request::get(path).header("host", gateway.to_string()).body(Full::new(Bytes::new())).expect("request");
     send_from(from, gateway, request).await.unwrap_or_else(|err| panic!("GET {path} from {from} failed: {err}"))
+}
+
+/// `GET path` on `gateway` with `Authorization: Bearer <token>`.
+pub async fn get_with_bearer(client: &TestClient, gateway: &GatewayProcess, path: &str, token: &str) -> TestResponse {
+    let authorization = format!("Bearer {token}");
+    client.request(Method::GET, &gateway.url(path), &[("authorization", &authorization)], "").await
+}
+
+/// Asserts a 401 problem document of type `problem` with the challenge `challenge`.
+pub fn assert_unauthorized(response: &TestResponse, challenge: &str, problem: &str) {
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED, "{response:?}");
+    assert_eq!(response.header("www-authenticate"), Some(challenge));
+    assert_eq!(response.header("content-type"), Some("application/problem+json"));
+    assert_eq!(response.json()["type"], format!("https://gantry.dev/problems/{problem}"));
+}
+
+/// Asserts that `/metrics` counts `count` answers of `status` by `policy`
+/// (`gantry_policy_answers_total`).
+pub async fn assert_policy_answers(gateway: &GatewayProcess, policy: &str, status: u16, count: u64) {
+    let line = format!("gantry_policy_answers_total{{policy=\"{policy}\",status=\"{status}\"}} {count}");
+    crate::support::assert_metric(gateway, &line).await;
 }
 
 /// A request body fed chunk by chunk through a channel. It declares no length, so HTTP/1.1

@@ -13,7 +13,8 @@ use hmac::{Hmac, Mac};
 use http::{Method, StatusCode};
 use sha2::Sha256;
 
-use crate::support::start_gateway;
+use super::harness::{assert_policy_answers, assert_unauthorized};
+use crate::support::{admin_get, start_gateway, with_admin};
 
 const ADMIN_KEY: &str = "e2e-admin-key-hmac-auth-4a8b";
 const SECRET: &str = "alice-hmac-secret-5e0f9c";
@@ -22,14 +23,10 @@ const CHALLENGE: &str = "Signature realm=\"e2e\",headers=\"@request-target date 
 /// Consumer alice (key `alice-key`) naming itself to the upstream; route `/signed/*` with
 /// `hmac_auth` requiring the request target, the date and `x-tenant` to be signed.
 fn config(upstream: &EchoUpstream) -> String {
-    format!(
-        "node:
-  listeners:
-    - address: 127.0.0.1:0
-  admin:
-    address: 127.0.0.1:0
-    api_key: {ADMIN_KEY}
-consumers:
+    with_admin(
+        ADMIN_KEY,
+        &format!(
+            "consumers:
   - id: alice
     credentials:
       hmac_auth: {{key_id: alice-key, secret: {SECRET}}}
@@ -48,7 +45,8 @@ routes:
           clock_skew: 60s
           signed_headers: [\"@request-target\", date, x-tenant]
 ",
-        upstream = upstream.addr()
+            upstream = upstream.addr()
+        ),
     )
 }
 
@@ -75,13 +73,6 @@ async fn signed_get(client: &TestClient, gateway: &GatewayProcess, date: &str, s
     client.request(Method::GET, &gateway.url("/signed/orders?page=2"), &headers, "").await
 }
 
-fn assert_refused(response: &TestResponse, problem: &str) {
-    assert_eq!(response.status, StatusCode::UNAUTHORIZED, "{response:?}");
-    assert_eq!(response.header("www-authenticate"), Some(CHALLENGE));
-    assert_eq!(response.header("content-type"), Some("application/problem+json"));
-    assert_eq!(response.json()["type"], format!("https://gantry.dev/problems/{problem}"));
-}
-
 #[tokio::test]
 async fn admits_a_signed_request_with_the_consumer_recognised_and_the_signature_hidden() {
     let upstream = EchoUpstream::start("up").await;
@@ -105,39 +96,35 @@ async fn refuses_missing_wrong_stale_and_replayed_signatures_before_the_upstream
     let client = TestClient::default();
 
     let missing = client.get(&gateway.url("/signed/orders")).await;
-    assert_refused(&missing, "missing-credentials");
-    assert_refused(&signed_get(&client, &gateway, &date(0), "not-the-secret").await, "invalid-credentials");
-    assert_refused(&signed_get(&client, &gateway, &date(600), SECRET).await, "invalid-date");
+    assert_unauthorized(&missing, CHALLENGE, "missing-credentials");
+    assert_unauthorized(
+        &signed_get(&client, &gateway, &date(0), "not-the-secret").await,
+        CHALLENGE,
+        "invalid-credentials",
+    );
+    assert_unauthorized(&signed_get(&client, &gateway, &date(600), SECRET).await, CHALLENGE, "invalid-date");
     assert_eq!(upstream.requests(), 0, "a refused request reached the upstream");
 
     // The same signed request twice: the first passes, the second is a replay.
     let now = date(0);
     assert_eq!(signed_get(&client, &gateway, &now, SECRET).await.status, StatusCode::OK);
-    assert_refused(&signed_get(&client, &gateway, &now, SECRET).await, "replayed-signature");
+    assert_unauthorized(&signed_get(&client, &gateway, &now, SECRET).await, CHALLENGE, "replayed-signature");
     assert_eq!(upstream.requests(), 1);
 
     assert!(!gateway.logs().join("\n").contains(SECRET), "the log shows the secret");
-    let metrics = client.get(&format!("http://{}/metrics", gateway.admin_addr())).await;
-    assert_eq!(metrics.status, StatusCode::OK);
-    let text = String::from_utf8_lossy(&metrics.body).into_owned();
-    assert!(
-        text.lines().any(|line| line == "gantry_policy_answers_total{policy=\"hmac_auth\",status=\"401\"} 4"),
-        "{text}"
-    );
+    assert_policy_answers(&gateway, "hmac_auth", 401, 4).await;
 }
 
 #[tokio::test]
 async fn the_admin_api_shows_the_secret_as_stars() {
     let upstream = EchoUpstream::start("up").await;
     let gateway = start_gateway(&config(&upstream));
-    let client = TestClient::default();
-    let admin = format!("http://{}", gateway.admin_addr());
 
-    let alice = client.request(Method::GET, &format!("{admin}/consumers/alice"), &[("x-api-key", ADMIN_KEY)], "").await;
+    let alice = admin_get(&gateway, ADMIN_KEY, "/consumers/alice").await;
     assert_eq!(alice.status, StatusCode::OK, "{alice:?}");
     assert_eq!(alice.json()["credentials"]["hmac_auth"]["secret"], "***");
     for path in ["/consumers/alice", "/config"] {
-        let response = client.request(Method::GET, &format!("{admin}{path}"), &[("x-api-key", ADMIN_KEY)], "").await;
+        let response = admin_get(&gateway, ADMIN_KEY, path).await;
         assert!(!String::from_utf8_lossy(&response.body).contains(SECRET), "{path} shows the secret");
     }
 }

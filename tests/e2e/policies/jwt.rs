@@ -11,19 +11,16 @@ use gantry_testkit::{eventually, EchoUpstream, GatewayProcess};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::start_gateway;
+use super::harness::assert_policy_answers;
+use crate::support::{start_gateway, with_admin};
 
 /// Route `/api/*` checks tokens of `https://idp.test/` for the `orders` audience with the keys
 /// published at `jwks_url`; `sub` and `tenant` go upstream as headers; `alice-sub` is `alice`.
 fn config(upstream: &EchoUpstream, jwks_url: &str) -> String {
-    format!(
-        "node:
-  listeners:
-    - address: 127.0.0.1:0
-  admin:
-    address: 127.0.0.1:0
-    api_key: e2e-admin-key-jwt-5f2e
-consumers:
+    with_admin(
+        "e2e-admin-key-jwt-5f2e",
+        &format!(
+            "consumers:
   - id: alice
     groups: [staff]
     credentials:
@@ -44,7 +41,8 @@ routes:
           audiences: [orders]
           claims_to_headers: {{sub: x-user-id, tenant: x-tenant}}
 ",
-        upstream = upstream.addr()
+            upstream = upstream.addr()
+        ),
     )
 }
 
@@ -120,10 +118,7 @@ async fn refuses_missing_expired_foreign_and_forged_tokens_with_401_and_counts_t
     assert_invalid_token(&refused, "the token's signature is not valid");
     assert!(!String::from_utf8_lossy(&refused.body).contains(&forged), "the token was echoed");
     assert_eq!(upstream.requests(), 0, "a refused request reached the upstream");
-
-    let metrics = client.get(&format!("http://{}/metrics", gateway.admin_addr())).await;
-    let text = String::from_utf8_lossy(&metrics.body).into_owned();
-    assert!(text.lines().any(|line| line == "gantry_policy_answers_total{policy=\"jwt\",status=\"401\"} 4"), "{text}");
+    assert_policy_answers(&gateway, "jwt", 401, 4).await;
 }
 
 #[tokio::test]

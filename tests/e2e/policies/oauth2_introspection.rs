@@ -7,21 +7,18 @@
 use gantry_testkit::client::TestClient;
 use gantry_testkit::oidc::OidcProvider;
 use gantry_testkit::EchoUpstream;
-use http::{Method, StatusCode};
+use http::StatusCode;
 
-use crate::support::start_gateway;
+use super::harness::{assert_policy_answers, get_with_bearer};
+use crate::support::{start_gateway, with_admin};
 
 /// Consumer `reporting` (its own `request_headers`) is the provider's test client; route
 /// `/api/*` needs one of its tokens.
 fn config(provider: &OidcProvider, upstream: &EchoUpstream) -> String {
-    format!(
-        "node:
-  listeners:
-    - address: 127.0.0.1:0
-  admin:
-    address: 127.0.0.1:0
-    api_key: e2e-admin-key-introspection-7f2a
-consumers:
+    with_admin(
+        "e2e-admin-key-introspection-7f2a",
+        &format!(
+            "consumers:
   - id: reporting
     groups: [internal]
     credentials:
@@ -45,15 +42,12 @@ routes:
           require_consumer: true
           timeout: 2s
 ",
-        upstream = upstream.addr(),
-        endpoint = provider.introspection_endpoint(),
-        client_id = OidcProvider::CLIENT_ID,
-        client_secret = OidcProvider::CLIENT_SECRET,
+            upstream = upstream.addr(),
+            endpoint = provider.introspection_endpoint(),
+            client_id = OidcProvider::CLIENT_ID,
+            client_secret = OidcProvider::CLIENT_SECRET,
+        ),
     )
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
 }
 
 #[tokio::test]
@@ -65,8 +59,7 @@ async fn admits_an_active_token_as_its_consumer_and_hides_it() {
     let token = provider.client_credentials_token("orders:read", None).await;
     assert!(token.split('.').count() < 3, "expected an opaque token, got a JWT");
 
-    let passed =
-        client.request(Method::GET, &gateway.url("/api/orders"), &[("authorization", &bearer(&token))], "").await;
+    let passed = get_with_bearer(&client, &gateway, "/api/orders", &token).await;
     assert_eq!(passed.status, StatusCode::OK, "{passed:?}");
     let seen = passed.json();
     assert_eq!(seen["headers"]["x-consumer"], "reporting", "the consumer's own policies ran: {seen}");
@@ -84,8 +77,7 @@ async fn refuses_revoked_and_made_up_tokens_with_401_invalid_token() {
     provider.revoke(&revoked).await;
 
     for token in [revoked.as_str(), "made-up-token-0123456789"] {
-        let refused =
-            client.request(Method::GET, &gateway.url("/api/orders"), &[("authorization", &bearer(token))], "").await;
+        let refused = get_with_bearer(&client, &gateway, "/api/orders", token).await;
         assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{refused:?}");
         assert_eq!(refused.header("www-authenticate"), Some("Bearer realm=\"gantry\", error=\"invalid_token\""));
         assert_eq!(refused.json()["type"], "https://gantry.dev/problems/invalid-token");
@@ -106,29 +98,20 @@ async fn keeps_cached_results_when_the_provider_is_down_and_answers_503_for_new_
     let client = TestClient::default();
     let known = provider.client_credentials_token("orders:read", None).await;
     let unseen = provider.client_credentials_token("orders:read", None).await;
-    let first =
-        client.request(Method::GET, &gateway.url("/api/orders"), &[("authorization", &bearer(&known))], "").await;
+    let first = get_with_bearer(&client, &gateway, "/api/orders", &known).await;
     assert_eq!(first.status, StatusCode::OK, "{first:?}");
 
     provider.stop();
 
-    let cached =
-        client.request(Method::GET, &gateway.url("/api/orders"), &[("authorization", &bearer(&known))], "").await;
+    let cached = get_with_bearer(&client, &gateway, "/api/orders", &known).await;
     assert_eq!(cached.status, StatusCode::OK, "a cached result must survive the provider: {cached:?}");
-    let unavailable =
-        client.request(Method::GET, &gateway.url("/api/orders"), &[("authorization", &bearer(&unseen))], "").await;
+    let unavailable = get_with_bearer(&client, &gateway, "/api/orders", &unseen).await;
     assert_eq!(unavailable.status, StatusCode::SERVICE_UNAVAILABLE, "{unavailable:?}");
     assert_eq!(unavailable.json()["type"], "https://gantry.dev/problems/introspection-unavailable");
     assert!(unavailable.header("www-authenticate").is_none(), "a 503 says nothing about the token");
     assert_eq!(upstream.requests(), 2);
 
-    let metrics = client.get(&format!("http://{}/metrics", gateway.admin_addr())).await;
-    let text = String::from_utf8_lossy(&metrics.body).into_owned();
-    assert!(
-        text.lines()
-            .any(|line| line == "gantry_policy_answers_total{policy=\"oauth2_introspection\",status=\"503\"} 1"),
-        "{text}"
-    );
+    assert_policy_answers(&gateway, "oauth2_introspection", 503, 1).await;
     assert!(gateway.logs().iter().any(|line| line.contains("token introspection failed")), "the failure is logged");
     assert!(!gateway.logs().iter().any(|line| line.contains(&unseen)), "a token was logged");
 }

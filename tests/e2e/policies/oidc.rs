@@ -8,8 +8,9 @@ use std::time::Duration;
 use gantry_testkit::client::TestClient;
 use gantry_testkit::oidc::OidcProvider;
 use gantry_testkit::EchoUpstream;
-use http::{Method, StatusCode};
+use http::StatusCode;
 
+use super::harness::get_with_bearer;
 use crate::support::start_gateway;
 
 const SESSION_SECRET: &str = "e2e-session-secret-0123456789abcdef";
@@ -74,10 +75,6 @@ routes:
     )
 }
 
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
-
 #[tokio::test]
 async fn admits_a_signed_access_token_as_its_consumer_and_refuses_others() {
     let provider = OidcProvider::start();
@@ -86,8 +83,7 @@ async fn admits_a_signed_access_token_as_its_consumer_and_refuses_others() {
     let client = TestClient::default();
     let token = provider.client_credentials_token("orders:read", Some(OidcProvider::RESOURCE)).await;
 
-    let passed =
-        client.request(Method::GET, &gateway.url("/api/orders"), &[("authorization", &bearer(&token))], "").await;
+    let passed = get_with_bearer(&client, &gateway, "/api/orders", &token).await;
     assert_eq!(passed.status, StatusCode::OK, "{passed:?}");
     let seen = passed.json();
     assert_eq!(seen["headers"]["x-consumer"], "reporting", "{seen}");
@@ -99,9 +95,7 @@ async fn admits_a_signed_access_token_as_its_consumer_and_refuses_others() {
     forged.truncate(token.len() - 4);
     forged.push_str("AAAA");
     for refused_token in [opaque.as_str(), forged.as_str(), "not-a-token"] {
-        let refused = client
-            .request(Method::GET, &gateway.url("/api/orders"), &[("authorization", &bearer(refused_token))], "")
-            .await;
+        let refused = get_with_bearer(&client, &gateway, "/api/orders", refused_token).await;
         assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{refused:?}");
         assert_eq!(refused.header("www-authenticate"), Some("Bearer realm=\"gantry\", error=\"invalid_token\""));
         assert_eq!(refused.json()["type"], "https://gantry.dev/problems/invalid-token");
@@ -117,15 +111,13 @@ async fn keeps_checking_tokens_with_cached_keys_after_the_provider_stops() {
     let client = TestClient::default();
     let first = provider.client_credentials_token("orders:read", Some(OidcProvider::RESOURCE)).await;
     let second = provider.client_credentials_token("orders:write", Some(OidcProvider::RESOURCE)).await;
-    let passed =
-        client.request(Method::GET, &gateway.url("/api/orders"), &[("authorization", &bearer(&first))], "").await;
+    let passed = get_with_bearer(&client, &gateway, "/api/orders", &first).await;
     assert_eq!(passed.status, StatusCode::OK, "{passed:?}");
 
     provider.stop();
 
     // A token not seen before is verified offline with the keys fetched earlier.
-    let offline =
-        client.request(Method::GET, &gateway.url("/api/orders"), &[("authorization", &bearer(&second))], "").await;
+    let offline = get_with_bearer(&client, &gateway, "/api/orders", &second).await;
     assert_eq!(offline.status, StatusCode::OK, "{offline:?}");
 }
 
@@ -139,8 +131,7 @@ async fn answers_503_while_the_provider_cannot_be_reached() {
     let gateway = start_gateway(&yaml);
     let client = TestClient::default();
 
-    let refused =
-        client.request(Method::GET, &gateway.url("/api/orders"), &[("authorization", &bearer(&token))], "").await;
+    let refused = get_with_bearer(&client, &gateway, "/api/orders", &token).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{refused:?}");
     assert_eq!(refused.json()["type"], "https://gantry.dev/problems/oidc-unavailable");
     assert!(refused.header("www-authenticate").is_none(), "a 503 says nothing about the token");
