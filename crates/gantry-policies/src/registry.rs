@@ -9,7 +9,6 @@ use std::sync::LazyLock;
 use gantry_policy_api::RegisteredPolicy;
 
 use crate::access::acl::Acl;
-use crate::access::ip_restriction::IpRestriction;
 use crate::access::scopes::Scopes;
 use crate::forward::mock_response::MockResponse;
 use crate::identity::any_auth::AnyAuth;
@@ -22,6 +21,7 @@ use crate::identity::mtls_auth::MtlsAuth;
 use crate::identity::oauth2_introspection::OAuth2Introspection;
 use crate::identity::oidc::Oidc;
 use crate::identity::saml::Saml;
+use crate::ingress::ip_restriction::IpRestriction;
 use crate::ingress::redirect::Redirect;
 use crate::traffic::concurrency_limit::ConcurrencyLimit;
 use crate::traffic::rate_limit::RateLimit;
@@ -32,6 +32,7 @@ use crate::transform::response_headers::ResponseHeaders;
 static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
     vec![
         RegisteredPolicy::of::<Redirect>(),
+        RegisteredPolicy::of::<IpRestriction>(),
         RegisteredPolicy::identity::<KeyAuth>(),
         RegisteredPolicy::identity::<LdapAuth>(),
         RegisteredPolicy::identity::<MtlsAuth>(),
@@ -42,7 +43,6 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::identity::<Oidc>(),
         RegisteredPolicy::of::<Saml>(),
         RegisteredPolicy::of::<AnyAuth>(),
-        RegisteredPolicy::of::<IpRestriction>(),
         RegisteredPolicy::of::<Acl>(),
         RegisteredPolicy::of::<Scopes>(),
         RegisteredPolicy::of::<RateLimit>(),

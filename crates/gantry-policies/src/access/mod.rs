@@ -1,5 +1,4 @@
 //! Access-stage policies: may this client make this request at all.
 
 pub mod acl;
-pub mod ip_restriction;
 pub mod scopes;

@@ -1,3 +1,4 @@
 //! Ingress-stage policies: decisions made right after the route is matched, before identity.
 
+pub mod ip_restriction;
 pub mod redirect;
