@@ -2,23 +2,27 @@
 //! upstream: it streams each request body back as the response body, so a request's response
 //! head arrives at once and its response body lasts until the test ends the request body. The
 //! tests decide exactly when a place frees, and show that a place is held until the response
-//! body has ended (or the client has gone), not just until the response head.
+//! body has ended (or the client has gone), not just until the response head; a WebSocket
+//! holds its place until it closes.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use gantry_testkit::client::{TestClient, TestResponse};
 use gantry_testkit::streaming::{channel_body, BodyEchoUpstream, BodySender, ChannelBody};
+use gantry_testkit::websocket::WebSocketEchoUpstream;
 use gantry_testkit::{eventually, EchoUpstream, GatewayProcess};
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::harness::{get_from, LOOPBACK, OTHER_LOOPBACK};
-use crate::support::start_gateway;
+use crate::support::{start_gateway, with_listener};
 
 const ADMIN_KEY: &str = "e2e-admin-key-concurrency-limit-41c9";
 
@@ -257,4 +261,33 @@ async fn refuses_a_queued_request_once_the_queue_timeout_has_passed() {
     assert!(timed_out.json()["detail"].as_str().is_some_and(|detail| detail.contains("300ms")), "{:?}", timed_out.body);
     assert_eq!(echo.requests(), 1, "the refused request never reached the upstream");
     slow.abort();
+}
+
+#[tokio::test]
+async fn holds_a_place_for_a_websocket_until_it_closes() {
+    let websocket = WebSocketEchoUpstream::start().await;
+    let gateway = start_gateway(&with_listener(&format!(
+        "upstreams:\n  - id: ws\n    endpoints: [{}]\nroutes:\n  - id: ws\n    paths: [/ws/*]\n    upstream: ws\n    \
+         policies:\n      - concurrency_limit: {{max_in_flight: 1}}\n",
+        websocket.addr()
+    )));
+    let url = format!("ws://{}/ws/chat", gateway.addr(0));
+
+    let (mut open, response) = tokio_tungstenite::connect_async(url.as_str()).await.expect("the first upgrade");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    open.send(Message::text("still here")).await.expect("send");
+    let echoed = tokio::time::timeout(gantry_testkit::deadline(), open.next()).await.expect("an echo in time");
+    assert_eq!(echoed.expect("open").expect("a message"), Message::text("still here"));
+
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(WsError::Http(refused)) => assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE),
+        other => panic!("a second WebSocket must be refused while the first is open: {other:?}"),
+    }
+
+    open.close(None).await.expect("close the first WebSocket");
+    drop(open);
+    eventually("the closed WebSocket gives its place back", || async {
+        tokio_tungstenite::connect_async(url.as_str()).await.ok().map(|_| ())
+    })
+    .await;
 }
