@@ -241,3 +241,46 @@ async fn a_redis_store_whose_server_never_came_up_fails_fast_between_attempts() 
         assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
     }
 }
+
+#[tokio::test]
+async fn a_redis_cluster_store_counts_each_key_exactly_on_the_node_owning_its_slot() {
+    let cluster = gantry_testkit::redis::RedisCluster::start(3);
+    let mut spec = redis_spec("unused");
+    spec.urls = cluster.urls();
+    spec.cluster = true;
+    let store = Arc::new(RedisStore::new(&spec, &FieldPath::root()).expect("valid cluster settings"));
+    // 30 keys spread over the slots, 8 concurrent callers each trying 5 times per key: 40
+    // attempts per key against a limit of 3.
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut admitted = vec![0u32; 30];
+                for _ in 0..5 {
+                    for (key, count) in admitted.iter_mut().enumerate() {
+                        let key = format!("tenant-{key}");
+                        let decision = store.fixed_window_hit(&key, Duration::from_secs(60), 3, 1).resolve().await;
+                        *count += u32::from(decision.expect("the cluster decides").allowed);
+                    }
+                }
+                admitted
+            })
+        })
+        .collect();
+    let mut totals = vec![0u32; 30];
+    for task in tasks {
+        for (total, admitted) in totals.iter_mut().zip(task.await.expect("task")) {
+            *total += admitted;
+        }
+    }
+    assert!(totals.iter().all(|&total| total == 3), "{totals:?}");
+    let holding = cluster.nodes().iter().filter(|node| node.command(&["DBSIZE"]).trim() != ":0").count();
+    assert_eq!(holding, 3, "the keys are spread over every node");
+
+    // A node that forgot the scripts loads them again.
+    for node in cluster.nodes() {
+        assert_eq!(node.command(&["SCRIPT", "FLUSH"]).trim(), "+OK");
+    }
+    let decision = store.gcra_hit("after-flush", Duration::from_secs(1), 1, 1).resolve().await;
+    assert!(decision.expect("NOSCRIPT is handled in a cluster too").allowed);
+}

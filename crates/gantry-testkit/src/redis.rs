@@ -3,7 +3,8 @@
 //! [`RedisServer::start`] runs `redis-server` as a child process on a free loopback port, with
 //! persistence off and its files in a temporary directory, waits until it answers `PING`
 //! (with a deadline), and kills it on drop. [`RedisServer::stop`] and [`RedisServer::restart`]
-//! let a test take Redis away and bring it back on the same port.
+//! let a test take Redis away and bring it back on the same port. [`RedisCluster::start`]
+//! runs several servers in cluster mode and joins them with `redis-cli --cluster create`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -39,9 +40,14 @@ impl RedisServer {
     }
 
     fn launch(&mut self, until: Instant) -> Result<(), String> {
+        self.launch_with(until, &[])
+    }
+
+    fn launch_with(&mut self, until: Instant, extra: &[&str]) -> Result<(), String> {
         let child = Command::new(binary())
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(self.addr.port().to_string())
+            .args(extra)
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -128,6 +134,81 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A Redis Cluster of servers on loopback ports, each owning part of the slots (no replicas);
+/// every server is killed on drop.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `size` (at least 3) servers in cluster mode and joins them into one cluster,
+    /// waiting until every node reports `cluster_state:ok`.
+    pub fn start(size: usize) -> Self {
+        assert!(size >= 3, "a Redis Cluster needs at least 3 primaries");
+        let until = Instant::now() + crate::deadline();
+        let mut nodes = Vec::with_capacity(size);
+        while nodes.len() < size {
+            // Each node also listens on its port + 10000 for the cluster bus.
+            let addr = free_port_with_bus();
+            let mut node = RedisServer { child: None, dir: tempfile::tempdir().expect("temp dir"), addr };
+            let config = node.dir.path().join("nodes.conf");
+            let config = config.to_str().expect("temp paths are UTF-8").to_owned();
+            let extra =
+                ["--cluster-enabled", "yes", "--cluster-config-file", &config, "--cluster-node-timeout", "2000"];
+            match node.launch_with(until, &extra) {
+                Ok(()) => nodes.push(node),
+                Err(output) => assert!(Instant::now() < until, "a cluster node did not start: {output}"),
+            }
+        }
+        let addresses: Vec<String> = nodes.iter().map(|node| node.addr.to_string()).collect();
+        let created = Command::new(redis_cli())
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create (redis-tools comes with redis-server)");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let cluster = Self { nodes };
+        loop {
+            if cluster.nodes.iter().all(|node| node.command(&["CLUSTER", "INFO"]).contains("cluster_state:ok")) {
+                return cluster;
+            }
+            assert!(Instant::now() < until, "the cluster did not reach cluster_state:ok in time");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `redis://` URLs of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The nodes, to send each one a command.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+}
+
+fn free_port_with_bus() -> SocketAddr {
+    loop {
+        let addr = free_port();
+        if addr.port() < 55_000 && TcpListener::bind(("127.0.0.1", addr.port() + 10_000)).is_ok() {
+            return addr;
+        }
+    }
+}
+
+/// `redis-cli`, next to `redis-server`.
+fn redis_cli() -> PathBuf {
+    binary().with_file_name("redis-cli")
 }
 
 /// Whether a Redis server answers `PING` on `addr`.
