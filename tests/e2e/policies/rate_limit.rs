@@ -289,3 +289,36 @@ routes:
     assert!(per_gateway.iter().all(|&admitted| admitted > 0), "every gateway admitted some: {per_gateway:?}");
     assert_eq!(upstream.requests() as usize, total);
 }
+
+#[tokio::test]
+async fn a_reload_keeps_the_counts_even_when_the_limit_changes() {
+    let upstream = EchoUpstream::start("up").await;
+    let config = |limit: u32, extra_route: &str| {
+        format!(
+            "{node}upstreams:
+  - id: up
+    endpoints: [{upstream}]
+routes:
+  - id: limited
+    paths: [/limited]
+    upstream: up
+    policies:
+      - rate_limit: {{limit: {limit}, window: 1m, key: [route]}}
+{extra_route}",
+            node = node(None),
+            upstream = upstream.addr()
+        )
+    };
+    let gateway = start_gateway(&config(3, ""));
+    let client = TestClient::default();
+    assert_eq!(statuses(&client, &gateway.url("/limited"), 2).await, [200, 200]);
+
+    let probe = "  - id: probe\n    paths: [/probe]\n    policies:\n      - mock_response: {body: reloaded}\n";
+    std::fs::write(gateway.config_path(), config(4, probe)).expect("rewrite the configuration");
+    eventually("the new configuration to be applied", || async {
+        (client.get(&gateway.url("/probe")).await.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    // 2 counted before the reload, 2 more fit under the new limit of 4.
+    assert_eq!(statuses(&client, &gateway.url("/limited"), 3).await, [200, 200, 429]);
+}
