@@ -207,9 +207,15 @@ fn check_limit(limit: u64, window: Duration, path: &FieldPath, errors: &mut Conf
         errors.push(path.key("limit"), "must be more than 0 (to refuse every request, use `mock_response`)");
     } else if window.get().is_zero() {
         errors.push(path.key("window"), "must be more than 0");
-    } else if window.get() / u32::try_from(limit).unwrap_or(u32::MAX) < StdDuration::from_micros(1) {
+    } else if emission_interval(window.get(), limit) < StdDuration::from_micros(1) {
         errors.push(path.key("limit"), "more than one request per microsecond cannot be limited");
     }
+}
+
+/// The time one request takes of a rate of `limit` per `window`.
+fn emission_interval(window: StdDuration, limit: u64) -> StdDuration {
+    let nanos = window.as_nanos() / u128::from(limit.max(1));
+    StdDuration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
 /// Factory of the `rate_limit` policy.
@@ -319,7 +325,7 @@ impl CompiledLimit {
         let limit = group.map_or(config.limit, |group| group.limit);
         let window = group.and_then(|group| group.window).unwrap_or(config.window).get();
         let burst = group.and_then(|group| group.burst).or(config.burst);
-        let interval = window / u32::try_from(limit).unwrap_or(u32::MAX).max(1);
+        let interval = emission_interval(window, limit);
         // A leaky bucket admits one request per interval plus `burst` waiting: in GCRA terms
         // a tolerance of burst + 1 intervals, where the wait is how far ahead it was admitted.
         let burst = match config.algorithm {
