@@ -86,7 +86,8 @@ impl PolicyFactory for ConcurrencyLimit {
         errors.into_result(())?;
         // `validate` has refused a status other than 429 or 503; this default is never served then.
         let status = StatusCode::from_u16(config.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        let retry_after_secs = config.retry_after.get().as_secs_f64().ceil() as u64;
+        let retry_after = config.retry_after.get();
+        let retry_after_secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
         let limiter = shared_limiter(LimiterId {
             path: path.to_string(),
             max_in_flight: config.max_in_flight,
