@@ -15,7 +15,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::bearer::{check_realm, check_subjects, Challenges, ConsumerMapping, SubjectCredential, TokenSource};
-use super::outbound::{self, BodyError};
+use super::outbound::{self, BodyError, ClientCredentials};
 
 /// Settings of `oauth2_introspection`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -188,9 +188,7 @@ fn compile(
     });
     Ok(CompiledIntrospection {
         endpoint,
-        client_id: config.client_id,
-        client_secret: config.client_secret,
-        client_auth: config.client_auth,
+        client: ClientCredentials { id: config.client_id, secret: config.client_secret, auth: config.client_auth },
         token_type_hint: config.token_type_hint,
         tokens,
         cache_ttl: config.cache_ttl.get(),
@@ -316,9 +314,7 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// is under way.
 struct CompiledIntrospection {
     endpoint: reqwest::Url,
-    client_id: String,
-    client_secret: Secret<String>,
-    client_auth: ClientAuth,
+    client: ClientCredentials,
     token_type_hint: Option<String>,
     tokens: TokenSource,
     cache_ttl: Duration,
@@ -338,22 +334,10 @@ impl CompiledIntrospection {
         if let Some(hint) = &self.token_type_hint {
             form.push(("token_type_hint", hint));
         }
-        let mut request = self.http.post(self.endpoint.clone()).header(http::header::ACCEPT, "application/json");
-        match self.client_auth {
-            // RFC 6749 §2.3.1: id and secret are form-encoded before they are joined.
-            ClientAuth::ClientSecretBasic => {
-                request =
-                    request.basic_auth(form_encoded(&self.client_id), Some(form_encoded(self.client_secret.expose())));
-            }
-            ClientAuth::ClientSecretPost => {
-                form.push(("client_id", &self.client_id));
-                form.push(("client_secret", self.client_secret.expose()));
-            }
-        }
+        let request = self.client.post_form(&self.http, self.endpoint.clone(), form);
         // `without_url`: the error is logged and shown nowhere else, but a URL may carry
         // credentials in its user-info part.
-        let response =
-            request.form(&form).send().await.map_err(|err| IntrospectionError::Unreachable(err.without_url()))?;
+        let response = request.send().await.map_err(|err| IntrospectionError::Unreachable(err.without_url()))?;
         let status = response.status();
         if status != StatusCode::OK {
             return Err(IntrospectionError::Status(status));
@@ -382,11 +366,6 @@ impl CompiledIntrospection {
         };
         Cached { outcome: Outcome::Active(answer.claims), ttl }
     }
-}
-
-/// `application/x-www-form-urlencoded` encoding of one value.
-fn form_encoded(value: &str) -> String {
-    form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
 /// 503: the token could not be checked. Not a 401: the client's token may be fine.

@@ -1,11 +1,15 @@
 //! Calls the identity policies make to other servers (key sets, an OpenID provider's metadata
-//! and token endpoint, a token introspection endpoint): how the HTTP client is set up, how an
-//! answer's body is read within a size limit, and how a failure is described without its URL
-//! (which may carry credentials in its user-info or query).
+//! and token endpoint, a token introspection endpoint): how the HTTP client is set up, how a
+//! client authenticates to an authorization server, how an answer's body is read within a size
+//! limit, and how a failure is described without its URL (which may carry credentials in its
+//! user-info or query).
 
 use std::time::Duration;
 
+use gantry_config::Secret;
 use http::header::ACCEPT;
+
+use super::oauth2_introspection::ClientAuth;
 
 /// A client builder with the settings every call shares: `timeout` for connecting and for
 /// the whole call, and Gantry's `User-Agent`.
@@ -14,6 +18,42 @@ pub(crate) fn client_builder(timeout: Duration) -> reqwest::ClientBuilder {
         .timeout(timeout)
         .connect_timeout(timeout)
         .user_agent(concat!("gantry/", env!("CARGO_PKG_VERSION")))
+}
+
+/// The gateway's client id and secret at an authorization server, and how it presents them.
+#[derive(Debug)]
+pub(crate) struct ClientCredentials {
+    pub(crate) id: String,
+    pub(crate) secret: Secret<String>,
+    pub(crate) auth: ClientAuth,
+}
+
+impl ClientCredentials {
+    /// `POST url` with `form`, authenticated as this client (RFC 6749 §2.3.1), asking for JSON.
+    pub(crate) fn post_form<'a>(
+        &'a self,
+        http: &reqwest::Client,
+        url: reqwest::Url,
+        mut form: Vec<(&'a str, &'a str)>,
+    ) -> reqwest::RequestBuilder {
+        let mut call = http.post(url).header(ACCEPT, "application/json");
+        match self.auth {
+            // RFC 6749 §2.3.1: id and secret are form-encoded before they are joined.
+            ClientAuth::ClientSecretBasic => {
+                call = call.basic_auth(form_encoded(&self.id), Some(form_encoded(self.secret.expose())));
+            }
+            ClientAuth::ClientSecretPost => {
+                form.push(("client_id", &self.id));
+                form.push(("client_secret", self.secret.expose()));
+            }
+        }
+        call.form(&form)
+    }
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value.
+fn form_encoded(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
 /// Why an answer's body was not read.

@@ -7,7 +7,7 @@
 //! server memory, so the callback may reach any gateway node.
 
 use bytes::Bytes;
-use gantry_config::{ConfigErrors, FieldPath, Secret};
+use gantry_config::{ConfigErrors, FieldPath};
 use gantry_policy_api::problem::problem_response;
 use gantry_policy_api::{Exchange, Flow, Hook, PolicyResponse, RequestParts};
 use http::header::{CACHE_CONTROL, HOST, LOCATION, SET_COOKIE};
@@ -15,8 +15,8 @@ use http::{HeaderValue, StatusCode};
 use serde::Deserialize;
 
 use super::session::{clear_cookie, pkce_challenge, random_token, set_cookie, PendingLogin, Sealer, Session};
-use super::{now_secs, unavailable, ClientAuth, CompiledOidc, LoginConfig, Refusal};
-use crate::identity::outbound::{self, describe};
+use super::{now_secs, unavailable, CompiledOidc, LoginConfig, Refusal};
+use crate::identity::outbound::{self, describe, ClientCredentials};
 use crate::identity::request_credentials::{cookie, remove_cookies};
 
 /// How long a browser may take between the redirect to the provider and the callback.
@@ -37,9 +37,7 @@ enum RedirectUri {
 /// The login flow's settings, parsed.
 #[derive(Debug)]
 pub(super) struct Login {
-    client_id: String,
-    client_secret: Secret<String>,
-    client_auth: ClientAuth,
+    client: ClientCredentials,
     redirect_uri: RedirectUri,
     callback_path: String,
     scope: String,
@@ -105,9 +103,11 @@ impl Login {
             .map_err(|err| errors.push(path.clone(), format!("cannot set up the HTTP client: {err}")))
             .ok()?;
         Some(Self {
-            client_id: client_id.to_owned(),
-            client_secret: config.client_secret.clone(),
-            client_auth: config.client_auth,
+            client: ClientCredentials {
+                id: client_id.to_owned(),
+                secret: config.client_secret.clone(),
+                auth: config.client_auth,
+            },
             redirect_uri,
             callback_path,
             scope: config.scopes.join(" "),
@@ -213,7 +213,7 @@ impl Login {
         target
             .query_pairs_mut()
             .append_pair("response_type", "code")
-            .append_pair("client_id", &self.client_id)
+            .append_pair("client_id", &self.client.id)
             .append_pair("redirect_uri", &redirect_uri)
             .append_pair("scope", &self.scope)
             .append_pair("state", &state)
@@ -297,7 +297,7 @@ impl Login {
         if claims.get("nonce").and_then(|nonce| nonce.as_str()) != Some(pending.nonce.as_str()) {
             return Err(refuse(StatusCode::UNAUTHORIZED, "the ID token's nonce is not the one of this login"));
         }
-        if claims.get("azp").is_some_and(|azp| azp.as_str() != Some(self.client_id.as_str())) {
+        if claims.get("azp").is_some_and(|azp| azp.as_str() != Some(self.client.id.as_str())) {
             return Err(refuse(StatusCode::UNAUTHORIZED, "the ID token was issued to another client (azp)"));
         }
         let scope = id_token.scope.unwrap_or_else(|| self.scope.clone());
@@ -327,24 +327,13 @@ impl Login {
             tracing::warn!("the OpenID provider's metadata names no token_endpoint");
             return Err(unavailable());
         };
-        let mut form: Vec<(&str, &str)> = vec![
+        let form = vec![
             ("grant_type", "authorization_code"),
             ("code", code),
-            ("redirect_uri", &pending.redirect_uri),
-            ("code_verifier", &pending.verifier),
+            ("redirect_uri", pending.redirect_uri.as_str()),
+            ("code_verifier", pending.verifier.as_str()),
         ];
-        let mut call = self.http.post(endpoint).header(http::header::ACCEPT, "application/json");
-        match self.client_auth {
-            // RFC 6749 §2.3.1: id and secret are form-encoded before they are joined.
-            ClientAuth::ClientSecretBasic => {
-                call = call.basic_auth(form_encoded(&self.client_id), Some(form_encoded(self.client_secret.expose())));
-            }
-            ClientAuth::ClientSecretPost => {
-                form.push(("client_id", &self.client_id));
-                form.push(("client_secret", self.client_secret.expose()));
-            }
-        }
-        let response = call.form(&form).send().await.map_err(|err| {
+        let response = self.client.post_form(&self.http, endpoint, form).send().await.map_err(|err| {
             tracing::warn!(error = %describe(&err), "token request failed");
             unavailable()
         })?;
@@ -389,11 +378,6 @@ fn claim_text(value: &serde_json::Value) -> Option<String> {
         serde_json::Value::Number(number) => Some(number.to_string()),
         _ => None,
     }
-}
-
-/// `application/x-www-form-urlencoded` encoding of one value.
-fn form_encoded(value: &str) -> String {
-    form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
 /// 302 to `location`, setting `cookies`; never cached.

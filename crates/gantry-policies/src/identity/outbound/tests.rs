@@ -1,4 +1,7 @@
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use gantry_testkit::jwks::JwksServer;
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::StatusCode;
 
 use super::*;
@@ -52,4 +55,36 @@ async fn reads_a_body_up_to_exactly_the_limit() {
     assert_eq!(read_body(response, 10).await.expect("within the limit"), b"0123456789");
     let response = reqwest::Response::from(http::Response::new("0123456789"));
     assert!(matches!(read_body(response, 9).await, Err(BodyError::TooLarge)));
+}
+
+fn credentials(auth: ClientAuth) -> ClientCredentials {
+    ClientCredentials { id: "gate way".to_owned(), secret: Secret::new("s3cret/+&".to_owned()), auth }
+}
+
+fn token_request(credentials: &ClientCredentials) -> reqwest::Request {
+    let url = reqwest::Url::parse("http://idp.test/token").expect("URL");
+    credentials.post_form(&client(), url, vec![("token", "t 1")]).build().expect("request")
+}
+
+fn form(request: &reqwest::Request) -> &str {
+    let body = request.body().and_then(reqwest::Body::as_bytes).expect("a form body");
+    std::str::from_utf8(body).expect("text")
+}
+
+#[test]
+fn presents_the_client_in_http_basic_with_its_id_and_secret_form_encoded_first() {
+    let request = token_request(&credentials(ClientAuth::ClientSecretBasic));
+    assert_eq!(request.method(), http::Method::POST);
+    let expected = format!("Basic {}", STANDARD.encode("gate+way:s3cret%2F%2B%26"));
+    assert_eq!(request.headers()[AUTHORIZATION], expected.as_str());
+    assert_eq!(request.headers()[ACCEPT], "application/json");
+    assert_eq!(request.headers()[CONTENT_TYPE], "application/x-www-form-urlencoded");
+    assert_eq!(form(&request), "token=t+1", "the secret stays out of the form");
+}
+
+#[test]
+fn presents_the_client_in_the_form_with_client_secret_post() {
+    let request = token_request(&credentials(ClientAuth::ClientSecretPost));
+    assert!(request.headers().get(AUTHORIZATION).is_none());
+    assert_eq!(form(&request), "token=t+1&client_id=gate+way&client_secret=s3cret%2F%2B%26");
 }
