@@ -16,3 +16,5 @@ pub mod oidc;
 mod outbound;
 mod request_credentials;
 pub mod saml;
+#[cfg(test)]
+mod test_server;

@@ -1,5 +1,3 @@
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -8,12 +6,9 @@ use gantry_policy_api::testing::{build_identity_policy, build_identity_policy_er
 use gantry_policy_api::RegisteredPolicy;
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::HeaderMap;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::task::JoinHandle;
 
 use super::*;
+use crate::identity::test_server::TestServer;
 
 const CONSUMERS: &str = "consumers:
   - id: alice
@@ -29,53 +24,36 @@ const CONSUMERS: &str = "consumers:
 /// An introspection endpoint that answers from a fixed table of tokens, records what it was
 /// sent, and can be told to fail or to be slow. Stopped on drop.
 struct StubServer {
-    addr: SocketAddr,
+    server: TestServer,
     calls: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<(HeaderMap, String)>>>,
     status: Arc<AtomicU16>,
-    task: JoinHandle<()>,
 }
 
 impl StubServer {
     async fn start(delay: Duration) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind stub");
-        let addr = listener.local_addr().expect("stub address");
         let calls = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(200));
         let (counter, log, forced) = (calls.clone(), seen.clone(), status.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let (counter, log, forced) = (counter.clone(), log.clone(), forced.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                        let (counter, log, forced) = (counter.clone(), log.clone(), forced.clone());
-                        async move {
-                            counter.fetch_add(1, Ordering::SeqCst);
-                            let (parts, body) = request.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            let form = String::from_utf8_lossy(&body).into_owned();
-                            log.lock().expect("stub log").push((parts.headers, form.clone()));
-                            tokio::time::sleep(delay).await;
-                            let status = StatusCode::from_u16(forced.load(Ordering::SeqCst)).expect("stub status");
-                            let answer = if status == StatusCode::OK { answer(&form) } else { "{}".to_owned() };
-                            let mut response = http::Response::new(Full::new(Bytes::from(answer)));
-                            *response.status_mut() = status;
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+        let server = TestServer::start(move |_, parts: http::request::Parts, body: Bytes| {
+            let (counter, log, forced) = (counter.clone(), log.clone(), forced.clone());
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let form = String::from_utf8_lossy(&body).into_owned();
+                log.lock().expect("stub log").push((parts.headers, form.clone()));
+                tokio::time::sleep(delay).await;
+                let status = StatusCode::from_u16(forced.load(Ordering::SeqCst)).expect("stub status");
+                let answer = if status == StatusCode::OK { answer(&form) } else { "{}".to_owned() };
+                (status, answer)
             }
-        });
-        Self { addr, calls, seen, status, task }
+        })
+        .await;
+        Self { server, calls, seen, status }
     }
 
     fn url(&self) -> String {
-        format!("http://{}/introspect", self.addr)
+        format!("http://{}/introspect", self.server.addr())
     }
 
     fn calls(&self) -> usize {
@@ -88,12 +66,6 @@ impl StubServer {
 
     fn seen(&self) -> Vec<(HeaderMap, String)> {
         self.seen.lock().expect("stub log").clone()
-    }
-}
-
-impl Drop for StubServer {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

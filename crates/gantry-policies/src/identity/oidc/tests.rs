@@ -1,5 +1,4 @@
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
@@ -9,14 +8,11 @@ use gantry_policy_api::testing::{build_identity_policy, build_identity_policy_er
 use gantry_policy_api::RegisteredPolicy;
 use gantry_testkit::jwks::SigningKey;
 use http::header::{COOKIE, LOCATION, SET_COOKIE, WWW_AUTHENTICATE};
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::task::JoinHandle;
 
 use super::session::{pkce_challenge, PendingLogin, Sealer, Session};
 use super::*;
+use crate::identity::test_server::TestServer;
 
 static KEY: LazyLock<SigningKey> = LazyLock::new(|| SigningKey::generate("provider-key", Algorithm::ES256));
 static OTHER_KEY: LazyLock<SigningKey> = LazyLock::new(|| SigningKey::generate("provider-key", Algorithm::ES256));
@@ -37,83 +33,58 @@ type TokenRequests = Arc<Mutex<Vec<(Option<String>, String)>>>;
 /// A stand-in OpenID provider: metadata, a key set with [`KEY`], and a token endpoint that
 /// answers with the ID token a test put there. Stopped on drop.
 struct StubProvider {
-    addr: SocketAddr,
+    server: TestServer,
     id_token: Arc<Mutex<Option<String>>>,
     token_requests: TokenRequests,
     fetches: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
 }
 
 impl StubProvider {
     async fn start(metadata_issuer: Option<&str>) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind stub provider");
-        let addr = listener.local_addr().expect("stub address");
-        let issuer = metadata_issuer.map_or_else(|| format!("http://{addr}"), str::to_owned);
+        let metadata_issuer: Option<Arc<str>> = metadata_issuer.map(Arc::from);
         let id_token: Arc<Mutex<Option<String>>> = Arc::default();
         let token_requests: TokenRequests = Arc::default();
         let fetches = Arc::new(AtomicUsize::new(0));
-        let shared = (Arc::new(issuer), id_token.clone(), token_requests.clone(), fetches.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                        let (issuer, id_token, requests, fetches) = shared.clone();
-                        async move {
-                            let path = request.uri().path().to_owned();
-                            let authorization = request
-                                .headers()
-                                .get(http::header::AUTHORIZATION)
-                                .and_then(|value| value.to_str().ok())
-                                .map(str::to_owned);
-                            let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            let (status, answer) = match path.as_str() {
-                                "/.well-known/openid-configuration" => {
-                                    fetches.fetch_add(1, Ordering::SeqCst);
-                                    (200, metadata(&issuer, addr))
-                                }
-                                "/jwks" => (200, json!({"keys": [KEY.jwk()]}).to_string()),
-                                "/token" => {
-                                    requests
-                                        .lock()
-                                        .expect("requests")
-                                        .push((authorization, String::from_utf8_lossy(&body).into_owned()));
-                                    match id_token.lock().expect("id token").clone() {
-                                        Some(token) => {
-                                            (200, json!({"id_token": token, "scope": "openid email"}).to_string())
-                                        }
-                                        None => (400, json!({"error": "invalid_grant"}).to_string()),
-                                    }
-                                }
-                                _ => (404, String::new()),
-                            };
-                            let mut response = http::Response::new(Full::new(Bytes::from(answer)));
-                            *response.status_mut() = StatusCode::from_u16(status).expect("status");
-                            Ok::<_, Infallible>(response)
+        let shared = (id_token.clone(), token_requests.clone(), fetches.clone());
+        let server = TestServer::start(move |addr, parts: http::request::Parts, body: Bytes| {
+            let (metadata_issuer, (id_token, requests, fetches)) = (metadata_issuer.clone(), shared.clone());
+            async move {
+                let authorization = parts
+                    .headers
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_owned);
+                match parts.uri.path() {
+                    "/.well-known/openid-configuration" => {
+                        fetches.fetch_add(1, Ordering::SeqCst);
+                        let issuer = metadata_issuer.map_or_else(|| format!("http://{addr}"), |own| own.to_string());
+                        (StatusCode::OK, metadata(&issuer, addr))
+                    }
+                    "/jwks" => (StatusCode::OK, json!({"keys": [KEY.jwk()]}).to_string()),
+                    "/token" => {
+                        let form = String::from_utf8_lossy(&body).into_owned();
+                        requests.lock().expect("requests").push((authorization, form));
+                        match id_token.lock().expect("id token").clone() {
+                            Some(token) => {
+                                (StatusCode::OK, json!({"id_token": token, "scope": "openid email"}).to_string())
+                            }
+                            None => (StatusCode::BAD_REQUEST, json!({"error": "invalid_grant"}).to_string()),
                         }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+                    }
+                    _ => (StatusCode::NOT_FOUND, String::new()),
+                }
             }
-        });
-        Self { addr, id_token, token_requests, fetches, task }
+        })
+        .await;
+        Self { server, id_token, token_requests, fetches }
     }
 
     fn issuer(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr())
     }
 
     fn answer_with(&self, id_token: &str) {
         *self.id_token.lock().expect("id token") = Some(id_token.to_owned());
-    }
-}
-
-impl Drop for StubProvider {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
