@@ -2,9 +2,11 @@
 # User-space instructions per proxied request, counted by callgrind: a figure that does not
 # move with the machine's load, for comparing two builds of Gantry.
 #   bench/instructions.sh [GANTRY_BINARY] [SCENARIO]   (default: target/release/gantry, plain)
-# SCENARIO: plain (proxy only), key_auth (API key in X-Api-Key among 3 consumers), or
-# jwt_rs256 (an RS256 bearer token checked against an inline public key); the difference to
-# plain is the per-request cost of the identity policy.
+# SCENARIO: plain (proxy only), key_auth (API key in X-Api-Key among 3 consumers),
+# jwt_rs256 (an RS256 bearer token checked against an inline public key), rate_limit_memory
+# or rate_limit_redis (a fixed-window limit per client IP, high enough never to refuse, counted
+# in memory or in a redis-server the script starts on :19160; the figure counts Gantry's
+# instructions only, not Redis's); the difference to plain is the per-request cost of the policy.
 # Starts its own nginx upstream (96-byte JSON) on 127.0.0.1:19101 and Gantry on :19150,
 # loads it with wrk for 5 s on 10 keep-alive connections, prints instructions ÷ requests.
 # Needs valgrind, nginx and wrk (bench/setup.sh installs the last two); jwt_rs256 needs openssl.
@@ -32,7 +34,7 @@ http {
   }
 }
 NGINX
-consumers="" policies="" header=()
+node_extra="" consumers="" policies="" header=()
 case $scenario in
   plain) ;;
   key_auth)
@@ -58,13 +60,23 @@ case $scenario in
               public_key: |
 $(sed 's/^/                /' "$work/jwt.pub")"
     header=(-H "Authorization: Bearer $signing_input.$signature") ;;
-  *) echo "unknown scenario $scenario: plain, key_auth or jwt_rs256" >&2; exit 2 ;;
+  rate_limit_memory)
+    policies="    policies:
+      - rate_limit: {limit: 1000000000, window: 1h, key: [ip]}" ;;
+  rate_limit_redis)
+    redis-server --bind 127.0.0.1 --port 19160 --save '' --appendonly no --dir "$work" --logfile "$work/redis.log" &
+    node_extra="  stores:
+    redis: {urls: ['redis://127.0.0.1:19160']}"
+    policies="    policies:
+      - rate_limit: {limit: 1000000000, window: 1h, key: [ip], store: redis}" ;;
+  *) echo "unknown scenario $scenario: plain, key_auth, jwt_rs256, rate_limit_memory or rate_limit_redis" >&2; exit 2 ;;
 esac
 cat > "$work/gantry.yaml" <<YAML
 node:
   worker_threads: 1
   listeners:
     - address: 127.0.0.1:19150
+$node_extra
 $consumers
 upstreams:
   - id: bench
