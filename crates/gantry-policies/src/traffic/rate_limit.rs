@@ -425,9 +425,11 @@ impl CompiledRateLimit {
     }
 
     fn key(&self, limit: &CompiledLimit, request: &RequestParts, exchange: &Exchange) -> String {
-        let mut bytes =
-            self.key.as_ref().map(|key| key.value(request, exchange).as_bytes().to_vec()).unwrap_or_default();
-        if self.by_credential {
+        let value = self.key.as_ref().map(|key| key.value(request, exchange));
+        let shared: &[u8] = value.as_ref().map_or(&[], |value| value.as_bytes());
+        let with_credential;
+        let bytes = if self.by_credential {
+            let mut bytes = shared.to_vec();
             match &exchange.identity {
                 Some(identity) => {
                     bytes.push(b'k');
@@ -438,17 +440,21 @@ impl CompiledRateLimit {
                     bytes.extend_from_slice(exchange.client_addr.ip().to_canonical().to_string().as_bytes());
                 }
             }
-        }
+            with_credential = bytes;
+            &with_credential[..]
+        } else {
+            shared
+        };
         // Keys go to Redis and logs as text; a long one (a header's value) is digested so a
         // client cannot make Gantry store kilobytes per key.
-        let encoded = if bytes.len() > 48 {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(&bytes))
-        } else {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes)
-        };
-        let mut key = String::with_capacity(limit.prefix.len() + encoded.len());
+        let engine = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut key = String::with_capacity(limit.prefix.len() + 4 + bytes.len().min(48) * 4 / 3);
         key.push_str(&limit.prefix);
-        key.push_str(&encoded);
+        if bytes.len() > 48 {
+            engine.encode_string(Sha256::digest(bytes), &mut key);
+        } else {
+            engine.encode_string(bytes, &mut key);
+        }
         key
     }
 
@@ -504,9 +510,17 @@ impl CompiledRateLimit {
         let reset = whole_seconds(decision.reset_after);
         let mut headers = Vec::new();
         if matches!(self.headers, HeaderStyle::Ietf | HeaderStyle::Both) {
-            let state = format!("\"{}\";r={};t={reset}", limit.label, decision.remaining);
+            // `"<name>";r=<remaining>;t=<reset>`, written without the formatting machinery:
+            // this runs for every admitted request.
+            let mut state = Vec::with_capacity(limit.label.len() + 48);
+            state.push(b'"');
+            state.extend_from_slice(limit.label.as_bytes());
+            state.extend_from_slice(b"\";r=");
+            push_decimal(&mut state, decision.remaining);
+            state.extend_from_slice(b";t=");
+            push_decimal(&mut state, reset);
             headers.push((HeaderName::from_static("ratelimit-policy"), limit.policy_header.clone()));
-            if let Ok(value) = HeaderValue::from_str(&state) {
+            if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(state)) {
                 headers.push((HeaderName::from_static("ratelimit"), value));
             }
         }
@@ -517,6 +531,21 @@ impl CompiledRateLimit {
         }
         headers
     }
+}
+
+/// Appends `number` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut number: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (number % 10) as u8;
+        number /= 10;
+        if number == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
 }
 
 /// Seconds, rounded up: a client that waits this long is never early.

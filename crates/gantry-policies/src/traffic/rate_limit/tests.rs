@@ -323,3 +323,12 @@ fn names_counters_after_the_attachment_without_list_positions() {
     let global = FieldPath::root().key("global_policies").index(0).key("rate_limit");
     assert_eq!(attachment(&global), "global_policies.rate_limit");
 }
+
+#[test]
+fn writes_numbers_in_decimal() {
+    for number in [0, 7, 10, 4_096, u64::MAX] {
+        let mut out = Vec::new();
+        push_decimal(&mut out, number);
+        assert_eq!(out, number.to_string().into_bytes());
+    }
+}
