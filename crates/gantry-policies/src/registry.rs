@@ -21,6 +21,7 @@ use crate::identity::mtls_auth::MtlsAuth;
 use crate::identity::oauth2_introspection::OAuth2Introspection;
 use crate::identity::oidc::Oidc;
 use crate::identity::saml::Saml;
+use crate::ingress::cors::Cors;
 use crate::ingress::ip_restriction::IpRestriction;
 use crate::ingress::redirect::Redirect;
 use crate::traffic::concurrency_limit::ConcurrencyLimit;
@@ -31,6 +32,7 @@ use crate::transform::response_headers::ResponseHeaders;
 
 static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
     vec![
+        RegisteredPolicy::of::<Cors>(),
         RegisteredPolicy::of::<Redirect>(),
         RegisteredPolicy::of::<IpRestriction>(),
         RegisteredPolicy::identity::<KeyAuth>(),
