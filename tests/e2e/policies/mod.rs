@@ -5,6 +5,7 @@ mod acl;
 mod any_auth;
 mod basic_auth;
 mod concurrency_limit;
+mod cors;
 mod harness;
 mod hmac_auth;
 mod ip_restriction;
