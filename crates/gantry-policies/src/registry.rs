@@ -24,6 +24,7 @@ use crate::identity::saml::Saml;
 use crate::ingress::cors::Cors;
 use crate::ingress::ip_restriction::IpRestriction;
 use crate::ingress::redirect::Redirect;
+use crate::ingress::user_agent::UserAgent;
 use crate::traffic::concurrency_limit::ConcurrencyLimit;
 use crate::traffic::rate_limit::RateLimit;
 use crate::traffic::request_size_limit::RequestSizeLimit;
@@ -35,6 +36,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<Cors>(),
         RegisteredPolicy::of::<Redirect>(),
         RegisteredPolicy::of::<IpRestriction>(),
+        RegisteredPolicy::of::<UserAgent>(),
         RegisteredPolicy::identity::<KeyAuth>(),
         RegisteredPolicy::identity::<LdapAuth>(),
         RegisteredPolicy::identity::<MtlsAuth>(),

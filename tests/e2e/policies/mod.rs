@@ -24,3 +24,4 @@ mod request_size_limit;
 mod response_headers;
 mod saml;
 mod scopes;
+mod user_agent;

@@ -3,3 +3,4 @@
 pub mod cors;
 pub mod ip_restriction;
 pub mod redirect;
+pub mod user_agent;
