@@ -9,6 +9,7 @@ use std::sync::LazyLock;
 use gantry_policy_api::RegisteredPolicy;
 
 use crate::access::acl::Acl;
+use crate::access::allowed_hours::AllowedHours;
 use crate::access::scopes::Scopes;
 use crate::forward::mock_response::MockResponse;
 use crate::identity::any_auth::AnyAuth;
@@ -49,6 +50,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<AnyAuth>(),
         RegisteredPolicy::of::<Acl>(),
         RegisteredPolicy::of::<Scopes>(),
+        RegisteredPolicy::of::<AllowedHours>(),
         RegisteredPolicy::of::<RateLimit>(),
         RegisteredPolicy::of::<RequestSizeLimit>(),
         RegisteredPolicy::of::<ConcurrencyLimit>(),
