@@ -38,7 +38,7 @@ pub struct WindowConfig {
     /// `mon-fri` or `fri-mon`.
     #[serde(default = "every_day")]
     pub days: Vec<String>,
-    /// Local time the window opens, `HH:MM` or `HH:MM:SS`.
+    /// Local time the window opens, `HH:MM` or `HH:MM:SS` (`8:00` works too).
     #[serde(default = "start_of_day")]
     pub from: String,
     /// Local time the window closes (not included), `HH:MM`, `HH:MM:SS` or `24:00`. Earlier
@@ -260,7 +260,11 @@ fn parse_time(text: &str, may_end_day: bool) -> Result<DaySeconds, String> {
     let invalid = || format!("`{text}` is not a time: write `HH:MM` or `HH:MM:SS`, from `00:00` to `23:59:59`");
     let parts: Vec<&str> = text.trim().split(':').collect();
     if !(2..=3).contains(&parts.len())
-        || parts.iter().any(|part| part.len() != 2 || !part.bytes().all(|b| b.is_ascii_digit()))
+        || parts.iter().enumerate().any(|(at, part)| {
+            // `8:00` reads as well as `08:00`; minutes and seconds always have two digits.
+            let digits = if at == 0 { 1..=2 } else { 2..=2 };
+            !digits.contains(&part.len()) || !part.bytes().all(|b| b.is_ascii_digit())
+        })
     {
         return Err(invalid());
     }

@@ -159,6 +159,20 @@ fn answers_with_the_configured_status_and_message() {
 }
 
 #[test]
+fn reads_times_written_without_quotes_or_with_one_digit_hours() {
+    let policy = policy_at("windows: [{from: 8:00, to: 17:30:15}, {from: 20:00, to: 24:00}]", Timestamp::now);
+    for (instant, open) in [
+        ("2025-03-28T07:59:59Z", false),
+        ("2025-03-28T08:00:00Z", true),
+        ("2025-03-28T17:30:14Z", true),
+        ("2025-03-28T17:30:15Z", false),
+        ("2025-03-28T23:59:59Z", true),
+    ] {
+        assert_eq!(policy.is_open_at(at(instant)), open, "{instant}");
+    }
+}
+
+#[test]
 fn builds_through_the_registry_with_utc_by_default() {
     let policy = build_policy(entry(), "windows: [{from: \"00:00\", to: \"24:00\"}]").expect("valid settings");
     assert_eq!(policy.hooks(), Hooks::REQUEST);
@@ -183,7 +197,7 @@ fn rejects_bad_settings_at_their_paths() {
         ]
     );
     let found = errors(
-        "windows:\n  - {days: [mon, funday, sat-xyz], from: \"8:00\", to: \"25:00\"}\n  - {days: []}\n  - {from: \"24:00\"}\n  - {from: \"09:00\", to: \"09:00:00\"}",
+        "windows:\n  - {days: [mon, funday, sat-xyz], from: \"8:0\", to: \"25:00\"}\n  - {days: []}\n  - {from: \"24:00\"}\n  - {from: \"09:00\", to: \"09:00:00\"}",
     );
     let paths: Vec<&str> = found.iter().map(|error| error.split(": ").next().unwrap_or_default()).collect();
     assert_eq!(
