@@ -1,6 +1,7 @@
 //! `request_size_limit` through a running gateway: a declared oversized body is refused at
-//! once without touching the upstream; a chunked body (no declared length) is counted as it
-//! streams and cut off past the limit with 413; smaller bodies reach the upstream intact.
+//! once without touching the upstream; a body without a declared length (chunked over
+//! HTTP/1.1, DATA frames over HTTP/2) is counted as it streams, without being buffered, and
+//! cut off past the limit with 413; smaller bodies reach the upstream intact.
 
 use bytes::Bytes;
 use gantry_testkit::client::{TestClient, TestResponse};
@@ -182,4 +183,55 @@ async fn answers_413_to_a_large_upload_the_client_is_still_sending() {
         assert_too_large(&response, "request body exceeds 1000 bytes");
     }
     assert!(upstream.body_bytes_arrived() <= 5 * 1000, "{} bytes reached the upstream", upstream.body_bytes_arrived());
+}
+
+/// Over HTTP/2 a body is a stream of DATA frames, often without a declared length (gRPC, a
+/// page's streamed `fetch`): the gateway passes each frame on as it comes, and answers 413 on
+/// the stream as soon as the count passes the limit, while the client is still sending.
+#[tokio::test]
+async fn cuts_off_an_http2_body_streamed_without_a_length_past_the_limit_with_413() {
+    let upstream = RecordingUpstream::start().await;
+    let gateway = limited_gateway(upstream.addr(), 1000);
+    let stream = tokio::net::TcpStream::connect(gateway.addr(0)).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let (chunks, body) = ChannelBody::new();
+    let request = Request::post(gateway.url("/upload")).body(body).expect("request");
+    let response = tokio::spawn(async move { sender.send_request(request).await });
+
+    chunks.send(Bytes::from(vec![b'a'; 600])).await.expect("first frame");
+    eventually("the first frame reaches the upstream", || async {
+        (upstream.body_bytes_arrived() == 600).then_some(())
+    })
+    .await;
+    chunks.send(Bytes::from(vec![b'b'; 600])).await.expect("second frame");
+
+    let response = tokio::time::timeout(gantry_testkit::deadline(), response)
+        .await
+        .expect("the gateway answers while the client is still sending")
+        .expect("client task")
+        .expect("a response on the stream");
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let (parts, body) = response.into_parts();
+    let body = http_body_util::BodyExt::collect(body).await.expect("the answer's body").to_bytes();
+    assert_too_large(
+        &TestResponse { status: parts.status, headers: parts.headers, body },
+        "request body exceeds 1000 bytes",
+    );
+    drop(chunks);
+
+    let received = eventually("the upstream sees the request end", || async {
+        let received = upstream.received();
+        (!received.is_empty()).then_some(received)
+    })
+    .await;
+    assert!(!received[0].body_complete, "the upstream must see the body aborted, not ended: {received:?}");
+    assert_eq!(received[0].body_bytes, 600, "only the frame within the limit may be passed on");
 }
