@@ -65,7 +65,8 @@ pub struct Exchange {
     pub started_at: Instant,
     /// Largest request body forwarded, in bytes; a longer body is cut off with 413.
     pub request_body_limit: Option<u64>,
-    /// Typed values passed between policies.
+    /// Typed values passed between policies. They live until the response body has been
+    /// sent, so a value can hold a resource (a concurrency permit) for the whole exchange.
     pub extensions: http::Extensions,
 }
 

@@ -7,11 +7,11 @@ use serde::Serialize;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
-    /// Right after the route is matched: redirects, early rejections by connection facts.
+    /// Right after the route is matched: redirects, CORS, IP rules and bans, user agents.
     Ingress,
     /// Who is calling: authentication, consumer lookup.
     Identity,
-    /// May they: IP rules, ACLs, scopes.
+    /// May they: ACLs, scopes, allowed hours.
     Access,
     /// How much: rate limits, quotas, size caps.
     Traffic,

@@ -146,27 +146,27 @@ routes:
     paths: [/redirect-last]
     upstream: up
     policies:
-      - ip_restriction: {{deny: [127.0.0.0/8]}}
+      - acl: {{allow_groups: [staff]}}
       - redirect: {{http_to_https: true, status: 308}}
 "#,
         addr = upstream.addr()
     )));
     let client = TestClient::default();
 
-    // access (ip_restriction) runs before forward (mock_response), though listed after it.
+    // ingress (ip_restriction) runs before transform and forward (mock_response), though listed after them.
     let denied = client.get(&gateway.url("/listed-first")).await;
     assert_eq!(denied.status, StatusCode::FORBIDDEN);
     assert_eq!(denied.json()["type"], "https://gantry.dev/problems/ip-denied");
     assert_eq!(denied.header("x-transform-ran"), None, "the transform stage was never reached");
 
-    // A route's access policy still runs before a global terminal one.
+    // A route's ingress policy still runs before a global terminal one.
     let addr = gateway.addr(0);
     let mocked = get_from(LOOPBACK, addr, "/global-mock").await;
     assert_eq!(mocked.status, StatusCode::OK);
     assert_eq!(mocked.body, "mocked");
     assert_eq!(get_from(OTHER_LOOPBACK, addr, "/global-mock").await.status, StatusCode::FORBIDDEN);
 
-    // ingress (redirect) runs before access, so even a denied client is redirected first.
+    // ingress (redirect) runs before access (acl), so even a refused client is redirected first.
     let redirected =
         client.request(Method::GET, &gateway.url("/redirect-last?a=1"), &[("host", "example.com")], "").await;
     assert_eq!(redirected.status, StatusCode::PERMANENT_REDIRECT);
