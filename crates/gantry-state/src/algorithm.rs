@@ -17,6 +17,8 @@ pub(crate) enum State {
     SlidingWindow { start: u64, previous: u64, current: u64 },
     /// Theoretical arrival time: when the bucket is empty (every unit handed out has drained).
     Gcra { tat: u64 },
+    /// Units counted in the calendar period the key names.
+    Period { count: u64 },
 }
 
 /// A decision and the state to keep (with when it expires), or `None` to leave it unchanged.
@@ -140,6 +142,42 @@ pub(crate) fn gcra(state: Option<State>, now: u64, emission_interval: Duration, 
     }
 }
 
+/// The period is the caller's: its start is in the key and it ends in `ends_in`, so the state
+/// is only a count, kept for `keep_for` from now.
+pub(crate) fn period(
+    state: Option<State>,
+    now: u64,
+    ends_in: Duration,
+    keep_for: Duration,
+    limit: u64,
+    cost: u64,
+) -> Outcome {
+    let count = match state {
+        Some(State::Period { count }) => count,
+        _ => 0,
+    };
+    if count.saturating_add(cost) > limit {
+        // A cost above the limit never fits; the next period is still the earliest chance.
+        let decision = Decision {
+            allowed: false,
+            remaining: limit.saturating_sub(count),
+            reset_after: ends_in,
+            retry_after: ends_in,
+        };
+        return Outcome { decision, state: None };
+    }
+    let count = count + cost;
+    Outcome {
+        decision: Decision {
+            allowed: true,
+            remaining: limit - count,
+            reset_after: ends_in,
+            retry_after: Duration::ZERO,
+        },
+        state: Some((State::Period { count }, now.saturating_add(micros(keep_for)))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +255,25 @@ mod tests {
         let later = sliding_window(state, 2 * SECOND, window, 1, 1);
         assert!(later.decision.allowed);
         assert_eq!(later.decision.remaining, 0);
+    }
+
+    #[test]
+    fn period_counts_up_to_the_limit_and_says_when_the_period_ends() {
+        let ends_in = Duration::from_secs(3_600);
+        let keep_for = ends_in + Duration::from_secs(60);
+        let step = |state, now| period(state, now, ends_in, keep_for, 2, 1);
+        let decisions = run(step, &[0, 0, 0]);
+        let allowed: Vec<bool> = decisions.iter().map(|d| d.allowed).collect();
+        assert_eq!(allowed, [true, true, false]);
+        assert_eq!(decisions[1].remaining, 0);
+        assert_eq!(decisions[1].reset_after, ends_in);
+        assert_eq!(decisions[1].retry_after, Duration::ZERO);
+        assert_eq!(decisions[2].retry_after, ends_in, "denied until the period ends");
+
+        let kept = period(None, 5 * SECOND, ends_in, keep_for, 2, 1).state.map(|(_, expires)| expires);
+        assert_eq!(kept, Some(5 * SECOND + micros(keep_for)), "kept past the period's end");
+        let too_costly = period(None, 0, ends_in, keep_for, 2, 3);
+        assert!(!too_costly.decision.allowed && too_costly.state.is_none());
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! build time and kept across reloads, so a reload resets no counter.
 //!
 //! Time comes from the store: the process clock for memory, Redis's own `TIME` for Redis, so
-//! the clocks of several gateway nodes never need to agree.
+//! the clocks of several gateway nodes never need to agree. Calendar periods
+//! ([`CounterStore::period_hit`]) are the exception: a day begins at midnight on the caller's
+//! wall clock, so the caller names the period in the key and says when it ends.
 
 #![warn(missing_docs)]
 
@@ -30,6 +32,11 @@ use prometheus_client::registry::Registry;
 
 pub use memory::{Clock, ManualClock, MemoryStore, SystemClock};
 pub use redis::RedisStore;
+
+/// How long a period's count is kept after the period ended, so that a node whose clock is a
+/// little behind still finds the count of the period it is in (clocks are expected to agree
+/// within seconds; this leaves minutes).
+pub const PERIOD_GRACE: Duration = Duration::from_secs(5 * 60);
 
 /// What a limiter decided for one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +125,12 @@ pub trait CounterStore: Send + Sync + std::fmt::Debug + 'static {
     /// up to `burst` units at once when idle. `reset_after` of an allowed decision minus
     /// `emission_interval × cost` is how long a leaky bucket would delay this request.
     fn gcra_hit<'a>(&'a self, key: &'a str, emission_interval: Duration, burst: u64, cost: u64) -> Hit<'a>;
+
+    /// Calendar period: at most `limit` units in the period that `key` names (the caller puts
+    /// the period's start in the key), which ends in `ends_in` by the caller's clock. The count
+    /// is kept until then plus [`PERIOD_GRACE`]; a new period is a new key, starting at 0.
+    /// `reset_after` is `ends_in`, and so is `retry_after` when denied.
+    fn period_hit<'a>(&'a self, key: &'a str, ends_in: Duration, limit: u64, cost: u64) -> Hit<'a>;
 }
 
 /// Labels of `gantry_store_errors_total`.

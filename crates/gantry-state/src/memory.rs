@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::algorithm::{self, Outcome, State};
-use crate::{CounterStore, Hit};
+use crate::{CounterStore, Hit, PERIOD_GRACE};
 
 /// New keys inserted into a shard between two sweeps of its expired keys.
 pub const SWEEP_EVERY: u64 = 1024;
@@ -149,5 +149,10 @@ impl CounterStore for MemoryStore {
 
     fn gcra_hit<'a>(&'a self, key: &'a str, emission_interval: Duration, burst: u64, cost: u64) -> Hit<'a> {
         self.step(key, |state, now| algorithm::gcra(state, now, emission_interval, burst, cost))
+    }
+
+    fn period_hit<'a>(&'a self, key: &'a str, ends_in: Duration, limit: u64, cost: u64) -> Hit<'a> {
+        let keep_for = ends_in.saturating_add(PERIOD_GRACE);
+        self.step(key, |state, now| algorithm::period(state, now, ends_in, keep_for, limit, cost))
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Each limiter operation is one Lua script run (`EVALSHA`; the script is loaded on the first
 //! `NOSCRIPT` answer and then stays cached by the server), so reading, deciding and counting is
-//! atomic across processes, and takes one round trip. The scripts read Redis's own clock
-//! (`TIME`), so the gateways' clocks never need to agree. Every operation touches one key, so
+//! atomic across processes, and takes one round trip. The window and bucket scripts read
+//! Redis's own clock (`TIME`), so the gateways' clocks never need to agree; the calendar
+//! period's script needs no clock, as its caller names the period in the key. Every operation touches one key, so
 //! in a Redis Cluster it is served by the one node owning that key's slot.
 //!
 //! Connections are multiplexed: one connection carries many requests at once, written
@@ -23,7 +24,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{ConnectionInfo, IntoConnectionInfo, Script};
 
-use crate::{CounterStore, Decision, Hit, StoreError};
+use crate::{CounterStore, Decision, Hit, StoreError, PERIOD_GRACE};
 
 /// Least time between two attempts to open connections while Redis is unreachable.
 pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
@@ -42,11 +43,12 @@ enum Pool {
     Cluster(Vec<ClusterConnection>),
 }
 
-/// The three limiter scripts, hashed once.
+/// The limiter scripts, hashed once.
 struct Scripts {
     fixed_window: Script,
     sliding_window: Script,
     gcra: Script,
+    period: Script,
 }
 
 /// Limiter counters in Redis or a Redis Cluster.
@@ -140,6 +142,7 @@ impl RedisStore {
                 fixed_window: Script::new(include_str!("redis/fixed_window.lua")),
                 sliding_window: Script::new(include_str!("redis/sliding_window.lua")),
                 gcra: Script::new(include_str!("redis/gcra.lua")),
+                period: Script::new(include_str!("redis/period.lua")),
             },
         })
     }
@@ -240,7 +243,7 @@ impl RedisStore {
         }
     }
 
-    async fn run(&self, script: &Script, key: &str, args: [u64; 3]) -> Result<Decision, StoreError> {
+    async fn run<const N: usize>(&self, script: &Script, key: &str, args: [u64; N]) -> Result<Decision, StoreError> {
         let call = async {
             let pool = self.pool().await?;
             let mut invocation = script.key(format!("{}{key}", self.key_prefix));
@@ -286,6 +289,12 @@ impl CounterStore for RedisStore {
 
     fn gcra_hit<'a>(&'a self, key: &'a str, emission_interval: Duration, burst: u64, cost: u64) -> Hit<'a> {
         Hit::Pending(Box::pin(self.run(&self.scripts.gcra, key, [micros(emission_interval), burst, cost])))
+    }
+
+    fn period_hit<'a>(&'a self, key: &'a str, ends_in: Duration, limit: u64, cost: u64) -> Hit<'a> {
+        let keep_for_millis = u64::try_from(ends_in.saturating_add(PERIOD_GRACE).as_millis()).unwrap_or(u64::MAX);
+        let args = [micros(ends_in), limit, cost, keep_for_millis.max(1)];
+        Hit::Pending(Box::pin(self.run(&self.scripts.period, key, args)))
     }
 }
 

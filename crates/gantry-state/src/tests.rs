@@ -284,3 +284,86 @@ async fn a_redis_cluster_store_counts_each_key_exactly_on_the_node_owning_its_sl
     let decision = store.gcra_hit("after-flush", Duration::from_secs(1), 1, 1).resolve().await;
     assert!(decision.expect("NOSCRIPT is handled in a cluster too").allowed);
 }
+
+fn decided(hit: Hit<'_>) -> Decision {
+    match hit {
+        Hit::Ready(Ok(decision)) => decision,
+        _ => panic!("the memory store decides at once"),
+    }
+}
+
+#[test]
+fn memory_store_counts_a_period_until_its_end_plus_the_grace() {
+    let clock = ManualClock::default();
+    let store = MemoryStore::with_clock(Arc::new(clock.clone()));
+    let ends_in = Duration::from_secs(3_600);
+    let key = "quota:day:2026-12-03:alice";
+    let decisions: Vec<Decision> = (0..3).map(|_| decided(store.period_hit(key, ends_in, 2, 1))).collect();
+    assert_eq!(decisions.iter().map(|d| d.allowed).collect::<Vec<_>>(), [true, true, false]);
+    assert_eq!(decisions[2].retry_after, ends_in);
+    assert!(decided(store.period_hit("quota:day:2026-12-04:alice", ends_in, 2, 1)).allowed, "the next period");
+
+    // A node whose clock is behind still finds the count after the period ended elsewhere.
+    clock.advance(ends_in + PERIOD_GRACE - Duration::from_secs(1));
+    assert!(!decided(store.period_hit(key, Duration::from_secs(1), 2, 1)).allowed);
+    clock.advance(Duration::from_secs(2));
+    assert!(decided(store.period_hit(key, Duration::from_secs(1), 2, 1)).allowed, "forgotten after the grace");
+}
+
+#[tokio::test]
+async fn redis_store_counts_a_period_like_the_memory_store_and_keeps_it_past_its_end() {
+    let server = RedisServer::start();
+    let redis = redis_store(&server);
+    let memory = MemoryStore::default();
+    let ends_in = Duration::from_secs(7_200);
+    for store in [&redis as &dyn CounterStore, &memory] {
+        let mut decisions = Vec::new();
+        for _ in 0..4 {
+            decisions.push(store.period_hit("quota:2026-12-03:a", ends_in, 3, 1).resolve().await.expect("decided"));
+        }
+        let name = store.name();
+        let allowed: Vec<bool> = decisions.iter().map(|d| d.allowed).collect();
+        assert_eq!(allowed, [true, true, true, false], "{name}: {decisions:?}");
+        let remaining: Vec<u64> = decisions.iter().map(|d| d.remaining).collect();
+        assert_eq!(remaining, [2, 1, 0, 0], "{name}: {decisions:?}");
+        assert_eq!(decisions[3].retry_after, ends_in, "{name}: the caller's end, exactly");
+        assert_eq!(decisions[0].reset_after, ends_in, "{name}");
+        let costly = store.period_hit("quota:2026-12-03:b", ends_in, 3, 2).resolve().await.expect("decided");
+        assert_eq!((costly.allowed, costly.remaining), (true, 1), "{name}: a cost of 2");
+        let over = store.period_hit("quota:2026-12-03:b", ends_in, 3, 2).resolve().await.expect("decided");
+        assert_eq!((over.allowed, over.remaining), (false, 1), "{name}: 2 more do not fit in 1");
+    }
+    assert_eq!(server.command(&["GET", "test:quota:2026-12-03:a"]).trim(), "$1\r\n3");
+    let ttl = server.command(&["PTTL", "test:quota:2026-12-03:a"]);
+    let ttl: u64 = ttl.trim().trim_start_matches(':').parse().expect("PTTL answers an integer");
+    let kept = u64::try_from((ends_in + PERIOD_GRACE).as_millis()).expect("small");
+    assert!(ttl <= kept && ttl > kept - 5_000, "kept until the end plus the grace: {ttl} ms");
+}
+
+/// Two stores on one server stand for two gateway processes.
+#[tokio::test]
+async fn redis_stores_of_two_processes_admit_exactly_a_periods_limit_together() {
+    let server = RedisServer::start();
+    let stores = [Arc::new(redis_store(&server)), Arc::new(redis_store(&server))];
+    let tasks: Vec<_> = (0..16)
+        .map(|index| {
+            let store = stores[index % 2].clone();
+            tokio::spawn(async move {
+                let mut admitted = 0;
+                for _ in 0..50 {
+                    let hit = store.period_hit("quota:month:2026-12-01:shared", Duration::from_secs(86_400), 300, 1);
+                    if hit.resolve().await.expect("decided").allowed {
+                        admitted += 1;
+                    }
+                }
+                admitted
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        admitted += task.await.expect("task");
+    }
+    assert_eq!(admitted, 300, "800 attempts against a limit of 300");
+    assert_eq!(server.command(&["GET", "test:quota:month:2026-12-01:shared"]).trim(), "$3\r\n300");
+}
