@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use crate::error::Segment;
 use crate::locate::Locator;
 use crate::{
-    validate, ConfigError, ConfigErrors, ConsumerSpec, FieldPath, GatewaySpec, NodeSpec, Origin, PolicySetSpec,
-    PolicySpec, RouteSpec, ServiceSpec, UpstreamSpec,
+    validate, ConfigError, ConfigErrors, ConsumerGroupSpec, ConsumerSpec, FieldPath, GatewaySpec, NodeSpec, Origin,
+    PolicySetSpec, PolicySpec, RouteSpec, ServiceSpec, UpstreamSpec,
 };
 
 /// Where a configuration was read from.
@@ -166,12 +166,14 @@ impl LoadedConfig {
         record("services", spec.services.len());
         record("upstreams", spec.upstreams.len());
         record("consumers", spec.consumers.len());
+        record("consumer_groups", spec.consumer_groups.len());
         record("policy_sets", spec.policy_sets.len());
         record("global_policies", spec.global_policies.len());
         self.spec.routes.extend(spec.routes);
         self.spec.services.extend(spec.services);
         self.spec.upstreams.extend(spec.upstreams);
         self.spec.consumers.extend(spec.consumers);
+        self.spec.consumer_groups.extend(spec.consumer_groups);
         self.spec.policy_sets.extend(spec.policy_sets);
         self.spec.global_policies.extend(spec.global_policies);
         if let DocumentOrigin::File(path) = &origin {
@@ -291,12 +293,13 @@ fn collect_item_errors(text: &str, locator: &Locator, file: Option<&Path>) -> Op
             "services" => check_items::<ServiceSpec>(value, &at, &mut errors),
             "upstreams" => check_items::<UpstreamSpec>(value, &at, &mut errors),
             "consumers" => check_items::<ConsumerSpec>(value, &at, &mut errors),
+            "consumer_groups" => check_items::<ConsumerGroupSpec>(value, &at, &mut errors),
             "policy_sets" => check_items::<PolicySetSpec>(value, &at, &mut errors),
             "global_policies" => check_items::<PolicySpec>(value, &at, &mut errors),
             other => errors.push(
                 at,
                 format!(
-                    "unknown field `{other}`, expected one of `node`, `routes`, `services`, `upstreams`, `consumers`, `policy_sets`, `global_policies`"
+                    "unknown field `{other}`, expected one of `node`, `routes`, `services`, `upstreams`, `consumers`, `consumer_groups`, `policy_sets`, `global_policies`"
                 ),
             ),
         }
@@ -415,6 +418,38 @@ mod tests {
         .expect("valid");
         assert_eq!(spec.upstreams[0].endpoints[1].weight, 3);
         assert_eq!(spec.global_policies[0].name, "ip_restriction");
+    }
+
+    #[test]
+    fn reads_consumer_groups_with_their_policies() {
+        let spec = load_str(
+            "consumer_groups:\n  - id: gold\n    description: paying partners\n    policies:\n      - rate_limit: {limit: 10, window: 1m}\nconsumers:\n  - id: acme\n    groups: [gold, beta]\n",
+        )
+        .expect("valid");
+        let group = &spec.consumer_groups[0];
+        assert_eq!(group.id, "gold");
+        assert_eq!(group.description.as_deref(), Some("paying partners"));
+        assert_eq!(group.policies[0].name, "rate_limit");
+        // `beta` is used without being declared: groups only `acl` looks at need no entry.
+        assert_eq!(spec.consumers[0].groups, ["gold", "beta"]);
+    }
+
+    #[test]
+    fn reports_consumer_group_mistakes_at_their_line_and_path() {
+        let file = write_temp(
+            "groups",
+            "consumer_groups:\n  - id: gold\n    policy: []\n  - id: silver\n  - id: silver\n  - id: 'bad id'\n",
+        );
+        let errors = load_path(&file).expect_err("an unknown field");
+        let text = errors.to_string();
+        assert!(text.contains("gantry.yaml:3:5: consumer_groups[gold].policy: unknown field `policy`"), "{text}");
+
+        std::fs::write(&file, "consumer_groups:\n  - id: silver\n  - id: silver\n  - id: 'bad id'\n").expect("write");
+        let errors = load_path(&file).expect_err("a duplicate and a bad id");
+        let text = errors.to_string();
+        assert_eq!(errors.0.len(), 2, "{text}");
+        assert!(text.contains("gantry.yaml:3:5: consumer_groups[silver].id: duplicate id `silver`"), "{text}");
+        assert!(text.contains("consumer_groups[bad id].id: ` ` is not allowed in an id"), "{text}");
     }
 
     #[test]

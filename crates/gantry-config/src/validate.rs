@@ -19,6 +19,7 @@ pub fn validate_spec(spec: &GatewaySpec) -> ConfigErrors {
     let set_ids = unique_ids(spec.policy_sets.iter().map(|s| s.id.as_str()), "policy_sets", &mut errors);
     unique_ids(spec.routes.iter().map(|r| r.id.as_str()), "routes", &mut errors);
     unique_ids(spec.consumers.iter().map(|c| c.id.as_str()), "consumers", &mut errors);
+    unique_ids(spec.consumer_groups.iter().map(|g| g.id.as_str()), "consumer_groups", &mut errors);
 
     for (index, upstream) in spec.upstreams.iter().enumerate() {
         validate_upstream(upstream, &root.key("upstreams").item(index, &upstream.id), &mut errors);

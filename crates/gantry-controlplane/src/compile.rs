@@ -3,7 +3,9 @@
 //!
 //! Policy precedence, applied here once and never per request: global, then service, then
 //! policy sets (in listed order), then the route's own. A later entry for the same policy
-//! name replaces the earlier one, so a route can override a global setting.
+//! name replaces the earlier one, so a route can override a global setting. A recognised
+//! consumer's policies come last: those of its groups (in the order it lists them), then its
+//! own, with the same rule among them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use gantry_config::{
     validate::validate_spec, ConfigErrors, FieldPath, GatewaySpec, HostHeaderSpec, PolicySpec, RouteSpec, UpstreamSpec,
     ValueMatchSpec,
 };
-use gantry_dataplane::pipeline::{Pipeline, PipelineEntry};
+use gantry_dataplane::pipeline::{ConsumerPolicies, Pipeline, PipelineEntry};
 use gantry_dataplane::route::{CompiledRoute, Conditions, PathRewrite, ValueCondition, ValueRule};
 use gantry_dataplane::router::RouterBuilder;
 use gantry_dataplane::upstream::client::ClientSettings;
@@ -154,33 +156,56 @@ fn check_policies(spec: &GatewaySpec, consumers: &ConsumerDirectory, stores: &St
 }
 
 /// Builds each consumer's policies, which replace a route's policy of the same name once the
-/// consumer is recognised. They can only run after the identity stage, when it is known.
+/// consumer is recognised: its groups' policies, in the order it lists its groups, then its own,
+/// a later one replacing an earlier one of the same name. A group's policies are built once and
+/// shared by its members, so a limit there counts its members together unless its key tells
+/// them apart. They can only run after the identity stage, when the consumer is known.
 fn build_consumer_policies(
     spec: &GatewaySpec,
     context: &BuildContext<'_>,
     errors: &mut ConfigErrors,
-) -> Vec<(Arc<str>, Vec<PipelineEntry>)> {
-    let mut consumer_policies = Vec::new();
+) -> ConsumerPolicies {
+    let root = FieldPath::root();
+    let mut groups: HashMap<&str, Vec<PipelineEntry>> = HashMap::with_capacity(spec.consumer_groups.len());
+    for (index, group) in spec.consumer_groups.iter().enumerate() {
+        let path = root.key("consumer_groups").item(index, &group.id).key("policies");
+        let entries = build_policies(&group.policies, &path, context, errors);
+        refuse_before_identity(&group.policies, &path, "a consumer group", errors);
+        groups.insert(group.id.as_str(), entries);
+    }
+    let mut consumer_policies = ConsumerPolicies::default();
     for (index, consumer) in spec.consumers.iter().enumerate() {
-        let path = FieldPath::root().key("consumers").item(index, &consumer.id).key("policies");
-        let entries = build_policies(&consumer.policies, &path, context, errors);
-        for (position, entry) in entries.iter().enumerate() {
-            if entry.stage <= Stage::Identity {
-                errors.push(
-                    path.index(position).key(entry.name),
-                    format!(
-                        "`{}` runs in the {} stage, before the consumer is known: a consumer can only set policies of later stages",
-                        entry.name,
-                        entry.stage.name()
-                    ),
-                );
+        let path = root.key("consumers").item(index, &consumer.id).key("policies");
+        let own = build_policies(&consumer.policies, &path, context, errors);
+        refuse_before_identity(&consumer.policies, &path, "a consumer", errors);
+        let mut entries = Vec::new();
+        for group in &consumer.groups {
+            if let Some(group_entries) = groups.get(group.as_str()) {
+                layer(&mut entries, group_entries);
             }
         }
-        if !entries.is_empty() {
-            consumer_policies.push((Arc::from(consumer.id.as_str()), entries));
-        }
+        layer(&mut entries, &own);
+        consumer_policies.insert(Arc::from(consumer.id.as_str()), entries);
     }
     consumer_policies
+}
+
+/// Consumer and group policies run once the consumer is known, so none may belong to the
+/// identity stage or an earlier one.
+fn refuse_before_identity(policies: &[PolicySpec], path: &FieldPath, owner: &str, errors: &mut ConfigErrors) {
+    for (index, policy) in policies.iter().enumerate() {
+        let Some(registered) = gantry_policies::registry::find(&policy.name) else { continue };
+        if registered.stage <= Stage::Identity {
+            errors.push(
+                path.index(index).key(registered.name),
+                format!(
+                    "`{}` runs in the {} stage, before the consumer is known: {owner} can only set policies of later stages",
+                    registered.name,
+                    registered.stage.name()
+                ),
+            );
+        }
+    }
 }
 
 /// Adds `later` to `entries`; an entry for a policy already present replaces it.

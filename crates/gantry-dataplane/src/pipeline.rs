@@ -4,9 +4,10 @@
 //! reached so far see the response, in reverse (as in Envoy). Lists are fixed at compile time,
 //! so a policy is never called for a hook it does not implement.
 //!
-//! A consumer with policies of its own gets its own copy of each route's pipeline, made at
-//! compile time; the request switches to it after the identity stage, so nothing is merged per
-//! request.
+//! A consumer with policies of its own (or from its groups) gets its own copy of each route's
+//! pipeline, made at compile time; the request switches to it after the identity stage, so
+//! nothing is merged per request. Consumers whose policies are the very same (members of one
+//! group with none of their own) share one copy.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,8 +43,62 @@ pub struct Pipeline {
     log: Vec<usize>,
     /// Positions of policies that may need the request body.
     body_readers: Vec<usize>,
-    /// This pipeline with each consumer's own policies, by consumer id.
-    for_consumers: HashMap<Arc<str>, Arc<Pipeline>>,
+    /// This pipeline with each consumer's own policies.
+    for_consumers: ForConsumers,
+}
+
+/// The policies each consumer adds to or replaces in a route's, once it is recognised: the
+/// same for every route, so built once per compile. Consumers with the same policies (the
+/// same built instances, as members of one group without policies of their own have) share
+/// one list, and so one pipeline per route.
+#[derive(Clone, Debug, Default)]
+pub struct ConsumerPolicies {
+    /// Index in `lists` by consumer id.
+    by_consumer: Arc<HashMap<Arc<str>, usize>>,
+    lists: Vec<Vec<PipelineEntry>>,
+    /// Index in `lists` by the addresses of a list's policy instances.
+    by_instances: HashMap<Vec<usize>, usize>,
+}
+
+impl ConsumerPolicies {
+    /// Gives `consumer` the policies `entries`; an empty list gives it none.
+    pub fn insert(&mut self, consumer: Arc<str>, entries: Vec<PipelineEntry>) {
+        if entries.is_empty() {
+            return;
+        }
+        // A built instance is never shared between two names, so its address alone tells
+        // whether two lists are the same.
+        let instances: Vec<usize> =
+            entries.iter().map(|entry| Arc::as_ptr(&entry.policy).cast::<()>() as usize).collect();
+        let next = self.lists.len();
+        let index = *self.by_instances.entry(instances).or_insert(next);
+        if index == next {
+            self.lists.push(entries);
+        }
+        Arc::make_mut(&mut self.by_consumer).insert(consumer, index);
+    }
+
+    /// The policies of `consumer`, if it has any.
+    pub fn get(&self, consumer: &str) -> Option<&[PipelineEntry]> {
+        self.by_consumer.get(consumer).map(|&index| self.lists[index].as_slice())
+    }
+
+    /// How many different lists of policies there are: the pipelines made per route.
+    pub fn distinct_lists(&self) -> usize {
+        self.lists.len()
+    }
+
+    /// True when no consumer has policies.
+    pub fn is_empty(&self) -> bool {
+        self.lists.is_empty()
+    }
+}
+
+/// A route's pipelines for recognised consumers: one per distinct list of consumer policies.
+#[derive(Clone, Debug, Default)]
+struct ForConsumers {
+    by_consumer: Arc<HashMap<Arc<str>, usize>>,
+    pipelines: Vec<Arc<Pipeline>>,
 }
 
 /// How far the request hooks got.
@@ -73,32 +128,41 @@ impl Pipeline {
         let response = positions(|entry| entry.policy.hooks().response);
         let log = positions(|entry| entry.policy.hooks().log);
         let body_readers = positions(|entry| entry.policy.reads_request_body());
-        Self { entries, request, response, log, body_readers, for_consumers: HashMap::new() }
+        Self { entries, request, response, log, body_readers, for_consumers: ForConsumers::default() }
     }
 
     /// Adds the pipelines used once a consumer with policies of its own is recognised: each
     /// consumer policy replaces the route's policy of the same name in place, or is added at the
     /// end of its stage. Consumer policies run after the identity stage only (checked at compile).
-    pub fn with_consumer_policies(mut self, consumer_policies: &[(Arc<str>, Vec<PipelineEntry>)]) -> Self {
-        for (consumer, policies) in consumer_policies {
-            let mut entries = self.entries.clone();
-            for policy in policies {
-                match entries.iter_mut().find(|entry| entry.name == policy.name) {
-                    Some(existing) => *existing = policy.clone(),
-                    None => entries.push(policy.clone()),
+    pub fn with_consumer_policies(mut self, consumer_policies: &ConsumerPolicies) -> Self {
+        let pipelines = consumer_policies
+            .lists
+            .iter()
+            .map(|policies| {
+                let mut entries = self.entries.clone();
+                for policy in policies {
+                    match entries.iter_mut().find(|entry| entry.name == policy.name) {
+                        Some(existing) => *existing = policy.clone(),
+                        None => entries.push(policy.clone()),
+                    }
                 }
-            }
-            self.for_consumers.insert(consumer.clone(), Arc::new(Pipeline::new(entries)));
-        }
+                Arc::new(Pipeline::new(entries))
+            })
+            .collect();
+        self.for_consumers = ForConsumers { by_consumer: consumer_policies.by_consumer.clone(), pipelines };
         self
     }
 
     /// The pipeline that ran for `exchange`: the consumer's own once it was recognised.
     pub fn selected(&self, exchange: &Exchange) -> &Pipeline {
-        if self.for_consumers.is_empty() {
+        if self.for_consumers.pipelines.is_empty() {
             return self;
         }
-        exchange.consumer().and_then(|consumer| self.for_consumers.get(&consumer.id)).map_or(self, |own| own)
+        exchange
+            .consumer()
+            .and_then(|consumer| self.for_consumers.by_consumer.get(&consumer.id))
+            .and_then(|&index| self.for_consumers.pipelines.get(index))
+            .map_or(self, |own| own)
     }
 
     /// The policies in running order.
@@ -116,7 +180,7 @@ impl Pipeline {
     /// Runs request hooks until one answers. Response and log hooks must then run on
     /// [`Pipeline::selected`], which may be a consumer's own pipeline.
     pub async fn run_request(&self, request: &mut RequestParts, exchange: &mut Exchange) -> RequestOutcome {
-        if self.for_consumers.is_empty() {
+        if self.for_consumers.pipelines.is_empty() {
             return self.run_request_hooks(0..self.request.len(), request, exchange).await;
         }
         let identity_done = self.request_hooks_after_identity();
@@ -299,5 +363,55 @@ mod tests {
         assert_eq!(pipeline.request_body_limit(&get), None);
         let without = Pipeline::new(vec![entry("other", Stage::Access, false, &calls)]);
         assert_eq!(without.request_body_limit(&post), None);
+    }
+
+    fn as_consumer(id: &str) -> Exchange {
+        let mut exchange = exchange_from("127.0.0.1:1");
+        let consumer = Arc::new(gantry_policy_api::Consumer::named(id));
+        exchange.authenticate(gantry_policy_api::Identity::credential(consumer, format!("{id}:key").into(), "key"));
+        exchange
+    }
+
+    fn names(pipeline: &Pipeline) -> Vec<String> {
+        pipeline.entries().iter().map(|entry| format!("{}@{}", entry.name, entry.stage.name())).collect()
+    }
+
+    #[test]
+    fn switches_to_a_consumers_pipeline_where_its_policies_replace_the_routes() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let route_limit = entry("limit", Stage::Traffic, false, &calls);
+        let group_limit = entry("limit", Stage::Traffic, true, &calls);
+        let group_header = entry("header", Stage::Transform, false, &calls);
+        let mut consumers = ConsumerPolicies::default();
+        consumers.insert("gold-1".into(), vec![group_limit.clone(), group_header.clone()]);
+        consumers.insert("gold-2".into(), vec![group_limit.clone(), group_header.clone()]);
+        consumers.insert("loner".into(), vec![entry("limit", Stage::Traffic, false, &calls)]);
+        consumers.insert("nobody".into(), Vec::new());
+        assert_eq!(consumers.distinct_lists(), 2, "the two group members share one list");
+        assert!(consumers.get("nobody").is_none());
+
+        let pipeline = Pipeline::new(vec![entry("auth", Stage::Identity, false, &calls), route_limit.clone()])
+            .with_consumer_policies(&consumers);
+        let gold_1 = pipeline.selected(&as_consumer("gold-1"));
+        let gold_2 = pipeline.selected(&as_consumer("gold-2"));
+        assert!(std::ptr::eq(gold_1, gold_2), "one pipeline per list, not per consumer");
+        assert_eq!(names(gold_1), ["auth@identity", "limit@traffic", "header@transform"]);
+        assert!(Arc::ptr_eq(&gold_1.entries()[1].policy, &group_limit.policy), "replaced in place");
+        assert!(std::ptr::eq(pipeline.selected(&as_consumer("stranger")), &pipeline));
+        assert!(std::ptr::eq(pipeline.selected(&exchange_from("127.0.0.1:1")), &pipeline));
+        assert!(!std::ptr::eq(pipeline.selected(&as_consumer("loner")), gold_1));
+
+        let answered_by = |mut exchange: Exchange| {
+            let mut request = request_parts(http::Request::new(()));
+            let outcome = futures_util::FutureExt::now_or_never(pipeline.run_request(&mut request, &mut exchange))
+                .expect("recorders never wait");
+            match outcome {
+                RequestOutcome::Forward => None,
+                RequestOutcome::Respond { policy, .. } => Some(policy),
+            }
+        };
+        assert_eq!(answered_by(as_consumer("gold-2")), Some("limit"), "the group's refusing limit ran");
+        assert_eq!(answered_by(as_consumer("loner")), None);
+        assert_eq!(answered_by(as_consumer("stranger")), None);
     }
 }

@@ -51,11 +51,12 @@ pub fn validate(args: ValidateArgs) -> ExitCode {
         Ok(loaded) => {
             let spec = &loaded.spec;
             println!(
-                "configuration is valid: {} routes, {} services, {} upstreams, {} consumers, {} policy sets, {} global policies",
+                "configuration is valid: {} routes, {} services, {} upstreams, {} consumers, {} consumer groups, {} policy sets, {} global policies",
                 spec.routes.len(),
                 spec.services.len(),
                 spec.upstreams.len(),
                 spec.consumers.len(),
+                spec.consumer_groups.len(),
                 spec.policy_sets.len(),
                 spec.global_policies.len()
             );

@@ -35,6 +35,9 @@ pub struct GatewaySpec {
     /// Consumers: the clients that identity policies recognise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub consumers: Vec<ConsumerSpec>,
+    /// Consumer groups: policies shared by every consumer that names the group in `groups`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumer_groups: Vec<ConsumerGroupSpec>,
     /// Named, reusable lists of policies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policy_sets: Vec<PolicySetSpec>,
@@ -54,17 +57,20 @@ pub enum ResourceKind {
     Upstreams,
     /// `consumers`
     Consumers,
+    /// `consumer_groups`
+    ConsumerGroups,
     /// `policy_sets`
     PolicySets,
 }
 
 impl ResourceKind {
     /// Every kind, in configuration order.
-    pub const ALL: [ResourceKind; 5] = [
+    pub const ALL: [ResourceKind; 6] = [
         ResourceKind::Routes,
         ResourceKind::Services,
         ResourceKind::Upstreams,
         ResourceKind::Consumers,
+        ResourceKind::ConsumerGroups,
         ResourceKind::PolicySets,
     ];
 
@@ -75,6 +81,7 @@ impl ResourceKind {
             ResourceKind::Services => "services",
             ResourceKind::Upstreams => "upstreams",
             ResourceKind::Consumers => "consumers",
+            ResourceKind::ConsumerGroups => "consumer_groups",
             ResourceKind::PolicySets => "policy_sets",
         }
     }
@@ -111,15 +118,32 @@ pub struct ConsumerSpec {
     /// Free text for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// Groups for `acl` decisions and per-group limits.
+    /// Groups for `acl` decisions and per-group limits. A group declared in `consumer_groups`
+    /// adds its policies, in the order listed here; other names need no declaration.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
     /// Credentials by identity policy name (e.g. `key_auth`), each checked by that policy.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub credentials: serde_json::Map<String, serde_json::Value>,
-    /// Policies that replace a route's policy of the same name for this consumer.
+    /// Policies that replace a route's policy of the same name for this consumer, and a
+    /// policy of the same name from its groups.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicySpec>,
+}
+
+/// A consumer group: policies for every consumer that lists the group in its `groups`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerGroupSpec {
+    /// Unique id: the group name consumers list in `groups`.
+    pub id: String,
+    /// Free text for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Policies that replace a route's policy of the same name for the group's consumers
+    /// (stages after identity only). A consumer's own policies replace these in turn.
+    #[serde(default)]
     pub policies: Vec<PolicySpec>,
 }
 

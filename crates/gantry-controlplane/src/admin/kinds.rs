@@ -4,8 +4,8 @@
 
 use gantry_config::secret::REDACTED;
 use gantry_config::{
-    ConfigErrors, ConsumerSpec, FieldPath, GatewaySpec, PolicySetSpec, ResourceKind, RouteSpec, ServiceSpec,
-    UpstreamSpec,
+    ConfigErrors, ConsumerGroupSpec, ConsumerSpec, FieldPath, GatewaySpec, PolicySetSpec, ResourceKind, RouteSpec,
+    ServiceSpec, UpstreamSpec,
 };
 
 use super::resource::ConfigResource;
@@ -23,6 +23,7 @@ pub fn for_each_kind(visitor: &mut impl KindVisitor) {
     visitor.visit::<ServiceSpec>();
     visitor.visit::<UpstreamSpec>();
     visitor.visit::<ConsumerSpec>();
+    visitor.visit::<ConsumerGroupSpec>();
     visitor.visit::<PolicySetSpec>();
 }
 
@@ -144,6 +145,36 @@ impl ConfigResource for ConsumerSpec {
     }
 }
 
+impl ConfigResource for ConsumerGroupSpec {
+    const KIND: ResourceKind = ResourceKind::ConsumerGroups;
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn list(spec: &GatewaySpec) -> &[Self] {
+        &spec.consumer_groups
+    }
+
+    fn list_mut(spec: &mut GatewaySpec) -> &mut Vec<Self> {
+        &mut spec.consumer_groups
+    }
+
+    /// A group is not required for a consumer to list it (groups only `acl` reads need no
+    /// declaration), but deleting one that consumers list would silently drop their limits,
+    /// so it is refused as in APISIX: remove the group from those consumers first, or replace
+    /// the group with no policies.
+    fn references(spec: &GatewaySpec, id: &str) -> Vec<FieldPath> {
+        let mut found = Vec::new();
+        for (index, consumer) in spec.consumers.iter().enumerate() {
+            let groups = FieldPath::root().key("consumers").item(index, &consumer.id).key("groups");
+            let positions = consumer.groups.iter().enumerate().filter(|(_, group)| group.as_str() == id);
+            found.extend(positions.map(|(position, _)| groups.index(position)));
+        }
+        found
+    }
+}
+
 impl ConfigResource for PolicySetSpec {
     const KIND: ResourceKind = ResourceKind::PolicySets;
 
@@ -221,6 +252,16 @@ mod tests {
         assert_eq!(by_service, ["routes[a].service"]);
         let by_set: Vec<String> = PolicySetSpec::references(&spec, "shared").iter().map(ToString::to_string).collect();
         assert_eq!(by_set, ["routes[a].policy_sets[1]"]);
+    }
+
+    #[test]
+    fn finds_consumers_listing_a_consumer_group() {
+        let spec = spec(
+            "consumers:\n  - id: a\n    groups: [silver, gold]\n  - id: b\n  - id: c\n    groups: [gold]\nconsumer_groups:\n  - id: gold\n",
+        );
+        let found: Vec<String> = ConsumerGroupSpec::references(&spec, "gold").iter().map(ToString::to_string).collect();
+        assert_eq!(found, ["consumers[a].groups[1]", "consumers[c].groups[0]"]);
+        assert!(ConsumerGroupSpec::references(&spec, "bronze").is_empty());
     }
 
     #[test]

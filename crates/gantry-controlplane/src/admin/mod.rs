@@ -3,7 +3,7 @@
 //!
 //! A request passes [`auth`] (the API key; only `GET /health` and `GET /ready` are open),
 //! then one handler: the generic CRUD of [`resource`] for every kind listed in [`kinds`]
-//! (`/routes`, `/services`, `/upstreams`, `/consumers`, `/policy_sets`, and the
+//! (`/routes`, `/services`, `/upstreams`, `/consumers`, `/consumer_groups`, `/policy_sets`, and the
 //! `/global_policies` list), or [`status`] (`/config`, `/health`, `/ready`, `/openapi.json`).
 //! Writes go through [`crate::ControlPlane`] like a file reload (validate, compile, save via
 //! [`persist`], swap), and every error is an [`AdminError`] rendered by [`problem`] as an

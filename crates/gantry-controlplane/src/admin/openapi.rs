@@ -265,7 +265,7 @@ mod tests {
         let document = openapi_document();
         assert_eq!(document["openapi"], "3.1.0");
         let paths = document["paths"].as_object().expect("paths");
-        for kind in ["routes", "services", "upstreams", "consumers", "policy_sets"] {
+        for kind in ["routes", "services", "upstreams", "consumers", "consumer_groups", "policy_sets"] {
             for verb in ["get", "post"] {
                 assert!(paths[&format!("/{kind}")].get(verb).is_some(), "{verb} /{kind}");
             }
@@ -286,9 +286,16 @@ mod tests {
             }
         }
         let schemas = document["components"]["schemas"].as_object().expect("schemas");
-        for name in
-            ["RouteSpec", "ServiceSpec", "UpstreamSpec", "ConsumerSpec", "PolicySetSpec", "PolicySpec", "GatewaySpec"]
-        {
+        for name in [
+            "RouteSpec",
+            "ServiceSpec",
+            "UpstreamSpec",
+            "ConsumerSpec",
+            "ConsumerGroupSpec",
+            "PolicySetSpec",
+            "PolicySpec",
+            "GatewaySpec",
+        ] {
             assert_eq!(schemas[name]["type"], "object", "{name} has an object schema");
         }
         assert!(

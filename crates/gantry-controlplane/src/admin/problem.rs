@@ -141,8 +141,8 @@ impl ProblemType {
             }
             ProblemType::EndpointNotFound => {
                 "The path names no admin endpoint. `GET /openapi.json` lists them all; resource \
-                 collections are `routes`, `services`, `upstreams`, `consumers`, `policy_sets` \
-                 and `global_policies`."
+                 collections are `routes`, `services`, `upstreams`, `consumers`, \
+                 `consumer_groups`, `policy_sets` and `global_policies`."
             }
             ProblemType::MethodNotAllowed => {
                 "The endpoint exists but does not take this method, e.g. `DELETE /routes` \
@@ -159,7 +159,7 @@ impl ProblemType {
             ProblemType::ResourceInUse => {
                 "The resource cannot be deleted while other resources refer to it (an upstream \
                  used by a route or service, a service used by a route, a policy set included by \
-                 a route). The `used_by` member lists the referring fields; change or delete \
+                 a route, a consumer group listed by a consumer). The `used_by` member lists the referring fields; change or delete \
                  those first. Nothing changed."
             }
             ProblemType::IdMismatch => {
@@ -340,6 +340,7 @@ pub fn noun(kind: ResourceKind) -> &'static str {
         ResourceKind::Services => "service",
         ResourceKind::Upstreams => "upstream",
         ResourceKind::Consumers => "consumer",
+        ResourceKind::ConsumerGroups => "consumer group",
         ResourceKind::PolicySets => "policy set",
     }
 }

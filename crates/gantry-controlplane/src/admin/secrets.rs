@@ -38,7 +38,7 @@ pub fn hide_secrets_in_config(config: &mut Value) {
     if let Some(global) = config.get_mut("global_policies") {
         hide_policy_secrets(global);
     }
-    for kind in ["routes", "services", "policy_sets", "consumers"] {
+    for kind in ["routes", "services", "policy_sets", "consumers", "consumer_groups"] {
         let Some(items) = config.get_mut(kind).and_then(Value::as_array_mut) else { continue };
         for policies in items.iter_mut().filter_map(|item| item.get_mut("policies")) {
             hide_policy_secrets(policies);

@@ -93,3 +93,95 @@ fn keeps_endpoint_state_across_compiles() {
     let second = compile_snapshot(&spec, 2, &states, &gantry_state::Stores::in_memory()).expect("valid");
     assert!(std::sync::Arc::ptr_eq(&first.upstreams[0].endpoints[0].state, &second.upstreams[0].endpoints[0].state));
 }
+
+/// The `X-Layer` header each `request_headers` policy of the pipeline selected for `consumer`
+/// sets, in running order (`None` without a consumer).
+fn layers_for(snapshot: &Snapshot, consumer: Option<&str>) -> Vec<String> {
+    use gantry_policy_api::testing::{exchange_from, request_parts, run_request};
+    let mut exchange = exchange_from("127.0.0.1:1");
+    if let Some(id) = consumer {
+        let consumer = Arc::new(gantry_policy_api::Consumer::named(id));
+        exchange.authenticate(gantry_policy_api::Identity::credential(consumer, format!("{id}:key").into(), "key"));
+    }
+    let pipeline = snapshot.routes[0].pipeline.selected(&exchange);
+    let mut layers = Vec::new();
+    for entry in pipeline.entries().iter().filter(|entry| entry.name == "request_headers") {
+        let mut request = request_parts(http::Request::get("/").body(()).expect("request"));
+        run_request(&*entry.policy, &mut request, &mut exchange);
+        layers.extend(request.headers.get("x-layer").and_then(|value| value.to_str().ok()).map(str::to_owned));
+    }
+    layers
+}
+
+const GROUPS: &str = "consumer_groups:
+  - id: gold
+    policies:
+      - request_headers: {set: {X-Layer: gold}}
+      - response_headers: {set: {X-Gold: 'yes'}}
+  - id: silver
+    policies:
+      - request_headers: {set: {X-Layer: silver}}
+consumers:
+  - id: gold-1
+    groups: [gold]
+  - id: gold-2
+    groups: [gold, staff]
+  - id: both
+    groups: [gold, silver]
+  - id: both-reversed
+    groups: [silver, gold]
+  - id: own
+    groups: [gold]
+    policies:
+      - request_headers: {set: {X-Layer: own}}
+  - id: loner
+";
+
+#[test]
+fn gives_group_members_the_groups_policies_with_later_groups_and_own_policies_winning() {
+    let snapshot = compile(&format!(
+        "{UPSTREAM}{GROUPS}routes:\n  - id: r\n    paths: [/x]\n    upstream: up\n    policies:\n      - request_headers: {{set: {{X-Layer: route}}}}\n"
+    ))
+    .expect("valid");
+    assert_eq!(layers_for(&snapshot, None), ["route"]);
+    assert_eq!(layers_for(&snapshot, Some("loner")), ["route"], "a consumer in no group keeps the route's");
+    assert_eq!(layers_for(&snapshot, Some("gold-1")), ["gold"]);
+    assert_eq!(layers_for(&snapshot, Some("gold-2")), ["gold"], "an undeclared group adds nothing");
+    assert_eq!(layers_for(&snapshot, Some("both")), ["silver"], "the group listed last wins");
+    assert_eq!(layers_for(&snapshot, Some("both-reversed")), ["gold"]);
+    assert_eq!(layers_for(&snapshot, Some("own")), ["own"], "the consumer's own policy beats its group's");
+
+    let pipeline = &snapshot.routes[0].pipeline;
+    let selected = |id: &str| {
+        let mut exchange = gantry_policy_api::testing::exchange_from("127.0.0.1:1");
+        let consumer = Arc::new(gantry_policy_api::Consumer::named(id));
+        exchange.authenticate(gantry_policy_api::Identity::credential(consumer, "key".into(), "key"));
+        let names: Vec<&str> = pipeline.selected(&exchange).entries().iter().map(|entry| entry.name).collect();
+        (std::ptr::from_ref(pipeline.selected(&exchange)), names.join(","))
+    };
+    let (gold_1, names) = selected("gold-1");
+    assert_eq!(names, "request_headers,response_headers", "the group's other policy is added");
+    assert_eq!(gold_1, selected("gold-2").0, "members with the same policies share one pipeline");
+    assert_ne!(gold_1, selected("own").0);
+}
+
+#[test]
+fn refuses_group_policies_that_run_before_the_consumer_is_known_and_bad_settings_at_their_paths() {
+    let errors = compile(&format!(
+        "{UPSTREAM}consumer_groups:\n  - id: gold\n    policies:\n      - rate_limit: {{limit: 0, window: 1m}}\n      - key_auth: {{}}\nroutes:\n  - id: r\n    paths: [/x]\n    upstream: up\n"
+    ))
+    .expect_err("two errors");
+    let found: Vec<String> = errors.iter().map(|error| format!("{}: {}", error.path, error.message)).collect();
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found[0].starts_with("consumer_groups[gold].policies[0].rate_limit.limit: "), "{found:?}");
+    assert!(
+        found[1].starts_with("consumer_groups[gold].policies[1].key_auth: `key_auth` runs in the identity stage")
+            && found[1].contains("a consumer group can only set policies of later stages"),
+        "{found:?}"
+    );
+
+    let errors = compile("consumer_groups:\n  - id: gold\n  - id: gold\n    policies:\n      - no_such_policy: {}\n")
+        .expect_err("errors");
+    let paths: Vec<String> = errors.iter().map(|error| error.path.to_string()).collect();
+    assert_eq!(paths, ["consumer_groups[gold].id", "consumer_groups[gold].policies[0]"], "{errors}");
+}

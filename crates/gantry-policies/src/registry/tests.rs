@@ -109,6 +109,9 @@ fn policy_entries(spec: &GatewaySpec) -> Vec<(FieldPath, &PolicySpec)> {
     for (index, consumer) in spec.consumers.iter().enumerate() {
         add(&mut entries, root.key("consumers").item(index, &consumer.id).key("policies"), &consumer.policies);
     }
+    for (index, group) in spec.consumer_groups.iter().enumerate() {
+        add(&mut entries, root.key("consumer_groups").item(index, &group.id).key("policies"), &group.policies);
+    }
     entries
 }
 
