@@ -27,6 +27,7 @@ use crate::ingress::ip_restriction::IpRestriction;
 use crate::ingress::redirect::Redirect;
 use crate::ingress::user_agent::UserAgent;
 use crate::traffic::concurrency_limit::ConcurrencyLimit;
+use crate::traffic::quota::Quota;
 use crate::traffic::rate_limit::RateLimit;
 use crate::traffic::request_size_limit::RequestSizeLimit;
 use crate::transform::request_headers::RequestHeaders;
@@ -52,6 +53,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<Scopes>(),
         RegisteredPolicy::of::<AllowedHours>(),
         RegisteredPolicy::of::<RateLimit>(),
+        RegisteredPolicy::of::<Quota>(),
         RegisteredPolicy::of::<RequestSizeLimit>(),
         RegisteredPolicy::of::<ConcurrencyLimit>(),
         RegisteredPolicy::of::<RequestHeaders>(),

@@ -1,25 +1,25 @@
 #![doc = include_str!("rate_limit.md")]
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration as StdDuration, Instant};
+use std::time::Duration as StdDuration;
 
-use base64::Engine as _;
-use gantry_config::error::Segment;
 use gantry_config::{ConfigErrors, Duration, FieldPath};
 use gantry_policy_api::problem::problem_response;
 use gantry_policy_api::{
     BuildContext, Exchange, Flow, Hook, Hooks, Policy, PolicyFactory, PolicyResponse, RequestParts, ResponseParts,
     Stage, Validate,
 };
-use gantry_state::{CounterStore, Decision, Hit, StoreError, StoreMetrics};
+use gantry_state::{CounterStore, Decision, Hit, StoreError};
 use http::header::RETRY_AFTER;
 use http::{HeaderName, HeaderValue, StatusCode};
 use schemars::JsonSchema;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
+pub use super::limit_headers::HeaderStyle;
+use super::limit_headers::{add_headers, whole_seconds, LegacyNames, LimitHeaders};
 use super::limit_key::{KeyPart, LimitKey};
+use super::limit_store::{attachment, check_name, store_key, StoreFailures};
+pub use super::limit_store::{OnStoreError, StoreKind};
 
 /// Settings of `rate_limit`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -128,43 +128,6 @@ pub struct GroupLimit {
     pub burst: Option<u64>,
 }
 
-/// Where counters are kept.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum StoreKind {
-    /// In this process: exact, free, and per process.
-    #[default]
-    Memory,
-    /// In `node.stores.redis`: one limit for every gateway process, one round trip per request.
-    Redis,
-}
-
-/// What to do when the store fails.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum OnStoreError {
-    /// Let the request through uncounted (fail open): a store outage does not become an API outage.
-    #[default]
-    Allow,
-    /// Refuse the request with 503 (fail closed): no request passes uncounted.
-    Deny,
-}
-
-/// Which rate limit headers responses carry.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum HeaderStyle {
-    /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
-    #[default]
-    Ietf,
-    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`.
-    Legacy,
-    /// Both sets.
-    Both,
-    /// None (a refusal still carries `Retry-After`).
-    None,
-}
-
 impl Validate for Config {
     fn validate(&self, path: &FieldPath, errors: &mut ConfigErrors) {
         check_limit(self.limit, self.window, path, errors);
@@ -178,14 +141,7 @@ impl Validate for Config {
         if self.nodelay && self.algorithm != Algorithm::LeakyBucket {
             errors.push(path.key("nodelay"), "only `leaky_bucket` delays requests");
         }
-        if let Some(name) = &self.name {
-            if name.is_empty()
-                || name.len() > 64
-                || !name.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'"' && b != b'\\')
-            {
-                errors.push(path.key("name"), "use 1 to 64 printable ASCII characters without spaces, `\"` or `\\`");
-            }
-        }
+        check_name(self.name.as_deref(), &path.key("name"), errors);
         for (index, group) in self.groups.iter().enumerate() {
             let at = path.key("groups").index(index);
             if group.group.is_empty() {
@@ -253,16 +209,7 @@ impl PolicyFactory for RateLimit {
                 "give at least one part: `route`, `consumer`, `credential`, `ip` or `{header: <name>}`",
             );
         }
-        let store = match config.store {
-            StoreKind::Memory => Some(context.stores.memory()),
-            StoreKind::Redis => {
-                let redis = context.stores.redis();
-                if redis.is_none() {
-                    errors.push(path.key("store"), "`redis` needs `node.stores.redis` in the node settings");
-                }
-                redis
-            }
-        };
+        let store = config.store.select(context, &path.key("store"), &mut errors);
         errors.into_result(())?;
         let Some(store) = store else { return Err(ConfigErrors::one(path.key("store"), "no store")) };
         let label = config.name.clone().unwrap_or_else(|| "default".to_owned());
@@ -279,29 +226,16 @@ impl PolicyFactory for RateLimit {
             default,
             groups,
             store,
-            on_store_error: config.on_store_error,
             headers: config.headers,
-            metrics: context.stores.metrics().clone(),
-            warnings: WarnThrottle::default(),
+            failures: StoreFailures::new(
+                RateLimit::NAME,
+                config.on_store_error,
+                context.stores.metrics().clone(),
+                "rate-limit-unavailable",
+                "the rate limit cannot be checked right now",
+            ),
         }))
     }
-}
-
-/// Where a policy is attached, without its position in the list (`routes[orders].rate_limit`),
-/// so its counters keep their name when policies are added before it.
-fn attachment(path: &FieldPath) -> String {
-    let mut kept = FieldPath::root();
-    let mut after_policies = false;
-    for segment in path.segments() {
-        match segment {
-            Segment::Index { id: None, .. } if after_policies => {}
-            Segment::Key(key) => kept = kept.key(key),
-            Segment::Index { index, id: Some(id) } => kept = kept.item(*index, id),
-            Segment::Index { index, id: None } => kept = kept.index(*index),
-        }
-        after_policies = matches!(segment, Segment::Key(key) if key.ends_with("policies"));
-    }
-    kept.to_string()
 }
 
 /// One limit, ready to count: the default one or a group's.
@@ -315,9 +249,7 @@ struct CompiledLimit {
     nodelay: bool,
     /// Prefix of every key of this limit: name, algorithm and group.
     prefix: String,
-    /// `RateLimit-Policy` value.
-    policy_header: HeaderValue,
-    label: String,
+    headers: LimitHeaders,
 }
 
 impl CompiledLimit {
@@ -333,9 +265,6 @@ impl CompiledLimit {
             Algorithm::LeakyBucket => burst.unwrap_or(0).saturating_add(1),
             Algorithm::FixedWindow | Algorithm::SlidingWindow => 0,
         };
-        let window_seconds = window.as_secs() + u64::from(window.subsec_nanos() > 0);
-        let policy_header = HeaderValue::from_str(&format!("\"{label}\";q={limit};w={}", window_seconds.max(1)))
-            .unwrap_or_else(|_| HeaderValue::from_static("\"default\""));
         let group_part = group.map_or(String::new(), |group| format!(":g={}", group.group));
         Self {
             algorithm: config.algorithm,
@@ -345,8 +274,7 @@ impl CompiledLimit {
             burst,
             nodelay: config.nodelay,
             prefix: format!("rl:{namespace}:{}{group_part}:", config.algorithm.name()),
-            policy_header,
-            label: label.to_owned(),
+            headers: LimitHeaders::new(label, limit, whole_seconds(window), LegacyNames::PLAIN),
         }
     }
 
@@ -371,33 +299,6 @@ impl CompiledLimit {
 #[derive(Clone, Debug)]
 struct PendingHeaders(Vec<(HeaderName, HeaderValue)>);
 
-/// Logs store failures at most once per [`WARN_EVERY`], with how many were not logged.
-#[derive(Default)]
-struct WarnThrottle {
-    last: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-/// Least time between two warnings about store failures of one policy.
-const WARN_EVERY: StdDuration = StdDuration::from_secs(10);
-
-static PROCESS_START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
-
-impl WarnThrottle {
-    fn warn(&self, error: &StoreError, action: &'static str) {
-        let now = u64::try_from(PROCESS_START.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
-        let last = self.last.load(Ordering::Relaxed);
-        let every = u64::try_from(WARN_EVERY.as_millis()).unwrap_or(u64::MAX);
-        let due = last == 0 || now.saturating_sub(last) >= every;
-        if due && self.last.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
-            tracing::warn!(error = %error, action, suppressed, "rate limit store failed; applying on_store_error");
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
 /// Runs per request: builds one key (one allocation), one store call (a shard lock in memory,
 /// one round trip to Redis), and formats headers only when they are sent.
 struct CompiledRateLimit {
@@ -406,10 +307,8 @@ struct CompiledRateLimit {
     default: CompiledLimit,
     groups: Vec<(String, CompiledLimit)>,
     store: Arc<dyn CounterStore>,
-    on_store_error: OnStoreError,
     headers: HeaderStyle,
-    metrics: StoreMetrics,
-    warnings: WarnThrottle,
+    failures: StoreFailures,
 }
 
 /// What the policy decided, before it is sent.
@@ -445,17 +344,7 @@ impl CompiledRateLimit {
         } else {
             shared
         };
-        // Keys go to Redis and logs as text; a long one (a header's value) is digested so a
-        // client cannot make Gantry store kilobytes per key.
-        let engine = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let mut key = String::with_capacity(limit.prefix.len() + 4 + bytes.len().min(48) * 4 / 3);
-        key.push_str(&limit.prefix);
-        if bytes.len() > 48 {
-            engine.encode_string(Sha256::digest(bytes), &mut key);
-        } else {
-            engine.encode_string(bytes, &mut key);
-        }
-        key
+        store_key(&limit.prefix, bytes)
     }
 
     fn verdict(&self, limit: &CompiledLimit, result: Result<Decision, StoreError>) -> Verdict {
@@ -463,11 +352,11 @@ impl CompiledRateLimit {
             Ok(decision) => decision,
             Err(error) => return self.store_failed(&error),
         };
-        let headers = self.headers(limit, &decision);
+        let headers = limit.headers.for_decision(self.headers, &decision);
         if decision.allowed {
             return Verdict::Continue(headers, limit.delay(&decision));
         }
-        tracing::debug!(limit = limit.limit, policy = %limit.label, "rate limited");
+        tracing::debug!(limit = limit.limit, policy = %limit.headers.label, "rate limited");
         let retry_after = whole_seconds(decision.retry_after).max(1);
         let detail = format!(
             "at most {} requests per {} are allowed; retry in {retry_after} s",
@@ -476,81 +365,17 @@ impl CompiledRateLimit {
         );
         let mut response =
             problem_response(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too Many Requests", Some(&detail));
-        let response_headers = response.headers_mut();
-        response_headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
-        for (name, value) in headers {
-            response_headers.insert(name, value);
-        }
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after));
+        add_headers(response.headers_mut(), headers);
         Verdict::Respond(response)
     }
 
     fn store_failed(&self, error: &StoreError) -> Verdict {
-        let action = match self.on_store_error {
-            OnStoreError::Allow => "allow",
-            OnStoreError::Deny => "deny",
-        };
-        self.metrics.count_error(RateLimit::NAME, self.store.name(), action);
-        self.warnings.warn(error, action);
-        match self.on_store_error {
-            OnStoreError::Allow => Verdict::Continue(Vec::new(), StdDuration::ZERO),
-            OnStoreError::Deny => {
-                let mut response = problem_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "rate-limit-unavailable",
-                    "Service Unavailable",
-                    Some("the rate limit cannot be checked right now"),
-                );
-                response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(1));
-                Verdict::Respond(response)
-            }
+        match self.failures.handle(self.store.name(), error) {
+            None => Verdict::Continue(Vec::new(), StdDuration::ZERO),
+            Some(response) => Verdict::Respond(response),
         }
     }
-
-    fn headers(&self, limit: &CompiledLimit, decision: &Decision) -> Vec<(HeaderName, HeaderValue)> {
-        let reset = whole_seconds(decision.reset_after);
-        let mut headers = Vec::new();
-        if matches!(self.headers, HeaderStyle::Ietf | HeaderStyle::Both) {
-            // `"<name>";r=<remaining>;t=<reset>`, written without the formatting machinery:
-            // this runs for every admitted request.
-            let mut state = Vec::with_capacity(limit.label.len() + 48);
-            state.push(b'"');
-            state.extend_from_slice(limit.label.as_bytes());
-            state.extend_from_slice(b"\";r=");
-            push_decimal(&mut state, decision.remaining);
-            state.extend_from_slice(b";t=");
-            push_decimal(&mut state, reset);
-            headers.push((HeaderName::from_static("ratelimit-policy"), limit.policy_header.clone()));
-            if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(state)) {
-                headers.push((HeaderName::from_static("ratelimit"), value));
-            }
-        }
-        if matches!(self.headers, HeaderStyle::Legacy | HeaderStyle::Both) {
-            headers.push((HeaderName::from_static("x-ratelimit-limit"), HeaderValue::from(limit.limit)));
-            headers.push((HeaderName::from_static("x-ratelimit-remaining"), HeaderValue::from(decision.remaining)));
-            headers.push((HeaderName::from_static("x-ratelimit-reset"), HeaderValue::from(reset)));
-        }
-        headers
-    }
-}
-
-/// Appends `number` in decimal.
-fn push_decimal(out: &mut Vec<u8>, mut number: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (number % 10) as u8;
-        number /= 10;
-        if number == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[start..]);
-}
-
-/// Seconds, rounded up: a client that waits this long is never early.
-fn whole_seconds(duration: StdDuration) -> u64 {
-    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }
 
 /// Turns a verdict into the request hook's flow, keeping headers for the response.
@@ -601,9 +426,7 @@ impl Policy for CompiledRateLimit {
 
     fn on_response(&self, response: &mut ResponseParts, exchange: &mut Exchange) {
         if let Some(PendingHeaders(headers)) = exchange.extensions.remove::<PendingHeaders>() {
-            for (name, value) in headers {
-                response.headers.insert(name, value);
-            }
+            add_headers(&mut response.headers, headers);
         }
     }
 }

@@ -315,20 +315,3 @@ fn rejects_bad_keys_and_groups_at_their_paths() {
     assert!(found.iter().any(|e| e.starts_with(&format!("{at}.groups[1].group: "))), "{found:?}");
     assert!(found.iter().any(|e| e.starts_with(&format!("{at}.groups[1].limit: "))), "{found:?}");
 }
-
-#[test]
-fn names_counters_after_the_attachment_without_list_positions() {
-    let path = FieldPath::root().key("routes").item(3, "orders").key("policies").index(2).key("rate_limit");
-    assert_eq!(attachment(&path), "routes[orders].policies.rate_limit");
-    let global = FieldPath::root().key("global_policies").index(0).key("rate_limit");
-    assert_eq!(attachment(&global), "global_policies.rate_limit");
-}
-
-#[test]
-fn writes_numbers_in_decimal() {
-    for number in [0, 7, 10, 4_096, u64::MAX] {
-        let mut out = Vec::new();
-        push_decimal(&mut out, number);
-        assert_eq!(out, number.to_string().into_bytes());
-    }
-}
