@@ -291,3 +291,44 @@ async fn holds_a_place_for_a_websocket_until_it_closes() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn gives_each_credential_of_a_consumer_its_own_places_with_key_credential() {
+    let echo = EchoUpstream::start("echo").await;
+    let gateway = start_gateway(&with_listener(&format!(
+        "upstreams:
+  - id: echo
+    endpoints: [{echo}]
+consumers:
+  - id: alice
+    credentials:
+      key_auth:
+        - {{key: alice-laptop-key-0001}}
+        - {{key: alice-server-key-0002}}
+routes:
+  - id: delayed
+    paths: [/delay/*]
+    upstream: echo
+    policies:
+      - key_auth: {{}}
+      - concurrency_limit: {{max_in_flight: 1, key: [credential]}}
+",
+        echo = echo.addr()
+    )));
+    let client = TestClient::default();
+    let as_key = |key: &'static str, path: &str| {
+        let client = client.clone();
+        let url = gateway.url(path);
+        async move { client.request(http::Method::GET, &url, &[("apikey", key)], "").await }
+    };
+
+    // The upstream holds the laptop key's request for a minute; the test ends long before.
+    let slow = tokio::spawn(as_key("alice-laptop-key-0001", "/delay/60000"));
+    eventually("the slow request reaches the upstream", || async { (echo.requests() == 1).then_some(()) }).await;
+
+    assert_refused(&as_key("alice-laptop-key-0001", "/delay/0").await, StatusCode::SERVICE_UNAVAILABLE, "1");
+    let other_key = as_key("alice-server-key-0002", "/delay/0").await;
+    assert_eq!(other_key.status, StatusCode::OK, "her other key has a place of its own: {other_key:?}");
+    assert_eq!(echo.requests(), 2);
+    slow.abort();
+}

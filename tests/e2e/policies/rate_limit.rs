@@ -323,3 +323,54 @@ routes:
     // 2 counted before the reload, 2 more fit under the new limit of 4.
     assert_eq!(statuses(&client, &gateway.url("/limited"), 3).await, [200, 200, 429]);
 }
+
+#[tokio::test]
+async fn counts_each_credential_of_a_consumer_apart_with_key_credential() {
+    let upstream = EchoUpstream::start("up").await;
+    let gateway = start_gateway(&format!(
+        "{node}upstreams:
+  - id: up
+    endpoints: [{upstream}]
+consumers:
+  - id: alice
+    credentials:
+      key_auth:
+        - {{key: alice-laptop-key-0001}}
+        - {{key: alice-server-key-0002}}
+routes:
+  - id: per-credential
+    paths: [/per-credential]
+    upstream: up
+    policies:
+      - key_auth: {{}}
+      - rate_limit: {{limit: 2, window: 1h, key: [credential]}}
+  - id: per-consumer
+    paths: [/per-consumer]
+    upstream: up
+    policies:
+      - key_auth: {{}}
+      - rate_limit: {{limit: 2, window: 1h, key: [consumer]}}
+",
+        node = node(None),
+        upstream = upstream.addr()
+    ));
+    let client = TestClient::default();
+    let statuses_with = |path: &'static str, key: &'static str| {
+        let client = client.clone();
+        let url = gateway.url(path);
+        async move {
+            let mut statuses = Vec::new();
+            for _ in 0..3 {
+                statuses.push(client.request(http::Method::GET, &url, &[("apikey", key)], "").await.status.as_u16());
+            }
+            statuses
+        }
+    };
+    // Each of her keys has its own 2 ...
+    assert_eq!(statuses_with("/per-credential", "alice-laptop-key-0001").await, [200, 200, 429]);
+    assert_eq!(statuses_with("/per-credential", "alice-server-key-0002").await, [200, 200, 429]);
+    // ... where counting by consumer gives both keys one count of 2.
+    assert_eq!(statuses_with("/per-consumer", "alice-laptop-key-0001").await, [200, 200, 429]);
+    assert_eq!(statuses_with("/per-consumer", "alice-server-key-0002").await, [429, 429, 429]);
+    assert_eq!(upstream.requests(), 6);
+}

@@ -30,8 +30,9 @@ pub struct Config {
     /// Longest wait of a queued request, more than 0; then it is refused.
     #[serde(default = "default_queue_timeout")]
     pub queue_timeout: Duration,
-    /// What requests are counted by: a list of `route`, `consumer`, `ip` and
-    /// `{header: <name>}`, all of which together make a request's key.
+    /// What requests are counted by: a list of `route`, `consumer`, `credential`, `ip`,
+    /// `{header: <name>}` and (in a consumer group's policies) `consumer_group`, all of which
+    /// together make a request's key.
     #[serde(default = "default_key")]
     pub key: Vec<KeyPart>,
     /// Status of a refusal: 503 (the default: the service is busy) or 429 (this client has

@@ -42,11 +42,12 @@ pub struct Config {
     /// nginx's `nodelay`); it still counts.
     #[serde(default)]
     pub nodelay: bool,
-    /// What requests are counted by: a list of `route`, `consumer`, `credential`, `ip` and
-    /// `{header: <name>}`, all of which together make a request's key. `consumer`,
-    /// `credential` and a header fall back to the client IP address when absent.
+    /// What requests are counted by: a list of `route`, `consumer`, `credential`, `ip`,
+    /// `{header: <name>}` and (in a consumer group's policies) `consumer_group`, all of which
+    /// together make a request's key. `consumer`, `credential` and a header fall back to the
+    /// client IP address when absent.
     #[serde(default = "default_key")]
-    pub key: Vec<RateKeyPart>,
+    pub key: Vec<KeyPart>,
     /// Other limits for consumers of these groups: the first group of the list the consumer
     /// is in applies, with counters of its own. Other requests get `limit`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -96,20 +97,8 @@ impl Algorithm {
     }
 }
 
-/// One part of a key: the parts every traffic limit knows, plus `credential`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RateKeyPart {
-    /// The credential that identified the consumer (`alice:key_auth:1`), so each of a
-    /// consumer's keys counts on its own. Without one: the client IP address.
-    Credential,
-    /// `route`, `consumer`, `ip` or `{header: <name>}`.
-    #[serde(untagged)]
-    Shared(KeyPart),
-}
-
-fn default_key() -> Vec<RateKeyPart> {
-    vec![RateKeyPart::Shared(KeyPart::Consumer)]
+fn default_key() -> Vec<KeyPart> {
+    vec![KeyPart::Consumer]
 }
 
 /// The limit of a consumer group.
@@ -186,29 +175,7 @@ impl PolicyFactory for RateLimit {
 
     fn build(config: Config, path: &FieldPath, context: &BuildContext<'_>) -> Result<Arc<dyn Policy>, ConfigErrors> {
         let mut errors = ConfigErrors::default();
-        let shared: Vec<KeyPart> = config
-            .key
-            .iter()
-            .filter_map(|part| match part {
-                RateKeyPart::Shared(part) => Some(part.clone()),
-                RateKeyPart::Credential => None,
-            })
-            .collect();
-        let by_credential = config.key.contains(&RateKeyPart::Credential);
-        if config.key.iter().filter(|part| **part == RateKeyPart::Credential).count() > 1 {
-            errors.push(path.key("key"), "`credential` is already in the key");
-        }
-        // The shared parts' positions differ from the written ones once `credential` is taken
-        // out; an error in them is reported at the `key` list itself.
-        let mut key_errors = ConfigErrors::default();
-        let key = (!shared.is_empty()).then(|| LimitKey::compile(&shared, &path.key("key"), &mut key_errors));
-        errors.extend(key_errors.0);
-        if config.key.is_empty() {
-            errors.push(
-                path.key("key"),
-                "give at least one part: `route`, `consumer`, `credential`, `ip` or `{header: <name>}`",
-            );
-        }
+        let key = LimitKey::compile(&config.key, &path.key("key"), &mut errors);
         let store = config.store.select(context, &path.key("store"), &mut errors);
         errors.into_result(())?;
         let Some(store) = store else { return Err(ConfigErrors::one(path.key("store"), "no store")) };
@@ -222,7 +189,6 @@ impl PolicyFactory for RateLimit {
             .collect();
         Ok(Arc::new(CompiledRateLimit {
             key,
-            by_credential,
             default,
             groups,
             store,
@@ -302,8 +268,7 @@ struct PendingHeaders(Vec<(HeaderName, HeaderValue)>);
 /// Runs per request: builds one key (one allocation), one store call (a shard lock in memory,
 /// one round trip to Redis), and formats headers only when they are sent.
 struct CompiledRateLimit {
-    key: Option<LimitKey>,
-    by_credential: bool,
+    key: LimitKey,
     default: CompiledLimit,
     groups: Vec<(String, CompiledLimit)>,
     store: Arc<dyn CounterStore>,
@@ -324,27 +289,7 @@ impl CompiledRateLimit {
     }
 
     fn key(&self, limit: &CompiledLimit, request: &RequestParts, exchange: &Exchange) -> String {
-        let value = self.key.as_ref().map(|key| key.value(request, exchange));
-        let shared: &[u8] = value.as_ref().map_or(&[], |value| value.as_bytes());
-        let with_credential;
-        let bytes = if self.by_credential {
-            let mut bytes = shared.to_vec();
-            match &exchange.identity {
-                Some(identity) => {
-                    bytes.push(b'k');
-                    bytes.extend_from_slice(identity.credential_id.as_bytes());
-                }
-                None => {
-                    bytes.push(b'i');
-                    bytes.extend_from_slice(exchange.client_addr.ip().to_canonical().to_string().as_bytes());
-                }
-            }
-            with_credential = bytes;
-            &with_credential[..]
-        } else {
-            shared
-        };
-        store_key(&limit.prefix, bytes)
+        store_key(&limit.prefix, self.key.value(request, exchange).as_bytes())
     }
 
     fn verdict(&self, limit: &CompiledLimit, result: Result<Decision, StoreError>) -> Verdict {
