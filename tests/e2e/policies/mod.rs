@@ -18,6 +18,7 @@ mod mtls_auth;
 mod oauth2_introspection;
 mod oidc;
 mod precedence;
+mod quota;
 mod rate_limit;
 mod redirect;
 mod request_headers;
