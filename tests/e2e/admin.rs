@@ -211,7 +211,7 @@ async fn serves_an_openapi_document_describing_every_resource() {
     assert_eq!(response.status, StatusCode::OK);
     let document = response.json();
     assert_eq!(document["openapi"], "3.1.0");
-    for kind in ["routes", "services", "upstreams", "consumers", "policy_sets"] {
+    for kind in ["routes", "services", "upstreams", "consumers", "consumer_groups", "policy_sets"] {
         assert!(document["paths"][format!("/{kind}/{{id}}")]["put"].is_object(), "PUT /{kind}/{{id}}");
     }
     assert!(document["components"]["schemas"]["RouteSpec"]["properties"]["paths"].is_object());

@@ -6,6 +6,7 @@
 mod access_log;
 mod admin;
 mod cli;
+mod consumer_groups;
 mod grpc;
 mod policies;
 mod protocols;
