@@ -36,8 +36,9 @@ pub struct Config {
     /// `America/New_York`).
     #[serde(default = "default_time_zone")]
     pub time_zone: String,
-    /// What requests are counted by: a list of `route`, `consumer`, `ip` and `{header: <name>}`,
-    /// all of which together make a request's key. `consumer` and a header fall back to the
+    /// What requests are counted by: a list of `route`, `consumer`, `credential`, `ip`,
+    /// `{header: <name>}` and (in a consumer group's policies) `consumer_group`, all of which
+    /// together make a request's key. `consumer`, `credential` and a header fall back to the
     /// client IP address when absent.
     #[serde(default = "default_key")]
     pub key: Vec<KeyPart>,
