@@ -3,8 +3,9 @@
 #   bench/gantry.sh plain|policies|tls
 # run.sh exports BENCH_UPSTREAM, BENCH_PORT, BENCH_PORT_POLICIES, BENCH_PORT_TLS,
 # BENCH_ACCESS_LOG, BENCH_CERT, BENCH_KEY and BENCH_RUN_DIR. One worker thread, like the peers.
-# The `policies` instance runs key_auth (X-Api-Key among the harness's three keys) and the
-# access log; the peers' never-firing rate limit joins it when rate limiting exists (issue 4).
+# The `policies` instance runs what the peers run: key_auth (X-Api-Key among the harness's
+# three keys, 401 without one), a fixed-window rate limit per client IP that never fires, and
+# the JSON access log to a file.
 set -euo pipefail
 mode=${1:?usage: gantry.sh plain|policies|tls}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -31,7 +32,8 @@ consumers:
   - {id: bench-b, credentials: {key_auth: {key: bench-key-456}}}
   - {id: bench-c, credentials: {key_auth: {key: bench-key-789}}}
 global_policies:
-  - key_auth: {header: x-api-key, hide_credentials: false}" ;;
+  - key_auth: {header: x-api-key, hide_credentials: false}
+  - rate_limit: {limit: 1000000000, window: 1m, key: [ip]}" ;;
   tls)
     listener="    - address: 127.0.0.1:$BENCH_PORT_TLS
       tls:
