@@ -101,6 +101,14 @@ impl ForwardError {
     fn blames_endpoint(&self) -> bool {
         self.is_retryable()
     }
+
+    /// Whether the upstream is to blame: it gave no answer, rather than the client's body or
+    /// the request failing. Response hooks see such a failure as [`ForwardOutcome::Failed`].
+    ///
+    /// [`ForwardOutcome::Failed`]: gantry_policy_api::ForwardOutcome::Failed
+    pub fn blames_upstream(&self) -> bool {
+        self.blames_endpoint() || matches!(self, ForwardError::NoAvailableEndpoint { .. })
+    }
 }
 
 /// A forwarded exchange's response and facts for the log.

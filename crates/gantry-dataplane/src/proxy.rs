@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use gantry_policy_api::problem::problem_response;
-use gantry_policy_api::{ClientCertificate, Exchange, LogRecord, PolicyResponse, RequestBody};
+use gantry_policy_api::{ClientCertificate, Exchange, ForwardOutcome, LogRecord, PolicyResponse, RequestBody};
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, UPGRADE};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
@@ -282,6 +282,7 @@ impl Gateway {
                 }
                 // The client's protocol decides the response framing, not the upstream's.
                 head.version = Version::HTTP_11;
+                exchange.forward_outcome = Some(ForwardOutcome::Answered(head.status));
                 route.pipeline.selected(&exchange).run_response(&mut head, &mut exchange, None);
                 if let Some((client_side, upstream_side)) = tunnel_ends {
                     // The tunnel outlives the 101 response, so it holds what policies left for
@@ -299,6 +300,9 @@ impl Gateway {
             }
             Err(err) => {
                 log_forward_error(&err, &route.id, &upstream.id);
+                if err.blames_upstream() {
+                    exchange.forward_outcome = Some(ForwardOutcome::Failed);
+                }
                 let detail = err.to_string();
                 let title = err.status().canonical_reason().unwrap_or("Error");
                 let response = problem_response(err.status(), err.code(), title, Some(&detail));

@@ -26,6 +26,7 @@ use crate::ingress::cors::Cors;
 use crate::ingress::ip_restriction::IpRestriction;
 use crate::ingress::redirect::Redirect;
 use crate::ingress::user_agent::UserAgent;
+use crate::traffic::circuit_breaker::CircuitBreaker;
 use crate::traffic::concurrency_limit::ConcurrencyLimit;
 use crate::traffic::quota::Quota;
 use crate::traffic::rate_limit::RateLimit;
@@ -56,6 +57,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<Quota>(),
         RegisteredPolicy::of::<RequestSizeLimit>(),
         RegisteredPolicy::of::<ConcurrencyLimit>(),
+        RegisteredPolicy::of::<CircuitBreaker>(),
         RegisteredPolicy::of::<RequestHeaders>(),
         RegisteredPolicy::of::<ResponseHeaders>(),
         RegisteredPolicy::of::<MockResponse>(),

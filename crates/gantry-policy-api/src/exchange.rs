@@ -68,6 +68,20 @@ pub struct Exchange {
     /// Typed values passed between policies. They live until the response body has been
     /// sent, so a value can hold a resource (a concurrency permit) for the whole exchange.
     pub extensions: http::Extensions,
+    /// How forwarding ended, set by the data plane before the response hooks run. `None` when
+    /// the request was not forwarded (a policy answered, or it was refused before being sent)
+    /// or when the client's side failed (its body broke off or was too large).
+    pub forward_outcome: Option<ForwardOutcome>,
+}
+
+/// How the upstream exchange of a forwarded request ended, as response hooks see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardOutcome {
+    /// The upstream answered with this status (after any retries).
+    Answered(StatusCode),
+    /// The upstream gave no answer: no endpoint was available, the connection was refused,
+    /// the exchange broke or timed out. The client gets the gateway's 502, 503 or 504.
+    Failed,
 }
 
 impl Exchange {
@@ -84,6 +98,7 @@ impl Exchange {
             started_at: Instant::now(),
             request_body_limit: None,
             extensions: http::Extensions::new(),
+            forward_outcome: None,
         }
     }
 

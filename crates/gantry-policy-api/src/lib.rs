@@ -17,7 +17,7 @@ pub mod testing;
 
 pub use client_certificate::{CertificateParseError, ClientCertificate};
 pub use consumer::{Consumer, ConsumerDirectory, CredentialEntry, IdentityFactory};
-pub use exchange::{Exchange, Identity, LogRecord, RequestBody};
+pub use exchange::{Exchange, ForwardOutcome, Identity, LogRecord, RequestBody};
 pub use factory::{BuildContext, PolicyFactory, RegisteredPolicy, Validate};
 pub use flow::{Flow, Hook};
 pub use stage::Stage;

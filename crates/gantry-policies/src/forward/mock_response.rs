@@ -61,8 +61,8 @@ impl PolicyFactory for MockResponse {
 }
 
 /// Checks `config` and builds the response once; complete only when nothing was added to
-/// `errors`.
-fn compile(config: &Config, path: &FieldPath, errors: &mut ConfigErrors) -> CompiledMockResponse {
+/// `errors`. `circuit_breaker` builds its fallback answer with it too.
+pub(crate) fn compile(config: &Config, path: &FieldPath, errors: &mut ConfigErrors) -> CompiledMockResponse {
     let status = match StatusCode::from_u16(config.status) {
         Ok(status) if (200..=599).contains(&config.status) => status,
         _ => {
@@ -106,7 +106,7 @@ fn compile(config: &Config, path: &FieldPath, errors: &mut ConfigErrors) -> Comp
 
 /// Runs per request: clones a pre-built response (reference-counted body).
 #[derive(Debug)]
-struct CompiledMockResponse {
+pub(crate) struct CompiledMockResponse {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
@@ -114,7 +114,8 @@ struct CompiledMockResponse {
 }
 
 impl CompiledMockResponse {
-    fn response(&self) -> PolicyResponse {
+    /// The response, ready to send.
+    pub(crate) fn response(&self) -> PolicyResponse {
         let mut response = PolicyResponse::new(self.body.clone());
         *response.status_mut() = self.status;
         *response.headers_mut() = self.headers.clone();

@@ -1,5 +1,6 @@
 //! Traffic-stage policies: how much a client may send.
 
+pub mod circuit_breaker;
 pub mod concurrency_limit;
 pub mod limit_headers;
 pub mod limit_key;
