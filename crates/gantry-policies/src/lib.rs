@@ -16,5 +16,6 @@ pub mod ingress;
 pub mod registry;
 pub mod traffic;
 pub mod transform;
+pub mod validate;
 
 pub use registry::{all, find};

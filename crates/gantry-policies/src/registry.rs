@@ -33,6 +33,8 @@ use crate::traffic::rate_limit::RateLimit;
 use crate::traffic::request_size_limit::RequestSizeLimit;
 use crate::transform::request_headers::RequestHeaders;
 use crate::transform::response_headers::ResponseHeaders;
+use crate::validate::json_threat_protection::JsonThreatProtection;
+use crate::validate::xml_threat_protection::XmlThreatProtection;
 
 static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
     vec![
@@ -60,6 +62,8 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<CircuitBreaker>(),
         RegisteredPolicy::of::<RequestHeaders>(),
         RegisteredPolicy::of::<ResponseHeaders>(),
+        RegisteredPolicy::of::<JsonThreatProtection>(),
+        RegisteredPolicy::of::<XmlThreatProtection>(),
         RegisteredPolicy::of::<MockResponse>(),
     ]
 });
