@@ -13,6 +13,10 @@
 //! - makes concurrent misses wait for one fetch rather than each starting one,
 //! - keeps serving the last good set when a fetch fails or returns no usable key.
 //!
+//! Every set has a [`KeySet::generation`]: a refetch that brings the same keys keeps it, any
+//! change gives a new one, so what was verified with a set can be tied to it (the verified
+//! token caches of `jwt` and `oidc`).
+//!
 //! Caches are shared by URL and settings across configuration reloads, so a reload neither
 //! refetches nor forgets the last good set.
 //!
@@ -41,6 +45,7 @@ use aws_lc_rs::signature::{
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use serde::Deserialize;
+use sha2::Digest;
 
 use crate::identity::outbound;
 
@@ -307,17 +312,44 @@ fn check_rsa_modulus(n: &str) -> Result<(), KeyError> {
 }
 
 /// A set of verification keys, parsed once.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct KeySet {
     keys: Vec<Arc<VerifyingKey>>,
     /// When it was fetched, for sets of a [`JwksCache`].
     fetched_at: Option<Instant>,
+    generation: u64,
+    /// SHA-256 of the usable entries of a fetched document, to tell a refetch of the same
+    /// keys from a changed set.
+    content: Option<[u8; 32]>,
+}
+
+/// Generations are unique in the process, not per cache, so that sets of two caches (an
+/// OpenID provider whose metadata moved its `jwks_uri`) never share one.
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+impl Default for KeySet {
+    fn default() -> Self {
+        Self::new(Vec::new())
+    }
 }
 
 impl KeySet {
-    /// A set of the given keys.
+    /// A set of the given keys, with a generation of its own.
     pub fn new(keys: Vec<VerifyingKey>) -> Self {
-        Self { keys: keys.into_iter().map(Arc::new).collect(), fetched_at: None }
+        Self {
+            keys: keys.into_iter().map(Arc::new).collect(),
+            fetched_at: None,
+            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+            content: None,
+        }
+    }
+
+    /// Which version of the keys this is. Two sets with the same generation hold the same
+    /// keys; a [`JwksCache`] keeps the generation when a refetch brings the same keys again
+    /// and gives the set a new one when anything changed, so a result verified with a set
+    /// is known to hold for the current set when their generations are equal.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Parses a JSON Web Key Set document (`{"keys": [...]}`). Keys that cannot verify
@@ -331,20 +363,28 @@ impl KeySet {
         let document: Document =
             serde_json::from_slice(document).map_err(|err| format!("not a JSON Web Key Set: {err}"))?;
         let mut keys = Vec::with_capacity(document.keys.len());
+        let mut content = sha2::Sha256::new();
         for raw in document.keys {
             let kid = raw.get("kid").and_then(serde_json::Value::as_str).map(str::to_owned);
+            // Written out again rather than hashed as received, so that a server changing
+            // only whitespace does not look like a new set.
+            let text = raw.to_string();
             let parsed = serde_json::from_value::<Jwk>(raw)
                 .map_err(|err| KeyError::Unsupported(err.to_string()))
                 .and_then(|jwk| VerifyingKey::from_jwk(&jwk));
             match parsed {
-                Ok(key) => keys.push(key),
+                Ok(key) => {
+                    keys.push(key);
+                    content.update((text.len() as u64).to_be_bytes());
+                    content.update(text.as_bytes());
+                }
                 Err(reason) => tracing::debug!(kid = kid.as_deref(), %reason, "key set entry skipped"),
             }
         }
         if keys.is_empty() {
             return Err("the key set has no key usable to verify signatures".to_owned());
         }
-        Ok(Self::new(keys))
+        Ok(Self { content: Some(content.finalize().into()), ..Self::new(keys) })
     }
 
     /// The keys that may verify a token with header `kid` and `alg`: those verifying `alg`
@@ -517,6 +557,16 @@ impl JwksCache {
         }
     }
 
+    /// The generation of the current set (see [`KeySet::generation`]), or `None` before the
+    /// first fetch. Counts as a use of the set: one due for refresh is refreshed in the
+    /// background, so results kept per generation still notice a rotation.
+    pub fn generation(&self) -> Option<u64> {
+        let set = self.inner.current.load();
+        let set = set.as_ref()?;
+        self.inner.refresh_if_due(set);
+        Some(set.generation)
+    }
+
     /// The current set if it has a key for `kid` and `alg`, without waiting. A set due for
     /// refresh is refreshed in the background meanwhile.
     pub fn cached_keys(&self, kid: Option<&str>, alg: Algorithm) -> Option<Arc<KeySet>> {
@@ -602,6 +652,11 @@ impl Inner {
             Ok(mut set) => {
                 tracing::debug!(url = %loggable(&self.url), keys = set.len(), "key set fetched");
                 set.fetched_at = Some(Instant::now());
+                if let Some(current) = self.current.load().as_ref() {
+                    if current.content.is_some() && current.content == set.content {
+                        set.generation = current.generation;
+                    }
+                }
                 self.current.store(Some(Arc::new(set)));
             }
             Err(error) => {

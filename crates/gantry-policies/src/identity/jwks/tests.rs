@@ -317,3 +317,41 @@ async fn prefetches_in_the_background() {
     eventually("the prefetched set", || async move { cache.cached_keys(Some("early"), Algorithm::RS256) }).await;
     assert_eq!(server.fetches(), 1);
 }
+
+#[tokio::test]
+async fn keeps_the_generation_while_refetches_bring_the_same_keys_and_changes_it_with_them() {
+    let old = SigningKey::rsa("old");
+    let server = JwksServer::start(&[&old]).await;
+    let cache = JwksCache::new(&server.url(), quick()).expect("url");
+    assert_eq!(cache.generation(), None, "nothing fetched yet");
+    assert!(cache.key(Some("old"), Algorithm::RS256).await.is_ok());
+    let first = cache.generation().expect("fetched");
+
+    // A made-up kid makes the cache fetch again, and the same keys come back.
+    assert_eq!(cache.key(Some("made-up"), Algorithm::RS256).await.err(), Some(JwksError::UnknownKey));
+    assert_eq!(server.fetches(), 2);
+    assert_eq!(cache.generation(), Some(first));
+
+    let new = SigningKey::rsa("new");
+    server.publish(&[&old, &new]);
+    assert!(cache.key(Some("new"), Algorithm::RS256).await.is_ok());
+    let second = cache.generation().expect("fetched");
+    assert_ne!(second, first, "a key was added");
+
+    server.publish(&[&old]);
+    assert_eq!(cache.key(Some("made-up"), Algorithm::RS256).await.err(), Some(JwksError::UnknownKey));
+    assert_eq!(server.fetches(), 4);
+    assert_ne!(cache.generation(), Some(second), "a key was withdrawn");
+    assert_ne!(cache.generation(), Some(first), "generations are not reused");
+}
+
+#[test]
+fn gives_every_key_set_a_generation_of_its_own() {
+    let document = serde_json::to_vec(&json!({"keys": [rfc7520_rsa_jwk()]})).expect("json");
+    let sets = [KeySet::new(Vec::new()), KeySet::default(), KeySet::from_jwks_json(&document).expect("a set")];
+    assert_ne!(sets[0].generation(), sets[1].generation());
+    assert_ne!(sets[1].generation(), sets[2].generation());
+    let again = KeySet::from_jwks_json(&document).expect("a set");
+    assert_ne!(again.generation(), sets[2].generation(), "only a cache carries a generation over");
+    assert_eq!(again.content, sets[2].content);
+}
