@@ -20,6 +20,7 @@ use serde_json::value::RawValue;
 
 use crate::identity::jwks::{install_crypto_provider, JwksCache, JwksError, JwksSettings, KeySet, VerifyingKey};
 use crate::identity::request_credentials::{bearer_or_bare_token, bearer_token, CredentialSource, Found};
+use crate::identity::verified_tokens::{numeric_date, CacheConfig, TokenDigest, Validity, VerifiedTokens};
 
 mod claims;
 
@@ -98,6 +99,9 @@ pub struct Config {
     /// Realm named in the `WWW-Authenticate` challenge.
     #[serde(default = "default_realm")]
     pub realm: String,
+    /// Verified tokens remembered, so that a token presented again skips the signature check.
+    #[serde(default)]
+    pub cache: CacheConfig,
 }
 
 /// A signature algorithm (RFC 7518 §3, RFC 8037 §3.1).
@@ -272,6 +276,7 @@ impl Validate for Config {
         if HeaderValue::from_str(&quoted(&self.realm)).is_err() {
             errors.push(path.key("realm"), "must be printable text without line breaks");
         }
+        self.cache.validate(&path.key("cache"), errors);
     }
 }
 
@@ -358,6 +363,7 @@ impl PolicyFactory for Jwt {
         let consumer_slot = names.slot(&config.consumer_claim);
         let groups_slot = config.groups_claim.as_deref().map(|claim| names.slot(claim));
         let scope_slots = [names.slot("scope"), names.slot("scp")];
+        let time_slots = TimeSlots { exp: config.verify_exp.then(|| names.slot("exp")), nbf: names.slot("nbf") };
         let required = config
             .required_claims
             .iter()
@@ -384,6 +390,7 @@ impl PolicyFactory for Jwt {
             consumer_slot,
             groups_slot,
             scope_slots,
+            time_slots,
             required,
             claim_headers,
             no_subject: format!("the token lacks the `{consumer_claim}` claim naming its consumer"),
@@ -394,6 +401,7 @@ impl PolicyFactory for Jwt {
             challenge: format!("Bearer realm={}", quoted(&config.realm)),
             retry_after: HeaderValue::from(config.jwks_min_refresh.get().as_secs().max(1)),
             no_scopes: Arc::new([]),
+            tokens: VerifiedTokens::new(&config.cache, config.leeway.get().as_secs()),
         }))
     }
 }
@@ -557,6 +565,7 @@ struct CompiledJwt {
     consumer_slot: usize,
     groups_slot: Option<usize>,
     scope_slots: [usize; 2],
+    time_slots: TimeSlots,
     /// Slots of the required claims, with the detail of their absence.
     required: Vec<(usize, String)>,
     /// Slots of claims sent upstream, with their header.
@@ -569,6 +578,15 @@ struct CompiledJwt {
     challenge: String,
     retry_after: HeaderValue,
     no_scopes: Arc<[String]>,
+    /// Tokens verified before, unless the cache is turned off.
+    tokens: Option<VerifiedTokens<Verified>>,
+}
+
+/// Slots of the time claims a cached result must still satisfy.
+struct TimeSlots {
+    /// `exp`, unless `verify_exp` is off.
+    exp: Option<usize>,
+    nbf: usize,
 }
 
 /// Why a request is refused.
@@ -589,6 +607,8 @@ struct Verified {
     identity: Identity,
     /// Values for `claim_headers`, by position.
     headers: Vec<(usize, HeaderValue)>,
+    /// How long this holds, for the cache.
+    validity: Validity,
 }
 
 const MALFORMED: &str = "the token is not a well-formed signed JWT";
@@ -618,11 +638,11 @@ impl CompiledJwt {
         header: &Header,
         validation: &Validation,
         keys: &KeySet,
-    ) -> Result<Verified, Refusal<'_>> {
+    ) -> Result<Arc<Verified>, Refusal<'_>> {
         let mut refusal = Refusal::Invalid(NO_KEY);
         for key in keys.candidates(header.kid.as_deref(), header.alg) {
             match jsonwebtoken::decode::<Box<RawValue>>(token, key.decoding_key(), validation) {
-                Ok(data) => return self.read_claims(&data.claims),
+                Ok(data) => return self.read_claims(&data.claims).map(Arc::new),
                 // Another key without a `kid` may still match.
                 Err(err) if *err.kind() == ErrorKind::InvalidSignature => {
                     refusal = Refusal::Invalid("the token's signature is not valid");
@@ -669,13 +689,40 @@ impl CompiledJwt {
             .enumerate()
             .filter_map(|(position, (slot, _))| Some((position, slots[*slot].and_then(claims::header_value)?)))
             .collect();
-        Ok(Verified { identity, headers })
+        // jsonwebtoken has checked both (when present, and `exp` when `verify_exp` is on), so
+        // they parse; a value it would not read is left out here too.
+        let date = |slot: usize| slots[slot].and_then(|raw| numeric_date(raw.get()));
+        let validity = Validity { not_before: date(self.time_slots.nbf), expires: self.time_slots.exp.and_then(date) };
+        Ok(Verified { identity, headers, validity })
+    }
+
+    /// The result remembered for `token` if it was verified with the key set in use.
+    fn cached(&self, token: Option<&TokenDigest>) -> Option<Arc<Verified>> {
+        let (tokens, token) = (self.tokens.as_ref()?, token?);
+        let generation = match &self.keys {
+            Keys::Inline(keys) => keys.generation(),
+            Keys::Jwks(cache) => cache.generation()?,
+        };
+        tokens.get(token, generation)
+    }
+
+    /// Remembers a successful outcome of verifying `token` with the key set of `generation`.
+    fn remember<'s>(
+        &self,
+        token: Option<TokenDigest>,
+        generation: u64,
+        outcome: Result<Arc<Verified>, Refusal<'s>>,
+    ) -> Result<Arc<Verified>, Refusal<'s>> {
+        if let (Some(tokens), Some(token), Ok(verified)) = (&self.tokens, token, &outcome) {
+            tokens.insert(token, generation, verified.validity, verified.clone());
+        }
+        outcome
     }
 
     /// Applies the outcome to the request: the identity and claim headers, or the refusal.
     fn finish(
         &self,
-        outcome: Result<Verified, Refusal<'_>>,
+        outcome: Result<Arc<Verified>, Refusal<'_>>,
         found: Found,
         request: &mut RequestParts,
         exchange: &mut Exchange,
@@ -685,13 +732,13 @@ impl CompiledJwt {
             Err(refusal) => return Flow::Respond(self.refuse(refusal)),
         };
         self.strip_claim_headers(request);
-        for (position, value) in verified.headers {
-            request.headers.insert(self.claim_headers[position].1.clone(), value);
+        for (position, value) in &verified.headers {
+            request.headers.insert(self.claim_headers[*position].1.clone(), value.clone());
         }
         if self.hide_credentials {
             self.source.remove(request, found);
         }
-        exchange.authenticate(verified.identity);
+        exchange.authenticate(verified.identity.clone());
         Flow::Continue
     }
 
@@ -763,6 +810,11 @@ impl Policy for CompiledJwt {
             }
             return self.refuse(Refusal::Missing).into();
         };
+        let digest = self.tokens.as_ref().map(|_| TokenDigest::of(&token));
+        if let Some(verified) = self.cached(digest.as_ref()) {
+            drop(token);
+            return self.finish(Ok(verified), found, request, exchange).into();
+        }
         let (header, validation) = match self.header(&token) {
             Ok(checked) => checked,
             Err(refusal) => return self.refuse(refusal).into(),
@@ -771,6 +823,7 @@ impl Policy for CompiledJwt {
             Keys::Inline(keys) => {
                 let outcome = self.verify(&token, &header, validation, keys);
                 drop(token);
+                let outcome = self.remember(digest, keys.generation(), outcome);
                 return self.finish(outcome, found, request, exchange).into();
             }
             Keys::Jwks(cache) => cache,
@@ -778,13 +831,17 @@ impl Policy for CompiledJwt {
         if let Some(keys) = cache.cached_keys(header.kid.as_deref(), header.alg) {
             let outcome = self.verify(&token, &header, validation, &keys);
             drop(token);
+            let outcome = self.remember(digest, keys.generation(), outcome);
             return self.finish(outcome, found, request, exchange).into();
         }
         // The key set must be fetched first: only this path waits, and copies the token.
         let token = token.into_owned();
         Hook::Wait(Box::pin(async move {
             let outcome = match cache.keys(header.kid.as_deref(), header.alg).await {
-                Ok(keys) => self.verify(&token, &header, validation, &keys),
+                Ok(keys) => {
+                    let outcome = self.verify(&token, &header, validation, &keys);
+                    self.remember(digest, keys.generation(), outcome)
+                }
                 Err(JwksError::UnknownKey) => Err(Refusal::Invalid(NO_KEY)),
                 Err(JwksError::Unavailable) => Err(Refusal::KeysUnavailable),
             };

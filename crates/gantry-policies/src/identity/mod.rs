@@ -18,3 +18,4 @@ mod request_credentials;
 pub mod saml;
 #[cfg(test)]
 mod test_server;
+pub mod verified_tokens;

@@ -574,3 +574,82 @@ fn reports_a_subject_shared_by_two_consumers_once() {
         ["consumers[bob].credentials.jwt.subject: the same subject is already the credential `alice:jwt`"]
     );
 }
+
+#[test]
+fn remembers_each_token_with_its_own_consumer_and_claims() {
+    let policy = policy(&hs_settings("claims_to_headers: {tier: x-tier}"));
+    let alice = hs_token(&claims(json!({"tier": "gold"})));
+    let bob = hs_token(&claims(json!({"sub": "bob", "tier": "free"})));
+    // Verified once each, then answered from the cache, alternately.
+    for _ in 0..3 {
+        for (token, consumer_id, tier) in [(&alice, "alice", "gold"), (&bob, "bob", "free")] {
+            let request = http::Request::get("/")
+                .header(AUTHORIZATION, format!("Bearer {token}"))
+                .header("x-tier", "spoofed")
+                .body(())
+                .expect("request");
+            let (flow, parts, exchange) = run(&*policy, request);
+            assert!(matches!(flow, Flow::Continue));
+            assert_eq!(consumer(&exchange), consumer_id);
+            assert_eq!(parts.headers["x-tier"], tier, "the client's header came through, or another token's claim");
+            assert!(parts.headers.get(AUTHORIZATION).is_none(), "the token reached the upstream");
+        }
+    }
+}
+
+#[test]
+fn refuses_a_remembered_token_once_it_expires_and_remembers_no_refusal() {
+    let policy = policy(&hs_settings("leeway: 0s"));
+    let now = get_current_timestamp();
+    let expiring = hs_token(&claims(json!({"exp": now + 1})));
+    let early = hs_token(&claims(json!({"nbf": now + 2})));
+    assert!(matches!(run(&*policy, bearer(&expiring)).0, Flow::Continue));
+    assert_invalid(run(&*policy, bearer(&early)).0, "the token is not valid yet (nbf)");
+
+    while get_current_timestamp() <= now + 2 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_invalid(run(&*policy, bearer(&expiring)).0, "the token has expired");
+    assert!(matches!(run(&*policy, bearer(&early)).0, Flow::Continue), "a refusal was remembered past its nbf");
+}
+
+#[tokio::test]
+async fn forgets_remembered_tokens_when_the_key_set_changes() {
+    let old = SigningKey::rsa("old");
+    let server = JwksServer::start(&[&old]).await;
+    let policy = policy(&format!("jwks_url: {}\njwks_min_refresh: 0s", server.url()));
+    let token = old.sign(&claims(json!({})));
+    for _ in 0..2 {
+        assert!(matches!(run_async(&*policy, bearer(&token)).await.0, Flow::Continue));
+    }
+
+    // The signer withdraws the old key; a token of the new one makes the gateway refetch.
+    let new = SigningKey::rsa("new");
+    server.publish(&[&new]);
+    assert!(matches!(run_async(&*policy, bearer(&new.sign(&claims(json!({}))))).await.0, Flow::Continue));
+    assert_eq!(server.fetches(), 2);
+    assert_invalid(run_async(&*policy, bearer(&token)).await.0, NO_KEY);
+}
+
+#[test]
+fn verifies_every_request_with_the_cache_turned_off() {
+    let policy = policy(&hs_settings("cache: {max_tokens: 0}"));
+    let token = hs_token(&claims(json!({})));
+    for _ in 0..2 {
+        let (flow, _, exchange) = run(&*policy, bearer(&token));
+        assert!(matches!(flow, Flow::Continue));
+        assert_eq!(consumer(&exchange), "alice");
+    }
+}
+
+#[test]
+fn rejects_cache_settings_at_their_path() {
+    assert_eq!(
+        errors(&hs_settings("cache: {ttl: 0s}")),
+        ["global_policies[0].jwt.cache.ttl: must be longer than zero; `max_tokens: 0` turns the cache off"]
+    );
+    assert_eq!(
+        errors(&hs_settings("cache: {size: 10}")),
+        ["global_policies[0].jwt.cache.size: unknown field `size`, expected `max_tokens` or `ttl`"]
+    );
+}
