@@ -21,6 +21,7 @@ use super::jwks::{install_crypto_provider, JwksError, JwksSettings, KeySet};
 use super::jwt::JwtAlgorithm;
 use super::oauth2_introspection::ClientAuth;
 use super::request_credentials::bearer_token;
+use super::verified_tokens::{numeric_date, CacheConfig, TokenDigest, Validity, VerifiedTokens};
 
 mod discovery;
 mod login;
@@ -78,6 +79,10 @@ pub struct Config {
     /// Realm named in the `WWW-Authenticate` challenge.
     #[serde(default = "default_realm")]
     pub realm: String,
+    /// Verified bearer tokens remembered, so that a token presented again skips the signature
+    /// check.
+    #[serde(default)]
+    pub bearer_cache: CacheConfig,
     /// Signs browsers in with the authorization code flow and keeps them in a session cookie.
     #[serde(default)]
     pub login: Option<LoginConfig>,
@@ -206,6 +211,7 @@ impl Validate for Config {
             errors.push(path.key("bearer"), "with neither bearer tokens nor `login`, no request could pass");
         }
         check_realm(&self.realm, path, errors);
+        self.bearer_cache.validate(&path.key("bearer_cache"), errors);
         if let Some(login) = &self.login {
             login.validate(&path.key("login"), errors);
         }
@@ -302,6 +308,7 @@ impl PolicyFactory for Oidc {
             id_token_validations: make(std::slice::from_ref(&config.client_id)),
             mapping: ConsumerMapping::new(&config.consumer_claim, config.require_consumer, &credentials, Oidc::NAME),
             consumer_claim: config.consumer_claim,
+            bearer_tokens: VerifiedTokens::new(&config.bearer_cache, leeway),
             hide_credentials: config.hide_credentials,
             anonymous,
             challenges: Challenges::new(&config.realm),
@@ -339,10 +346,18 @@ struct CompiledOidc {
     id_token_validations: Vec<(Algorithm, Validation)>,
     mapping: ConsumerMapping,
     consumer_claim: String,
+    /// Bearer tokens verified before, unless the cache is turned off.
+    bearer_tokens: Option<VerifiedTokens<Identity>>,
     hide_credentials: bool,
     anonymous: Option<Arc<Consumer>>,
     challenges: Challenges,
     login: Option<Login>,
+}
+
+/// A verified token's claims, and the generation of the key set that verified it.
+pub(crate) struct Claims {
+    pub(crate) claims: serde_json::Map<String, serde_json::Value>,
+    generation: u64,
 }
 
 /// Why a token is refused.
@@ -420,12 +435,7 @@ impl CompiledOidc {
     }
 
     /// The claims of `token`, verified with the keys of `keys` that match its header.
-    fn verify(
-        token: &str,
-        header: &Header,
-        validation: &Validation,
-        keys: &KeySet,
-    ) -> Result<serde_json::Map<String, serde_json::Value>, Refusal> {
+    fn verify(token: &str, header: &Header, validation: &Validation, keys: &KeySet) -> Result<Claims, Refusal> {
         let mut refusal = Refusal::Invalid("no key of the provider matches the token's kid and alg");
         for key in keys.candidates(header.kid.as_deref(), header.alg) {
             match jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
@@ -433,7 +443,7 @@ impl CompiledOidc {
                 key.decoding_key(),
                 validation,
             ) {
-                Ok(data) => return Ok(data.claims),
+                Ok(data) => return Ok(Claims { claims: data.claims, generation: keys.generation() }),
                 // Another key without a `kid` may still match.
                 Err(err) if *err.kind() == ErrorKind::InvalidSignature => {
                     refusal = Refusal::Invalid("the token's signature is not valid");
@@ -445,11 +455,7 @@ impl CompiledOidc {
     }
 
     /// Verifies `token` against the provider, fetching metadata and keys when needed.
-    async fn verify_fetching(
-        &self,
-        token: &str,
-        validations: &[(Algorithm, Validation)],
-    ) -> Result<serde_json::Map<String, serde_json::Value>, Refusal> {
+    async fn verify_fetching(&self, token: &str, validations: &[(Algorithm, Validation)]) -> Result<Claims, Refusal> {
         let (header, validation) = self.header(token, validations)?;
         let metadata = self.discovery.metadata().await.map_err(|_| Refusal::Unavailable)?;
         let keys = match metadata.jwks.keys(header.kid.as_deref(), header.alg).await {
@@ -464,11 +470,7 @@ impl CompiledOidc {
 
     /// Verifies `token` with cached metadata and keys only: `None` when something must be
     /// fetched first.
-    fn verify_cached(
-        &self,
-        token: &str,
-        validations: &[(Algorithm, Validation)],
-    ) -> Option<Result<serde_json::Map<String, serde_json::Value>, Refusal>> {
+    fn verify_cached(&self, token: &str, validations: &[(Algorithm, Validation)]) -> Option<Result<Claims, Refusal>> {
         let (header, validation) = match self.header(token, validations) {
             Ok(checked) => checked,
             Err(refusal) => return Some(Err(refusal)),
@@ -478,14 +480,33 @@ impl CompiledOidc {
         Some(Self::verify(token, &header, validation, &keys))
     }
 
+    /// The identity a verified bearer token maps to, remembered when the mapping succeeds.
+    fn bearer_identity(&self, token: Option<TokenDigest>, verified: Claims) -> Result<Identity, Refusal> {
+        let identity = self.identity(&verified.claims)?;
+        if let (Some(tokens), Some(token)) = (&self.bearer_tokens, token) {
+            // Both were checked by jsonwebtoken (`exp` is required), so both read.
+            let date = |name: &str| verified.claims.get(name).and_then(|value| numeric_date(&value.to_string()));
+            let validity = Validity { not_before: date("nbf"), expires: date("exp") };
+            tokens.insert(token, verified.generation, validity, Arc::new(identity.clone()));
+        }
+        Ok(identity)
+    }
+
+    /// The identity remembered for a bearer token verified with the provider's current keys.
+    fn cached_bearer(&self, token: Option<&TokenDigest>) -> Option<Arc<Identity>> {
+        let (tokens, token) = (self.bearer_tokens.as_ref()?, token?);
+        let generation = self.discovery.cached()?.jwks.generation()?;
+        tokens.get(token, generation)
+    }
+
     /// Applies a bearer token's outcome to the request.
     fn finish_bearer(
         &self,
-        outcome: Result<serde_json::Map<String, serde_json::Value>, Refusal>,
+        outcome: Result<Identity, Refusal>,
         request: &mut RequestParts,
         exchange: &mut Exchange,
     ) -> Flow {
-        let identity = match outcome.and_then(|claims| self.identity(&claims)) {
+        let identity = match outcome {
             Ok(identity) => identity,
             Err(refusal) => return Flow::Respond(refusal.response(&self.challenges)),
         };
@@ -501,11 +522,17 @@ impl CompiledOidc {
     }
 
     fn on_bearer<'a>(&'a self, token: String, request: &'a mut RequestParts, exchange: &'a mut Exchange) -> Hook<'a> {
+        let digest = self.bearer_tokens.as_ref().map(|_| TokenDigest::of(&token));
+        if let Some(identity) = self.cached_bearer(digest.as_ref()) {
+            return self.finish_bearer(Ok(Identity::clone(&identity)), request, exchange).into();
+        }
         if let Some(outcome) = self.verify_cached(&token, &self.bearer_validations) {
+            let outcome = outcome.and_then(|verified| self.bearer_identity(digest, verified));
             return self.finish_bearer(outcome, request, exchange).into();
         }
         Hook::Wait(Box::pin(async move {
             let outcome = self.verify_fetching(&token, &self.bearer_validations).await;
+            let outcome = outcome.and_then(|verified| self.bearer_identity(digest, verified));
             self.finish_bearer(outcome, request, exchange)
         }))
     }

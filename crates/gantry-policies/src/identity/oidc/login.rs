@@ -284,7 +284,7 @@ impl Login {
             .await
             .map_err(|response| with_cookies(response, std::slice::from_ref(&clear)))?;
         let claims = match oidc.verify_fetching(&id_token.id_token, &oidc.id_token_validations).await {
-            Ok(claims) => claims,
+            Ok(verified) => verified.claims,
             Err(Refusal::Unavailable) => return Err(unavailable()),
             Err(Refusal::Invalid(detail)) => {
                 tracing::debug!(reason = detail, "ID token refused");

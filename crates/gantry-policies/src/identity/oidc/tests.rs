@@ -30,13 +30,15 @@ const CONSUMERS: &str = "consumers:
 /// The token requests a stub provider received: `Authorization` header and form body.
 type TokenRequests = Arc<Mutex<Vec<(Option<String>, String)>>>;
 
-/// A stand-in OpenID provider: metadata, a key set with [`KEY`], and a token endpoint that
-/// answers with the ID token a test put there. Stopped on drop.
+/// A stand-in OpenID provider: metadata, a key set with [`KEY`] (until a test publishes
+/// others), and a token endpoint that answers with the ID token a test put there. Stopped on
+/// drop.
 struct StubProvider {
     server: TestServer,
     id_token: Arc<Mutex<Option<String>>>,
     token_requests: TokenRequests,
     fetches: Arc<AtomicUsize>,
+    keys: Arc<Mutex<Vec<Value>>>,
 }
 
 impl StubProvider {
@@ -45,9 +47,10 @@ impl StubProvider {
         let id_token: Arc<Mutex<Option<String>>> = Arc::default();
         let token_requests: TokenRequests = Arc::default();
         let fetches = Arc::new(AtomicUsize::new(0));
-        let shared = (id_token.clone(), token_requests.clone(), fetches.clone());
+        let keys = Arc::new(Mutex::new(vec![KEY.jwk()]));
+        let shared = (id_token.clone(), token_requests.clone(), fetches.clone(), keys.clone());
         let server = TestServer::start(move |addr, parts: http::request::Parts, body: Bytes| {
-            let (metadata_issuer, (id_token, requests, fetches)) = (metadata_issuer.clone(), shared.clone());
+            let (metadata_issuer, (id_token, requests, fetches, keys)) = (metadata_issuer.clone(), shared.clone());
             async move {
                 let authorization = parts
                     .headers
@@ -60,7 +63,7 @@ impl StubProvider {
                         let issuer = metadata_issuer.map_or_else(|| format!("http://{addr}"), |own| own.to_string());
                         (StatusCode::OK, metadata(&issuer, addr))
                     }
-                    "/jwks" => (StatusCode::OK, json!({"keys": [KEY.jwk()]}).to_string()),
+                    "/jwks" => (StatusCode::OK, json!({"keys": *keys.lock().expect("keys")}).to_string()),
                     "/token" => {
                         let form = String::from_utf8_lossy(&body).into_owned();
                         requests.lock().expect("requests").push((authorization, form));
@@ -76,7 +79,12 @@ impl StubProvider {
             }
         })
         .await;
-        Self { server, id_token, token_requests, fetches }
+        Self { server, id_token, token_requests, fetches, keys }
+    }
+
+    /// Publishes the public halves of `keys` from now on (a provider rotating its keys).
+    fn publish(&self, keys: &[&SigningKey]) {
+        *self.keys.lock().expect("keys") = keys.iter().map(|key| key.jwk()).collect();
     }
 
     fn issuer(&self) -> String {
@@ -193,6 +201,65 @@ async fn refuses_tokens_of_another_audience_issuer_or_key_and_expired_ones() {
         assert_eq!(response.headers()[WWW_AUTHENTICATE], "Bearer realm=\"gantry\", error=\"invalid_token\"");
         let body: Value = serde_json::from_slice(response.body()).expect("problem json");
         assert_eq!(body["detail"], detail);
+    }
+}
+
+#[tokio::test]
+async fn remembers_each_bearer_token_with_its_own_identity_until_it_expires() {
+    let provider = StubProvider::start(None).await;
+    let policy = policy(&bearer_settings(&provider.issuer(), "leeway: 0s"));
+    let issuer = provider.issuer();
+    let mut expiring = claims(&issuer, "orders-api", "alice-sub");
+    let now = now_secs();
+    expiring["exp"] = json!(now + 1);
+    let alice = KEY.sign(&expiring);
+    let bob = KEY.sign(&claims(&issuer, "orders-api", "bob"));
+    for _ in 0..3 {
+        for (token, consumer_id) in [(&alice, "alice"), (&bob, "bob")] {
+            let (flow, parts, exchange) = run(&*policy, with_bearer(token)).await;
+            assert!(matches!(flow, Flow::Continue));
+            assert_eq!(&*exchange.identity.expect("recognised").consumer.id, consumer_id);
+            assert!(parts.headers.get(http::header::AUTHORIZATION).is_none(), "the token reached the upstream");
+        }
+    }
+
+    while now_secs() <= now + 1 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let body: Value =
+        serde_json::from_slice(answered(run(&*policy, with_bearer(&alice)).await.0).body()).expect("json");
+    assert_eq!(body["detail"], "the token has expired");
+    assert!(matches!(run(&*policy, with_bearer(&bob)).await.0, Flow::Continue));
+}
+
+#[tokio::test]
+async fn forgets_remembered_bearer_tokens_when_the_provider_rotates_its_keys() {
+    let provider = StubProvider::start(None).await;
+    let policy = policy(&bearer_settings(&provider.issuer(), "min_refresh: 0s"));
+    let token = KEY.sign(&claims(&provider.issuer(), "orders-api", "alice-sub"));
+    for _ in 0..2 {
+        assert!(matches!(run(&*policy, with_bearer(&token)).await.0, Flow::Continue));
+    }
+
+    // The provider withdraws the key; a token of its new one makes the gateway refetch.
+    let rotated = SigningKey::generate("rotated", Algorithm::ES256);
+    provider.publish(&[&rotated]);
+    let fresh = rotated.sign(&claims(&provider.issuer(), "orders-api", "alice-sub"));
+    assert!(matches!(run(&*policy, with_bearer(&fresh)).await.0, Flow::Continue));
+    let response = answered(run(&*policy, with_bearer(&token)).await.0);
+    let body: Value = serde_json::from_slice(response.body()).expect("problem json");
+    assert_eq!(body["detail"], "no key of the provider matches the token's kid and alg");
+}
+
+#[tokio::test]
+async fn checks_every_bearer_token_in_full_with_the_cache_turned_off() {
+    let provider = StubProvider::start(None).await;
+    let policy = policy(&bearer_settings(&provider.issuer(), "bearer_cache: {max_tokens: 0}"));
+    let token = KEY.sign(&claims(&provider.issuer(), "orders-api", "alice-sub"));
+    for _ in 0..2 {
+        let (flow, _, exchange) = run(&*policy, with_bearer(&token)).await;
+        assert!(matches!(flow, Flow::Continue));
+        assert_eq!(&*exchange.identity.expect("recognised").consumer.id, "alice");
     }
 }
 
@@ -480,6 +547,7 @@ client_id: \"\"
 algorithms: [HS256]
 timeout: 0s
 bearer: false
+bearer_cache: {ttl: 0s}
 login:
   client_secret: \"\"
   session_secret: too-short
@@ -493,6 +561,7 @@ login:
         "global_policies[0].oidc.client_id: must not be empty",
         "global_policies[0].oidc.algorithms[0]: HMAC algorithms need a shared secret; the provider's keys are public keys",
         "global_policies[0].oidc.timeout: must be longer than zero",
+        "global_policies[0].oidc.bearer_cache.ttl: must be longer than zero; `max_tokens: 0` turns the cache off",
         "global_policies[0].oidc.login.client_secret: must not be empty",
         "global_policies[0].oidc.login.session_secret: must be at least 32 characters (random, kept secret)",
         "global_policies[0].oidc.login.scopes: must include `openid`",
