@@ -18,6 +18,7 @@
 mod algorithm;
 pub mod memory;
 pub mod redis;
+pub mod response_cache;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -26,6 +26,8 @@ use redis::{ConnectionInfo, IntoConnectionInfo, Script};
 
 use crate::{CounterStore, Decision, Hit, StoreError, PERIOD_GRACE};
 
+mod response_cache;
+
 /// Least time between two attempts to open connections while Redis is unreachable.
 pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 
