@@ -1,7 +1,8 @@
 //! `jwt` through a running gateway with a real key set server: RS256 tokens signed by the test
 //! reach the upstream with their claims as headers; expired, foreign and forged tokens are
 //! refused and counted; a rotated key is found by refreshing the set; cached keys keep working
-//! when the server goes down; a set that was never fetched gives 503.
+//! when the server goes down; a set that was never fetched gives 503; a remembered token is
+//! refused once its key is withdrawn or once it expires.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,6 +18,11 @@ use crate::support::{start_gateway, with_admin};
 /// Route `/api/*` checks tokens of `https://idp.test/` for the `orders` audience with the keys
 /// published at `jwks_url`; `sub` and `tenant` go upstream as headers; `alice-sub` is `alice`.
 fn config(upstream: &EchoUpstream, jwks_url: &str) -> String {
+    config_with(upstream, jwks_url, "")
+}
+
+/// [`config`] with more settings of the `jwt` policy, each line indented by 10 spaces.
+fn config_with(upstream: &EchoUpstream, jwks_url: &str, more: &str) -> String {
     with_admin(
         "e2e-admin-key-jwt-5f2e",
         &format!(
@@ -40,7 +46,7 @@ routes:
           issuers: [https://idp.test/]
           audiences: [orders]
           claims_to_headers: {{sub: x-user-id, tenant: x-tenant}}
-",
+{more}",
             upstream = upstream.addr()
         ),
     )
@@ -184,4 +190,52 @@ async fn answers_503_while_the_key_set_was_never_fetched() {
     assert_eq!(response.json()["type"], "https://gantry.dev/problems/keys-unavailable");
     assert!(response.header("retry-after").is_some());
     assert_eq!(upstream.requests(), 0);
+}
+
+#[tokio::test]
+async fn refuses_a_remembered_token_once_a_refreshed_key_set_has_withdrawn_its_key() {
+    let old = SigningKey::rsa("2026-01");
+    let keys = JwksServer::start(&[&old]).await;
+    let upstream = EchoUpstream::start("up").await;
+    // Refreshed a second after a fetch, when the set is used.
+    let gateway = start_gateway(&config_with(&upstream, &keys.url(), "          jwks_refresh: 1s\n"));
+    let client = TestClient::default();
+    let token = old.sign(&claims(json!({})));
+    for _ in 0..3 {
+        assert_eq!(call(&client, &gateway, &token, &[]).await.status, StatusCode::OK);
+    }
+
+    // The signer withdraws the key. Requests with the remembered token are answered from the
+    // cache, and still count as uses of the key set: its refresh finds the key gone, and the
+    // token is refused from then on.
+    keys.publish(&[&SigningKey::rsa("2026-02")]);
+    let (client, gateway, token) = (&client, &gateway, &token);
+    let refused = eventually("the withdrawn key's token is refused", || async move {
+        let response = call(client, gateway, token, &[]).await;
+        (response.status != StatusCode::OK).then_some(response)
+    })
+    .await;
+    assert_invalid_token(&refused, "no verification key matches the token's kid and alg");
+    assert!(keys.fetches() >= 2, "the set was refreshed");
+    assert_eq!(call(client, gateway, token, &[]).await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn refuses_a_remembered_token_once_it_has_expired() {
+    let key = SigningKey::rsa("2026-01");
+    let keys = JwksServer::start(&[&key]).await;
+    let upstream = EchoUpstream::start("up").await;
+    let gateway = start_gateway(&config_with(&upstream, &keys.url(), "          leeway: 0s\n"));
+    let client = TestClient::default();
+    let issued = now();
+    let token = key.sign(&claims(json!({"exp": issued + 2})));
+    for _ in 0..2 {
+        assert_eq!(call(&client, &gateway, &token, &[]).await.status, StatusCode::OK);
+    }
+
+    while now() <= issued + 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_invalid_token(&call(&client, &gateway, &token, &[]).await, "the token has expired");
+    assert_eq!(upstream.requests(), 2);
 }
