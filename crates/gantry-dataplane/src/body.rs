@@ -1,7 +1,7 @@
 //! Body types of the hot path: enums over the few concrete bodies, so that no body is boxed;
 //! the streamed body limit; [`HoldingBody`], which keeps a request's policy state until its
-//! response has been sent; and [`discard`], which reads away a client body the gateway
-//! answered without using.
+//! response has been sent; [`ObservedBody`], which shows a response body to a policy as it
+//! passes; and [`discard`], which reads away a client body the gateway answered without using.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +10,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use gantry_policy_api::response_body::{take_response_body_action, BodyObserver, ResponseBodyAction};
+use gantry_policy_api::Exchange;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -28,6 +30,8 @@ pub enum GatewayBody {
     Limited(LimitedBody),
     /// A response body that keeps what policies left in the exchange alive until it ends.
     Holding(HoldingBody),
+    /// A response body shown to a policy as it passes.
+    Observed(ObservedBody),
     /// Made by the gateway (a policy response, a problem document).
     Full(Full<Bytes>),
     /// No body.
@@ -52,6 +56,7 @@ impl Body for GatewayBody {
             }
             GatewayBody::Limited(body) => Pin::new(body).poll_frame(cx),
             GatewayBody::Holding(body) => Pin::new(body).poll_frame(cx),
+            GatewayBody::Observed(body) => Pin::new(body).poll_frame(cx),
             GatewayBody::Full(body) => Pin::new(body).poll_frame(cx).map_err(|never| match never {}),
             GatewayBody::Empty => Poll::Ready(None),
         }
@@ -62,6 +67,7 @@ impl Body for GatewayBody {
             GatewayBody::Streamed(body) | GatewayBody::Upstream(body, _) => body.is_end_stream(),
             GatewayBody::Limited(body) => body.is_end_stream(),
             GatewayBody::Holding(body) => body.is_end_stream(),
+            GatewayBody::Observed(body) => body.is_end_stream(),
             GatewayBody::Full(body) => body.is_end_stream(),
             GatewayBody::Empty => true,
         }
@@ -72,6 +78,7 @@ impl Body for GatewayBody {
             GatewayBody::Streamed(body) | GatewayBody::Upstream(body, _) => body.size_hint(),
             GatewayBody::Limited(body) => body.size_hint(),
             GatewayBody::Holding(body) => body.size_hint(),
+            GatewayBody::Observed(body) => body.size_hint(),
             GatewayBody::Full(body) => body.size_hint(),
             GatewayBody::Empty => SizeHint::with_exact(0),
         }
@@ -205,6 +212,83 @@ impl Body for HoldingBody {
     }
 }
 
+/// A response body whose chunks a policy sees as they pass to the client
+/// ([`gantry_policy_api::response_body::observe_response_body`]). The observer hears of the end
+/// once the last byte has passed; a body that fails or is dropped first just drops it.
+pub struct ObservedBody {
+    // Boxed: `GatewayBody` cannot contain itself.
+    inner: Box<GatewayBody>,
+    observer: Option<Box<dyn BodyObserver>>,
+}
+
+impl std::fmt::Debug for ObservedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObservedBody").field("inner", &self.inner).finish_non_exhaustive()
+    }
+}
+
+impl ObservedBody {
+    /// `inner`, shown to `observer`. An empty body ends at once: the connection may never poll it.
+    pub fn new(inner: GatewayBody, observer: Box<dyn BodyObserver>) -> Self {
+        let mut body = Self { inner: Box::new(inner), observer: Some(observer) };
+        body.end_if_done();
+        body
+    }
+
+    fn end_if_done(&mut self) {
+        if self.inner.is_end_stream() {
+            if let Some(observer) = self.observer.take() {
+                observer.on_end();
+            }
+        }
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut *this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(observer)) = (frame.data_ref(), this.observer.as_mut()) {
+                    observer.on_data(data);
+                }
+                // A body of known length is not polled again after its last byte.
+                this.end_if_done();
+            }
+            Poll::Ready(None) => {
+                if let Some(observer) = this.observer.take() {
+                    observer.on_end();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.observer = None,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The response body to send after the response hooks ran: `body`, or what a hook asked for
+/// instead (replaced, or shown to an observer as it passes).
+pub fn apply_response_body_action(exchange: &mut Exchange, body: GatewayBody) -> GatewayBody {
+    match take_response_body_action(exchange) {
+        None => body,
+        Some(ResponseBodyAction::Replace(bytes)) => GatewayBody::full(bytes),
+        Some(ResponseBodyAction::Observe(observer)) => GatewayBody::Observed(ObservedBody::new(body, observer)),
+    }
+}
+
 /// How long [`discard`] goes on reading a body the gateway will not use.
 const DISCARD_FOR: Duration = Duration::from_secs(5);
 
@@ -265,6 +349,50 @@ mod tests {
         let (body, alive) = holding(GatewayBody::full("never read"));
         drop(body);
         assert_eq!(Arc::strong_count(&alive), 1, "a client that went away releases what the body held");
+    }
+
+    /// Records what an observer was shown, and whether it heard of the end.
+    #[derive(Default)]
+    struct Seen {
+        bytes: Vec<u8>,
+        ended: bool,
+    }
+
+    struct Recording(Arc<std::sync::Mutex<Seen>>);
+
+    impl BodyObserver for Recording {
+        fn on_data(&mut self, data: &Bytes) {
+            self.0.lock().expect("lock").bytes.extend_from_slice(data);
+        }
+
+        fn on_end(self: Box<Self>) {
+            self.0.lock().expect("lock").ended = true;
+        }
+    }
+
+    fn observed(inner: GatewayBody) -> (ObservedBody, Arc<std::sync::Mutex<Seen>>) {
+        let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+        (ObservedBody::new(inner, Box::new(Recording(seen.clone()))), seen)
+    }
+
+    #[tokio::test]
+    async fn shows_every_chunk_and_the_end_once_the_last_byte_passed() {
+        let (mut body, seen) = observed(GatewayBody::full("the whole body"));
+        let frame = body.frame().await.expect("a frame").expect("no error");
+        assert_eq!(frame.into_data().expect("data"), "the whole body");
+        // A body of known length ends with its last byte: the connection need not poll again.
+        let seen = seen.lock().expect("lock");
+        assert_eq!(seen.bytes, b"the whole body");
+        assert!(seen.ended);
+    }
+
+    #[test]
+    fn ends_an_empty_body_at_once_and_drops_an_unfinished_one_silently() {
+        let (_empty, seen) = observed(GatewayBody::Empty);
+        assert!(seen.lock().expect("lock").ended, "an empty body may never be polled");
+        let (unread, seen) = observed(GatewayBody::full("never read"));
+        drop(unread);
+        assert!(!seen.lock().expect("lock").ended, "a body dropped before its end is not complete");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! only reads them, one atomic load per request.
 
 pub mod access_log;
+mod background;
 pub mod body;
 pub mod forward;
 pub mod headers;

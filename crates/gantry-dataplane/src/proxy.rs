@@ -16,7 +16,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, AccessRecord};
-use crate::body::{discard, GatewayBody, HoldingBody, LimitedBody};
+use crate::body::{apply_response_body_action, discard, GatewayBody, HoldingBody, LimitedBody};
 use crate::forward::{forward, ForwardError, ForwardRequest};
 use crate::headers::{add_forwarded, remove_hop_by_hop, request_id, ClientForwarding, X_REQUEST_ID};
 use crate::metrics::GatewayMetrics;
@@ -199,6 +199,7 @@ impl Gateway {
             discard_unread(&parts, body);
             let (mut head, body) = response.into_parts();
             route.pipeline.selected(&exchange).run_response(&mut head, &mut exchange, Some(position));
+            crate::background::send_background_request(&route, &mut exchange, connection, host);
             return Served {
                 response: Response::from_parts(head, GatewayBody::full(body)),
                 route: Some(route.clone()),
@@ -284,6 +285,7 @@ impl Gateway {
                 head.version = Version::HTTP_11;
                 exchange.forward_outcome = Some(ForwardOutcome::Answered(head.status));
                 route.pipeline.selected(&exchange).run_response(&mut head, &mut exchange, None);
+                let body = apply_response_body_action(&mut exchange, GatewayBody::Upstream(body, forwarded.in_flight));
                 if let Some((client_side, upstream_side)) = tunnel_ends {
                     // The tunnel outlives the 101 response, so it holds what policies left for
                     // the length of the exchange (a concurrency slot) until it closes.
@@ -291,7 +293,7 @@ impl Gateway {
                     tokio::spawn(tunnel(client_side, upstream_side, route.id.clone(), held));
                 }
                 Served {
-                    response: Response::from_parts(head, GatewayBody::Upstream(body, forwarded.in_flight)),
+                    response: Response::from_parts(head, body),
                     route: Some(route.clone()),
                     upstream: Some(forwarded.endpoint),
                     upstream_duration: Some(forwarded.upstream_duration),
@@ -372,8 +374,9 @@ fn hold_until_sent(response: Response<GatewayBody>, mut exchange: Exchange) -> R
 fn respond_with(route: &Arc<CompiledRoute>, mut exchange: Exchange, response: PolicyResponse) -> Served {
     let (mut head, body) = response.into_parts();
     route.pipeline.selected(&exchange).run_response(&mut head, &mut exchange, None);
+    let body = apply_response_body_action(&mut exchange, GatewayBody::full(body));
     Served {
-        response: Response::from_parts(head, GatewayBody::full(body)),
+        response: Response::from_parts(head, body),
         route: Some(route.clone()),
         upstream: None,
         upstream_duration: None,
@@ -415,7 +418,8 @@ fn strip_port(host: &str) -> &str {
         .map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host })
 }
 
-fn upstream_path(
+/// The path and query to send upstream: the request's, rewritten as the route says.
+pub(crate) fn upstream_path(
     parts: &http::request::Parts,
     rewrite: Option<&crate::route::PathRewrite>,
 ) -> Result<PathAndQuery, String> {

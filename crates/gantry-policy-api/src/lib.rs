@@ -12,6 +12,7 @@ mod factory;
 mod flow;
 pub mod identity;
 pub mod problem;
+pub mod response_body;
 mod stage;
 pub mod testing;
 
