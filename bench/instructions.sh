@@ -3,13 +3,15 @@
 # move with the machine's load, for comparing two builds of Gantry.
 #   bench/instructions.sh [GANTRY_BINARY] [SCENARIO]   (default: target/release/gantry, plain)
 # SCENARIO: plain (proxy only), key_auth (API key in X-Api-Key among 3 consumers),
-# jwt_rs256 (an RS256 bearer token checked against an inline public key), rate_limit_memory
+# jwt_rs256 (an RS256 bearer token checked against an inline public key; after the first
+# request it is answered from the policy's verified-token cache), jwt_rs256_uncached (the same
+# with the cache off: the signature is checked on every request), rate_limit_memory
 # or rate_limit_redis (a fixed-window limit per client IP, high enough never to refuse, counted
 # in memory or in a redis-server the script starts on :19160; the figure counts Gantry's
 # instructions only, not Redis's); the difference to plain is the per-request cost of the policy.
 # Starts its own nginx upstream (96-byte JSON) on 127.0.0.1:19101 and Gantry on :19150,
 # loads it with wrk for 5 s on 10 keep-alive connections, prints instructions ÷ requests.
-# Needs valgrind, nginx and wrk (bench/setup.sh installs the last two); jwt_rs256 needs openssl.
+# Needs valgrind, nginx and wrk (bench/setup.sh installs the last two); jwt_rs256* need openssl.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 binary=${1:-$here/../target/release/gantry}
@@ -45,7 +47,10 @@ case $scenario in
     policies="    policies:
       - key_auth: {header: x-api-key, hide_credentials: false}"
     header=(-H "X-Api-Key: bench-key-123") ;;
-  jwt_rs256)
+  jwt_rs256 | jwt_rs256_uncached)
+    cache=""
+    if [ "$scenario" = jwt_rs256_uncached ]; then cache="
+          cache: {max_tokens: 0}"; fi
     openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/jwt.key" 2>/dev/null
     openssl pkey -in "$work/jwt.key" -pubout -out "$work/jwt.pub"
     b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
@@ -53,7 +58,7 @@ case $scenario in
     signature=$(printf '%s' "$signing_input" | openssl dgst -sha256 -sign "$work/jwt.key" | b64url)
     policies="    policies:
       - jwt:
-          issuers: [bench]
+          issuers: [bench]$cache
           keys:
             - kid: bench
               alg: RS256
@@ -69,7 +74,7 @@ $(sed 's/^/                /' "$work/jwt.pub")"
     redis: {urls: ['redis://127.0.0.1:19160']}"
     policies="    policies:
       - rate_limit: {limit: 1000000000, window: 1h, key: [ip], store: redis}" ;;
-  *) echo "unknown scenario $scenario: plain, key_auth, jwt_rs256, rate_limit_memory or rate_limit_redis" >&2; exit 2 ;;
+  *) echo "unknown scenario $scenario: plain, key_auth, jwt_rs256, jwt_rs256_uncached, rate_limit_memory or rate_limit_redis" >&2; exit 2 ;;
 esac
 cat > "$work/gantry.yaml" <<YAML
 node:
