@@ -47,8 +47,17 @@ impl ConfigSource {
     /// missing reference does not hide a bad policy setting.
     pub fn read(&self) -> Result<LoadedConfig, ConfigErrors> {
         match self {
-            ConfigSource::File(path) => read_files(std::slice::from_ref(path)),
-            ConfigSource::Directory(dir) => read_files(&yaml_files_in(dir)?),
+            ConfigSource::File(path) => {
+                let mut loaded = read_files(std::slice::from_ref(path))?;
+                let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                loaded.spec.source_dir = Some(dir.to_owned());
+                Ok(loaded)
+            }
+            ConfigSource::Directory(dir) => {
+                let mut loaded = read_files(&yaml_files_in(dir)?)?;
+                loaded.spec.source_dir = Some(dir.clone());
+                Ok(loaded)
+            }
             ConfigSource::Embedded(text) => {
                 let document = parse_document(text, None)?;
                 let mut loaded = LoadedConfig::default();
@@ -354,6 +363,17 @@ mod tests {
         let file = dir.join("gantry.yaml");
         std::fs::write(&file, text).expect("write config");
         file
+    }
+
+    #[test]
+    fn resolves_relative_paths_against_the_configuration_files_directory() {
+        let file = write_temp("source-dir", "routes: []\n");
+        let loaded = load_path(&file).expect("valid");
+        let dir = file.parent().expect("a directory");
+        assert_eq!(loaded.spec.source_dir.as_deref(), Some(dir));
+        assert_eq!(loaded.spec.resolve_path("schemas/a.json"), dir.join("schemas/a.json"));
+        assert_eq!(loaded.spec.resolve_path("/etc/a.json"), PathBuf::from("/etc/a.json"));
+        assert_eq!(load_str("routes: []").expect("valid").resolve_path("a.json"), PathBuf::from("a.json"));
     }
 
     #[test]

@@ -131,7 +131,7 @@ pub fn compile_snapshot(
             format!("clashes with another route's path template: {}", err.reason),
         )
     })?;
-    Ok(Snapshot { generation, router, routes, upstreams: upstream_list })
+    Ok(Snapshot::new(generation, router, routes, upstream_list))
 }
 
 /// Builds every policy of an inconsistent `spec` only to collect its errors, so one pass

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use gantry_policy_api::{Exchange, Flow, LogRecord, Policy, PolicyResponse, RequestParts, ResponseParts, Stage};
 
 /// One policy in a pipeline.
@@ -43,6 +44,8 @@ pub struct Pipeline {
     log: Vec<usize>,
     /// Positions of policies that may need the request body.
     body_readers: Vec<usize>,
+    /// Positions of policies that may need an upstream response's body.
+    response_body_readers: Vec<usize>,
     /// This pipeline with each consumer's own policies.
     for_consumers: ForConsumers,
 }
@@ -128,7 +131,16 @@ impl Pipeline {
         let response = positions(|entry| entry.policy.hooks().response);
         let log = positions(|entry| entry.policy.hooks().log);
         let body_readers = positions(|entry| entry.policy.reads_request_body());
-        Self { entries, request, response, log, body_readers, for_consumers: ForConsumers::default() }
+        let response_body_readers = positions(|entry| entry.policy.reads_response_body());
+        Self {
+            entries,
+            request,
+            response,
+            log,
+            body_readers,
+            response_body_readers,
+            for_consumers: ForConsumers::default(),
+        }
     }
 
     /// Adds the pipelines used once a consumer with policies of its own is recognised: each
@@ -218,6 +230,29 @@ impl Pipeline {
             }
         }
         RequestOutcome::Forward
+    }
+
+    /// The most bytes of an upstream response's body that a policy wants buffered before the
+    /// response hooks run, if any does.
+    pub fn response_body_limit(&self, response: &ResponseParts, exchange: &Exchange) -> Option<u64> {
+        self.response_body_readers
+            .iter()
+            .filter_map(|&position| self.entries[position].policy.response_body_limit(response, exchange))
+            .max()
+    }
+
+    /// Shows a buffered upstream response body to the policies that read bodies, in response
+    /// order, until one answers instead: that policy's name and answer.
+    pub fn run_response_body(
+        &self,
+        response: &ResponseParts,
+        body: &Bytes,
+        exchange: &mut Exchange,
+    ) -> Option<(&'static str, PolicyResponse)> {
+        self.response_body_readers.iter().rev().find_map(|&position| {
+            let entry = &self.entries[position];
+            entry.policy.on_response_body(response, body, exchange).map(|answer| (entry.name, answer))
+        })
     }
 
     /// Runs response hooks in reverse, for the policies up to `reached` (all when `None`).
@@ -363,6 +398,60 @@ mod tests {
         assert_eq!(pipeline.request_body_limit(&get), None);
         let without = Pipeline::new(vec![entry("other", Stage::Access, false, &calls)]);
         assert_eq!(without.request_body_limit(&post), None);
+    }
+
+    /// Reads response bodies of `status` and answers 502 when one is `bad`.
+    struct ResponseChecker {
+        name: &'static str,
+        status: StatusCode,
+        seen: Arc<Mutex<Vec<&'static str>>>,
+    }
+
+    impl Policy for ResponseChecker {
+        fn hooks(&self) -> Hooks {
+            Hooks::default()
+        }
+
+        fn reads_response_body(&self) -> bool {
+            true
+        }
+
+        fn response_body_limit(&self, response: &ResponseParts, _: &Exchange) -> Option<u64> {
+            (response.status == self.status).then_some(100)
+        }
+
+        fn on_response_body(&self, _: &ResponseParts, body: &Bytes, _: &mut Exchange) -> Option<PolicyResponse> {
+            self.seen.lock().expect("lock").push(self.name);
+            (body.as_ref() == b"bad").then(|| {
+                let mut answer = PolicyResponse::new(Bytes::new());
+                *answer.status_mut() = StatusCode::BAD_GATEWAY;
+                answer
+            })
+        }
+    }
+
+    #[test]
+    fn shows_response_bodies_to_readers_in_response_order_until_one_answers() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let checker = |name, stage, status| PipelineEntry {
+            name,
+            stage,
+            policy: Arc::new(ResponseChecker { name, status, seen: seen.clone() }),
+        };
+        let pipeline = Pipeline::new(vec![
+            checker("early", Stage::Access, StatusCode::OK),
+            checker("late", Stage::Validate, StatusCode::OK),
+        ]);
+        let mut exchange = exchange_from("127.0.0.1:1");
+        let ok = http::Response::new(()).into_parts().0;
+        let created = http::Response::builder().status(201).body(()).expect("response").into_parts().0;
+        assert_eq!(pipeline.response_body_limit(&ok, &exchange), Some(100));
+        assert_eq!(pipeline.response_body_limit(&created, &exchange), None);
+        assert!(pipeline.run_response_body(&ok, &Bytes::from_static(b"good"), &mut exchange).is_none());
+        let (policy, answer) =
+            pipeline.run_response_body(&ok, &Bytes::from_static(b"bad"), &mut exchange).expect("an answer");
+        assert_eq!((policy, answer.status()), ("late", StatusCode::BAD_GATEWAY));
+        assert_eq!(*seen.lock().expect("lock"), ["late", "early", "late"]);
     }
 
     fn as_consumer(id: &str) -> Exchange {

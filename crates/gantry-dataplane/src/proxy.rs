@@ -209,13 +209,17 @@ impl Gateway {
             };
         }
 
-        let Some(upstream) = &route.upstream else {
-            let response = problem_response(
-                StatusCode::BAD_GATEWAY,
-                "no-upstream",
-                "Bad Gateway",
-                Some("the route has no upstream and no policy answered"),
-            );
+        let upstream = match exchange.upstream.as_deref() {
+            None => route.upstream.as_ref(),
+            Some(chosen) => snapshot.upstream(chosen),
+        };
+        let Some(upstream) = upstream else {
+            let detail = match exchange.upstream.as_deref() {
+                None => "the route has no upstream and no policy answered".to_owned(),
+                // Policies check the ids they choose from when built, against this very configuration.
+                Some(chosen) => format!("the upstream `{chosen}` a policy chose is not configured"),
+            };
+            let response = problem_response(StatusCode::BAD_GATEWAY, "no-upstream", "Bad Gateway", Some(&detail));
             discard_unread(&parts, body);
             return respond_with(&route, exchange, response);
         };

@@ -12,6 +12,7 @@ use crate::access::acl::Acl;
 use crate::access::allowed_hours::AllowedHours;
 use crate::access::scopes::Scopes;
 use crate::forward::mock_response::MockResponse;
+use crate::forward::traffic_split::TrafficSplit;
 use crate::identity::any_auth::AnyAuth;
 use crate::identity::basic_auth::BasicAuth;
 use crate::identity::hmac_auth::HmacAuth;
@@ -64,6 +65,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<ResponseHeaders>(),
         RegisteredPolicy::of::<JsonThreatProtection>(),
         RegisteredPolicy::of::<XmlThreatProtection>(),
+        RegisteredPolicy::of::<TrafficSplit>(),
         RegisteredPolicy::of::<MockResponse>(),
     ]
 });

@@ -68,6 +68,10 @@ pub struct Exchange {
     /// Typed values passed between policies. They live until the response body has been
     /// sent, so a value can hold a resource (a concurrency permit) for the whole exchange.
     pub extensions: http::Extensions,
+    /// The upstream to forward to instead of the route's, chosen by a request hook
+    /// (`traffic_split`). The policy checks the id against the configuration when it is built;
+    /// `None` forwards to the route's upstream.
+    pub upstream: Option<Arc<str>>,
     /// How forwarding ended, set by the data plane before the response hooks run. `None` when
     /// the request was not forwarded (a policy answered, or it was refused before being sent)
     /// or when the client's side failed (its body broke off or was too large).
@@ -98,6 +102,7 @@ impl Exchange {
             started_at: Instant::now(),
             request_body_limit: None,
             extensions: http::Extensions::new(),
+            upstream: None,
             forward_outcome: None,
         }
     }

@@ -75,6 +75,35 @@ pub trait Policy: Send + Sync + 'static {
         None
     }
 
+    /// True when this policy may need an upstream response's whole body (to validate it).
+    /// Asked once, when the pipeline is built; only such policies are asked
+    /// [`Policy::response_body_limit`].
+    fn reads_response_body(&self) -> bool {
+        false
+    }
+
+    /// How many bytes of this upstream response's body the policy needs buffered, at most, or
+    /// `None` when it does not need this response's body. The data plane then reads the body
+    /// before any response hook runs (a longer body is answered with 502), calls
+    /// [`Policy::on_response_body`], and sends the same bytes on.
+    fn response_body_limit(&self, response: &ResponseParts, exchange: &Exchange) -> Option<u64> {
+        let _ = (response, exchange);
+        None
+    }
+
+    /// Inspects an upstream response's body that [`Policy::response_body_limit`] asked for; may
+    /// replace the response with its own answer. Runs in response order, before the response
+    /// hooks, which then see the answer that is sent.
+    fn on_response_body(
+        &self,
+        response: &ResponseParts,
+        body: &bytes::Bytes,
+        exchange: &mut Exchange,
+    ) -> Option<PolicyResponse> {
+        let _ = (response, body, exchange);
+        None
+    }
+
     /// Inspects or changes the request before it goes upstream; may answer instead.
     fn on_request<'a>(&'a self, request: &'a mut RequestParts, exchange: &'a mut Exchange) -> Hook<'a> {
         let _ = (request, exchange);

@@ -13,6 +13,8 @@ pub use policy::*;
 pub use route::*;
 pub use upstream::*;
 
+use std::path::{Path, PathBuf};
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +46,23 @@ pub struct GatewaySpec {
     /// Policies applied to every route, before service, policy-set and route policies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub global_policies: Vec<PolicySpec>,
+    /// The directory of the configuration file (or the configuration directory) this was read
+    /// from, against which policies resolve relative file paths (schemas, API descriptions);
+    /// `None` for configuration that came from no file. Not part of what users write.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub source_dir: Option<PathBuf>,
+}
+
+impl GatewaySpec {
+    /// `path` as written in a policy's settings, resolved against [`Self::source_dir`] when
+    /// relative, so a configuration and the files it names can move together.
+    pub fn resolve_path(&self, path: &str) -> PathBuf {
+        match &self.source_dir {
+            Some(dir) if Path::new(path).is_relative() => dir.join(path),
+            _ => PathBuf::from(path),
+        }
+    }
 }
 
 /// The resource kinds, as named in the configuration and the admin API.

@@ -1,3 +1,4 @@
-//! Forward-stage policies: answering instead of the upstream.
+//! Forward-stage policies: answering instead of the upstream, or choosing where to forward.
 
 pub mod mock_response;
+pub mod traffic_split;

@@ -14,7 +14,7 @@ pub mod mtls_auth;
 pub mod oauth2_introspection;
 pub mod oidc;
 mod outbound;
-mod request_credentials;
+pub(crate) mod request_credentials;
 pub mod saml;
 #[cfg(test)]
 mod test_server;

@@ -5,7 +5,9 @@
 //! [`Policy::request_body_limit`](gantry_policy_api::Policy::request_body_limit), bounded by
 //! their own size limit, and find it in the exchange as a [`RequestBody`].
 
+pub mod json_schema;
 pub mod json_threat_protection;
+pub(crate) mod schema;
 pub mod xml_threat_protection;
 
 use bytes::Bytes;
