@@ -20,7 +20,7 @@ use crate::body::{apply_response_body_action, discard, GatewayBody, HoldingBody,
 use crate::forward::{forward, ForwardError, ForwardRequest};
 use crate::headers::{add_forwarded, remove_hop_by_hop, request_id, ClientForwarding, X_REQUEST_ID};
 use crate::metrics::GatewayMetrics;
-use crate::pipeline::RequestOutcome;
+use crate::pipeline::{Pipeline, RequestOutcome};
 use crate::route::CompiledRoute;
 use crate::router::RequestFacts;
 use crate::snapshot::SnapshotHandle;
@@ -288,8 +288,13 @@ impl Gateway {
                 // The client's protocol decides the response framing, not the upstream's.
                 head.version = Version::HTTP_11;
                 exchange.forward_outcome = Some(ForwardOutcome::Answered(head.status));
+                let mut body = GatewayBody::Upstream(body, forwarded.in_flight);
+                let pipeline = route.pipeline.selected(&exchange);
+                if let Some(limit) = pipeline.response_body_limit(&head, &exchange).filter(|_| !upgraded) {
+                    body = self.check_response_body(pipeline, &mut head, body, limit, &mut exchange).await;
+                }
                 route.pipeline.selected(&exchange).run_response(&mut head, &mut exchange, None);
-                let body = apply_response_body_action(&mut exchange, GatewayBody::Upstream(body, forwarded.in_flight));
+                let body = apply_response_body_action(&mut exchange, body);
                 if let Some((client_side, upstream_side)) = tunnel_ends {
                     // The tunnel outlives the 101 response, so it holds what policies left for
                     // the length of the exchange (a concurrency slot) until it closes.
@@ -315,6 +320,52 @@ impl Gateway {
                 respond_with(&route, exchange, response)
             }
         }
+    }
+}
+
+impl Gateway {
+    /// Reads an upstream response body of at most `limit` bytes that a policy asked for and
+    /// shows it to the policies reading response bodies: the body to send on is the same bytes,
+    /// or, in `head` and the result, a policy's answer. A longer or broken body becomes a 502.
+    async fn check_response_body(
+        &self,
+        pipeline: &Pipeline,
+        head: &mut http::response::Parts,
+        body: GatewayBody,
+        limit: u64,
+        exchange: &mut Exchange,
+    ) -> GatewayBody {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let answer = match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)).await {
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                match pipeline.run_response_body(head, &bytes, exchange) {
+                    None => return GatewayBody::full(bytes),
+                    Some((policy, answer)) => {
+                        self.metrics.count_policy_answer(policy, answer.status());
+                        answer
+                    }
+                }
+            }
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => problem_response(
+                StatusCode::BAD_GATEWAY,
+                "upstream-response-too-large",
+                "Bad Gateway",
+                Some("the upstream's response body is larger than this route's policies read"),
+            ),
+            Err(err) => {
+                tracing::warn!(route = %exchange.route_id, error = %err, "upstream response body failed");
+                problem_response(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream-body-failed",
+                    "Bad Gateway",
+                    Some("the upstream's response body broke off"),
+                )
+            }
+        };
+        let (answer_head, answer_body) = answer.into_parts();
+        *head = answer_head;
+        GatewayBody::full(answer_body)
     }
 }
 

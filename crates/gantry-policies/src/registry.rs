@@ -12,6 +12,7 @@ use crate::access::acl::Acl;
 use crate::access::allowed_hours::AllowedHours;
 use crate::access::scopes::Scopes;
 use crate::forward::mock_response::MockResponse;
+use crate::forward::response_cache::ResponseCache;
 use crate::forward::traffic_split::TrafficSplit;
 use crate::identity::any_auth::AnyAuth;
 use crate::identity::basic_auth::BasicAuth;
@@ -34,6 +35,7 @@ use crate::traffic::rate_limit::RateLimit;
 use crate::traffic::request_size_limit::RequestSizeLimit;
 use crate::transform::request_headers::RequestHeaders;
 use crate::transform::response_headers::ResponseHeaders;
+use crate::validate::json_schema::JsonSchemaPolicy;
 use crate::validate::json_threat_protection::JsonThreatProtection;
 use crate::validate::xml_threat_protection::XmlThreatProtection;
 
@@ -65,7 +67,9 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<ResponseHeaders>(),
         RegisteredPolicy::of::<JsonThreatProtection>(),
         RegisteredPolicy::of::<XmlThreatProtection>(),
+        RegisteredPolicy::of::<JsonSchemaPolicy>(),
         RegisteredPolicy::of::<TrafficSplit>(),
+        RegisteredPolicy::of::<ResponseCache>(),
         RegisteredPolicy::of::<MockResponse>(),
     ]
 });
