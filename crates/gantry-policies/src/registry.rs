@@ -12,6 +12,7 @@ use crate::access::acl::Acl;
 use crate::access::allowed_hours::AllowedHours;
 use crate::access::scopes::Scopes;
 use crate::forward::mock_response::MockResponse;
+use crate::forward::response_cache::ResponseCache;
 use crate::forward::traffic_split::TrafficSplit;
 use crate::identity::any_auth::AnyAuth;
 use crate::identity::basic_auth::BasicAuth;
@@ -68,6 +69,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<XmlThreatProtection>(),
         RegisteredPolicy::of::<JsonSchemaPolicy>(),
         RegisteredPolicy::of::<TrafficSplit>(),
+        RegisteredPolicy::of::<ResponseCache>(),
         RegisteredPolicy::of::<MockResponse>(),
     ]
 });

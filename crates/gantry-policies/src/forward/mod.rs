@@ -1,4 +1,5 @@
 //! Forward-stage policies: answering instead of the upstream, or choosing where to forward.
 
 pub mod mock_response;
+pub mod response_cache;
 pub mod traffic_split;
