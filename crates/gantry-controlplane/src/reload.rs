@@ -89,6 +89,11 @@ impl ControlPlane {
         self
     }
 
+    /// The process's stores (the admin API purges response caches there).
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
     /// The handle the data plane reads.
     pub fn snapshot(&self) -> SnapshotHandle {
         self.snapshot.clone()

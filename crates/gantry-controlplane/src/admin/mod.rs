@@ -4,7 +4,8 @@
 //! A request passes [`auth`] (the API key; only `GET /health` and `GET /ready` are open),
 //! then one handler: the generic CRUD of [`resource`] for every kind listed in [`kinds`]
 //! (`/routes`, `/services`, `/upstreams`, `/consumers`, `/consumer_groups`, `/policy_sets`, and the
-//! `/global_policies` list), or [`status`] (`/config`, `/health`, `/ready`, `/openapi.json`).
+//! `/global_policies` list), [`status`] (`/config`, `/health`, `/ready`, `/openapi.json`), or
+//! [`cache`] (`DELETE /cache/{route}`, purging what a route's response cache stored).
 //! Writes go through [`crate::ControlPlane`] like a file reload (validate, compile, save via
 //! [`persist`], swap), and every error is an [`AdminError`] rendered by [`problem`] as an
 //! RFC 9457 document with a stable type:
@@ -25,12 +26,15 @@
 //! | `not-saved` | 500 | writing the configuration files failed; nothing changed |
 //! | `not-ready` | 503 | no configuration applied yet |
 //! | `internal` | 500 | a bug |
+//! | `invalid-query` | 400 | query parameters not understood |
+//! | `store-unavailable` | 503 | a store (Redis) did not answer |
 //!
 //! [`ProblemType::description`] holds the full text of each; `docs/admin-api.md` is the
 //! user-facing reference.
 
 pub mod auth;
 pub mod body;
+pub mod cache;
 pub mod kinds;
 pub mod openapi;
 pub mod persist;
@@ -46,7 +50,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::Request;
-use axum::routing::{get, MethodRouter};
+use axum::routing::{delete, get, MethodRouter};
 use axum::Router;
 use gantry_config::{NodeSpec, Secret};
 use tokio::sync::oneshot;
@@ -146,6 +150,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/ready", problems_for_other_methods(get(status::ready)))
         .route("/openapi.json", problems_for_other_methods(get(status::openapi)))
         .route("/metrics", problems_for_other_methods(get(status::metrics)))
+        .route("/cache/{route}", problems_for_other_methods(delete(cache::purge)))
         .fallback(endpoint_not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_api_key))
         .with_state(state)

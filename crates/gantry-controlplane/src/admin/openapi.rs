@@ -102,6 +102,28 @@ pub fn openapi_document() -> Value {
         }}),
     );
 
+    let purged = generator.subschema_for::<super::cache::PurgeResult>();
+    paths.insert(
+        "/cache/{route}".to_owned(),
+        json!({"delete": {
+            "summary": "Purge what the route's response_cache stored: every entry, those of one path, or those under a path prefix, optionally for one host; in this process's memory zones and in Redis",
+            "operationId": "purgeCache",
+            "tags": ["cache"],
+            "parameters": [
+                {"name": "route", "in": "path", "required": true, "schema": {"type": "string"}},
+                {"name": "path", "in": "query", "required": false, "description": "Only this path, every query string and variant of it", "schema": {"type": "string", "pattern": "^/"}},
+                {"name": "prefix", "in": "query", "required": false, "description": "Only paths starting with this", "schema": {"type": "string", "pattern": "^/"}},
+                {"name": "host", "in": "query", "required": false, "description": "Only entries for this host", "schema": {"type": "string"}}
+            ],
+            "responses": {
+                "200": {"description": "How many entries went", "content": {"application/json": {"schema": purged}}},
+                "400": problem_ref(),
+                "401": problem_ref(),
+                "404": problem_ref(),
+                "503": problem_ref()
+            }
+        }}),
+    );
     generator.subschema_for::<ProblemDocument>();
     let schemas = generator.take_definitions(true);
     let problem_types: Vec<Value> = ProblemType::ALL

@@ -44,6 +44,10 @@ pub enum ProblemType {
     NotReady,
     /// `internal` (500).
     Internal,
+    /// `invalid-query` (400).
+    InvalidQuery,
+    /// `store-unavailable` (503).
+    StoreUnavailable,
 }
 
 /// Where problem `type` URIs of the admin API start.
@@ -51,7 +55,7 @@ pub const PROBLEM_TYPE_BASE: &str = "https://gantry.dev/problems/admin/";
 
 impl ProblemType {
     /// Every problem type, for documentation and the tests that keep the docs complete.
-    pub const ALL: [ProblemType; 14] = [
+    pub const ALL: [ProblemType; 16] = [
         ProblemType::Unauthorized,
         ProblemType::EndpointNotFound,
         ProblemType::MethodNotAllowed,
@@ -66,6 +70,8 @@ impl ProblemType {
         ProblemType::NotSaved,
         ProblemType::NotReady,
         ProblemType::Internal,
+        ProblemType::InvalidQuery,
+        ProblemType::StoreUnavailable,
     ];
 
     /// The stable code, the last segment of the `type` URI.
@@ -85,6 +91,8 @@ impl ProblemType {
             ProblemType::NotSaved => "not-saved",
             ProblemType::NotReady => "not-ready",
             ProblemType::Internal => "internal",
+            ProblemType::InvalidQuery => "invalid-query",
+            ProblemType::StoreUnavailable => "store-unavailable",
         }
     }
 
@@ -100,13 +108,14 @@ impl ProblemType {
             ProblemType::EndpointNotFound | ProblemType::ResourceNotFound => StatusCode::NOT_FOUND,
             ProblemType::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProblemType::ResourceExists | ProblemType::ResourceInUse => StatusCode::CONFLICT,
-            ProblemType::IdMismatch | ProblemType::MalformedBody | ProblemType::InvalidConfig => {
-                StatusCode::BAD_REQUEST
-            }
+            ProblemType::IdMismatch
+            | ProblemType::MalformedBody
+            | ProblemType::InvalidConfig
+            | ProblemType::InvalidQuery => StatusCode::BAD_REQUEST,
             ProblemType::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProblemType::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProblemType::NotSaved | ProblemType::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ProblemType::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ProblemType::NotReady | ProblemType::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -127,6 +136,8 @@ impl ProblemType {
             ProblemType::NotSaved => "The change could not be saved",
             ProblemType::NotReady => "No configuration applied yet",
             ProblemType::Internal => "Internal error",
+            ProblemType::InvalidQuery => "Query parameters not understood",
+            ProblemType::StoreUnavailable => "A store could not be reached",
         }
     }
 
@@ -196,6 +207,16 @@ impl ProblemType {
                  balancers should wait for 200."
             }
             ProblemType::Internal => "A bug in the gateway; the detail and the gateway log say more. Please report it.",
+            ProblemType::InvalidQuery => {
+                "A query parameter is unknown, malformed, or excludes another one given, e.g. both \
+                 `path` and `prefix` on `DELETE /cache/{route}`. The detail names it. Nothing \
+                 changed."
+            }
+            ProblemType::StoreUnavailable => {
+                "The store the endpoint works on (Redis, for `DELETE /cache/{route}`) did not \
+                 answer or failed; the detail says how. Some entries may already be gone: send \
+                 the request again once the store is back."
+            }
         }
     }
 }
@@ -331,6 +352,18 @@ pub enum AdminError {
         /// What went wrong.
         reason: String,
     },
+    /// Query parameters that do not fit the endpoint.
+    #[error("invalid query: {reason}")]
+    InvalidQuery {
+        /// Which parameter and why.
+        reason: String,
+    },
+    /// A store did not answer.
+    #[error("{reason}")]
+    StoreUnavailable {
+        /// The store's failure.
+        reason: String,
+    },
 }
 
 /// The singular noun for a resource kind, for messages.
@@ -363,6 +396,8 @@ impl AdminError {
             AdminError::NotSaved { .. } => ProblemType::NotSaved,
             AdminError::NotReady => ProblemType::NotReady,
             AdminError::Internal { .. } => ProblemType::Internal,
+            AdminError::InvalidQuery { .. } => ProblemType::InvalidQuery,
+            AdminError::StoreUnavailable { .. } => ProblemType::StoreUnavailable,
         }
     }
 
