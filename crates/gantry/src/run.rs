@@ -162,6 +162,7 @@ async fn serve(node: NodeSpec, source: ConfigSource, loaded: LoadedConfig, watch
     let mut metrics = prometheus_client::registry::Registry::default();
     let gateway = Gateway::new(control.snapshot(), access_log, GatewayMetrics::register(&mut metrics));
     stores.register_metrics(&mut metrics);
+    stores.register_response_cache_metrics(&mut metrics);
     gantry_policies::traffic::circuit_breaker::register_metrics(&mut metrics);
     let metrics = Arc::new(metrics);
     let server = Server::start(listeners, gateway).map_err(|err| format!("cannot start the listeners: {err}"))?;
