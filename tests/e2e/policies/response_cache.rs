@@ -32,6 +32,8 @@ const ADMIN_KEY: &str = "e2e-admin-key-response-cache-51c9";
 /// - `/nostore`: `no-store`;
 /// - `/short`: `max-age=1` with `ETag: "v1"`, and 304 to `If-None-Match: "v1"`;
 /// - `/fallback`: `max-age=1, stale-if-error=300`;
+/// - `/swr`: `max-age=1, stale-while-revalidate=60` with `ETag: "s1"`, and 304 to it (then
+///   `max-age=60`);
 /// - `/slow`: `max-age=60` after 300 ms.
 ///
 /// Bodies name the path and the count, so a test tells a stored answer from a new one.
@@ -103,6 +105,14 @@ async fn answer(
         }
         "/short" => response.header("cache-control", "max-age=1").header("etag", "\"v1\"").body(body),
         "/fallback" => response.header("cache-control", "max-age=1, stale-if-error=300").body(body),
+        "/swr" if header("if-none-match") == "\"s1\"" => response
+            .status(304)
+            .header("cache-control", "max-age=60, stale-while-revalidate=60")
+            .header("etag", "\"s1\"")
+            .body(String::new()),
+        "/swr" => {
+            response.header("cache-control", "max-age=1, stale-while-revalidate=60").header("etag", "\"s1\"").body(body)
+        }
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(300)).await;
             response.header("cache-control", "max-age=60").body(body)
@@ -236,6 +246,30 @@ async fn serves_the_stale_entry_while_the_origin_is_down() {
     assert_eq!((fresh.header("x-cache"), body(&fresh).as_str()), (Some("HIT"), "/fresh/down #1"), "still fresh");
     let never_stored = get(&client, &gateway, "/fresh/other", &[]).await;
     assert_eq!(never_stored.status, StatusCode::BAD_GATEWAY, "nothing stored, nothing to fall back on");
+}
+
+#[tokio::test]
+async fn answers_stale_at_once_and_revalidates_in_the_background() {
+    let origin = Origin::start().await;
+    let gateway = gateway(&origin, "", "");
+    let client = TestClient::default();
+    assert_eq!(get(&client, &gateway, "/swr", &[]).await.header("x-cache"), Some("MISS"));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+
+    let stale = get(&client, &gateway, "/swr", &[]).await;
+    assert_eq!((stale.header("x-cache"), body(&stale).as_str()), (Some("STALE"), "/swr #1"));
+    // The refresh goes to the origin after the stale answer, as a conditional request.
+    eventually("the background revalidation to reach the origin", || async {
+        (origin.count("/swr") == 2).then_some(())
+    })
+    .await;
+    let refreshed = eventually("the revalidated entry to answer", || async {
+        let response = get(&client, &gateway, "/swr", &[]).await;
+        (response.header("x-cache") == Some("HIT")).then_some(response)
+    })
+    .await;
+    assert_eq!(body(&refreshed), "/swr #1", "the 304 kept the stored body");
+    assert_eq!(origin.count("/swr"), 2, "one refresh, however many stale answers");
 }
 
 #[tokio::test]
