@@ -37,6 +37,7 @@ use crate::transform::request_headers::RequestHeaders;
 use crate::transform::response_headers::ResponseHeaders;
 use crate::validate::json_schema::JsonSchemaPolicy;
 use crate::validate::json_threat_protection::JsonThreatProtection;
+use crate::validate::openapi_validation::OpenApiValidation;
 use crate::validate::xml_threat_protection::XmlThreatProtection;
 
 static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
@@ -68,6 +69,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<JsonThreatProtection>(),
         RegisteredPolicy::of::<XmlThreatProtection>(),
         RegisteredPolicy::of::<JsonSchemaPolicy>(),
+        RegisteredPolicy::of::<OpenApiValidation>(),
         RegisteredPolicy::of::<TrafficSplit>(),
         RegisteredPolicy::of::<ResponseCache>(),
         RegisteredPolicy::of::<MockResponse>(),

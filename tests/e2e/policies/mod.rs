@@ -20,6 +20,7 @@ mod mock_response;
 mod mtls_auth;
 mod oauth2_introspection;
 mod oidc;
+mod openapi_validation;
 mod precedence;
 mod quota;
 mod rate_limit;

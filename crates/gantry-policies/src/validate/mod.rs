@@ -7,6 +7,7 @@
 
 pub mod json_schema;
 pub mod json_threat_protection;
+pub mod openapi_validation;
 pub(crate) mod schema;
 pub mod xml_threat_protection;
 

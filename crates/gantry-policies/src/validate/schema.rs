@@ -66,7 +66,7 @@ pub(crate) fn parse_document(text: &str) -> Result<Value, String> {
 }
 
 /// `file://` URI of `path` made absolute, keeping a trailing `/` that marks a directory.
-fn file_uri(path: &Path) -> Option<String> {
+pub(crate) fn file_uri(path: &Path) -> Option<String> {
     let is_dir = path.as_os_str().to_string_lossy().ends_with('/');
     let absolute: PathBuf = std::path::absolute(path).ok()?;
     let mut text = absolute.to_str()?.to_owned();
