@@ -32,6 +32,8 @@ pub enum GatewayBody {
     Holding(HoldingBody),
     /// A response body shown to a policy as it passes.
     Observed(ObservedBody),
+    /// A request body copied for a mirrored request as it passes.
+    Teed(crate::mirror::TeeBody),
     /// Made by the gateway (a policy response, a problem document).
     Full(Full<Bytes>),
     /// No body.
@@ -57,6 +59,7 @@ impl Body for GatewayBody {
             GatewayBody::Limited(body) => Pin::new(body).poll_frame(cx),
             GatewayBody::Holding(body) => Pin::new(body).poll_frame(cx),
             GatewayBody::Observed(body) => Pin::new(body).poll_frame(cx),
+            GatewayBody::Teed(body) => Pin::new(body).poll_frame(cx),
             GatewayBody::Full(body) => Pin::new(body).poll_frame(cx).map_err(|never| match never {}),
             GatewayBody::Empty => Poll::Ready(None),
         }
@@ -68,6 +71,7 @@ impl Body for GatewayBody {
             GatewayBody::Limited(body) => body.is_end_stream(),
             GatewayBody::Holding(body) => body.is_end_stream(),
             GatewayBody::Observed(body) => body.is_end_stream(),
+            GatewayBody::Teed(body) => body.is_end_stream(),
             GatewayBody::Full(body) => body.is_end_stream(),
             GatewayBody::Empty => true,
         }
@@ -79,6 +83,7 @@ impl Body for GatewayBody {
             GatewayBody::Limited(body) => body.size_hint(),
             GatewayBody::Holding(body) => body.size_hint(),
             GatewayBody::Observed(body) => body.size_hint(),
+            GatewayBody::Teed(body) => body.size_hint(),
             GatewayBody::Full(body) => body.size_hint(),
             GatewayBody::Empty => SizeHint::with_exact(0),
         }

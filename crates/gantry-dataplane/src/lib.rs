@@ -12,6 +12,7 @@ pub mod forward;
 pub mod headers;
 pub mod listener;
 pub mod metrics;
+pub mod mirror;
 pub mod pipeline;
 pub mod proxy;
 pub mod route;

@@ -19,7 +19,8 @@ use crate::access_log::{AccessLog, AccessRecord};
 use crate::body::{apply_response_body_action, discard, GatewayBody, HoldingBody, LimitedBody};
 use crate::forward::{forward, ForwardError, ForwardRequest};
 use crate::headers::{add_forwarded, remove_hop_by_hop, request_id, ClientForwarding, X_REQUEST_ID};
-use crate::metrics::GatewayMetrics;
+use crate::metrics::{GatewayMetrics, MirrorOutcome};
+use crate::mirror;
 use crate::pipeline::{Pipeline, RequestOutcome};
 use crate::route::CompiledRoute;
 use crate::router::RequestFacts;
@@ -270,6 +271,23 @@ impl Gateway {
                 }
                 None => GatewayBody::Streamed(body),
             },
+        };
+        let body = match exchange.mirror.take() {
+            None => body,
+            Some(mirror) if is_upgrade => {
+                // An upgraded connection is a conversation of its own, not a request to repeat.
+                self.metrics.count_mirror(&mirror.upstream, MirrorOutcome::Skipped);
+                body
+            }
+            Some(mirror) => {
+                let original = mirror::Original {
+                    parts: &parts,
+                    path_and_query: &path_and_query,
+                    client: connection.client,
+                    host,
+                };
+                mirror::start(mirror, &snapshot, &original, body, &self.metrics)
+            }
         };
         let forward_request =
             ForwardRequest { parts, body, path_and_query, client: connection.client, original_host: host, body_limit };

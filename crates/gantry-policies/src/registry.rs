@@ -12,6 +12,7 @@ use crate::access::acl::Acl;
 use crate::access::allowed_hours::AllowedHours;
 use crate::access::scopes::Scopes;
 use crate::forward::mock_response::MockResponse;
+use crate::forward::request_mirror::RequestMirror;
 use crate::forward::response_cache::ResponseCache;
 use crate::forward::traffic_split::TrafficSplit;
 use crate::identity::any_auth::AnyAuth;
@@ -71,6 +72,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<JsonSchemaPolicy>(),
         RegisteredPolicy::of::<OpenApiValidation>(),
         RegisteredPolicy::of::<TrafficSplit>(),
+        RegisteredPolicy::of::<RequestMirror>(),
         RegisteredPolicy::of::<ResponseCache>(),
         RegisteredPolicy::of::<MockResponse>(),
     ]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 
-use crate::{ClientCertificate, Consumer};
+use crate::{ClientCertificate, Consumer, MirrorRequest};
 
 /// A request's whole body, buffered because a policy asked for it with
 /// [`Policy::request_body_limit`](crate::Policy::request_body_limit); found in
@@ -72,6 +72,9 @@ pub struct Exchange {
     /// (`traffic_split`). The policy checks the id against the configuration when it is built;
     /// `None` forwards to the route's upstream.
     pub upstream: Option<Arc<str>>,
+    /// A copy of the request to send to another upstream, its answer ignored, asked for by a
+    /// request hook (`request_mirror`). The data plane takes it when it forwards the request.
+    pub mirror: Option<MirrorRequest>,
     /// How forwarding ended, set by the data plane before the response hooks run. `None` when
     /// the request was not forwarded (a policy answered, or it was refused before being sent)
     /// or when the client's side failed (its body broke off or was too large).
@@ -103,6 +106,7 @@ impl Exchange {
             request_body_limit: None,
             extensions: http::Extensions::new(),
             upstream: None,
+            mirror: None,
             forward_outcome: None,
         }
     }

@@ -11,6 +11,7 @@ mod exchange;
 mod factory;
 mod flow;
 pub mod identity;
+mod mirror;
 pub mod problem;
 pub mod response_body;
 mod stage;
@@ -21,6 +22,7 @@ pub use consumer::{Consumer, ConsumerDirectory, CredentialEntry, IdentityFactory
 pub use exchange::{Exchange, ForwardOutcome, Identity, LogRecord, RequestBody};
 pub use factory::{BuildContext, PolicyFactory, RegisteredPolicy, Validate};
 pub use flow::{Flow, Hook};
+pub use mirror::{MirrorRequest, MirrorSlot, MirrorSlots};
 pub use stage::Stage;
 
 /// The request head a policy sees and may change.

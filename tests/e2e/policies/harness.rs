@@ -104,6 +104,10 @@ impl Body for ChannelBody {
 /// What one request brought to a [`RecordingUpstream`].
 #[derive(Clone, Debug)]
 pub struct Received {
+    /// The request method.
+    pub method: String,
+    /// The path and query.
+    pub path_and_query: String,
     /// Every header line, name (lower case) and value, in arrival order.
     pub headers: Vec<(String, String)>,
     /// Body bytes that arrived.
@@ -199,6 +203,8 @@ async fn record(
             None => break true,
         }
     };
-    log.lock().expect("received lock").push(Received { headers, body_bytes, body_complete });
+    let method = parts.method.to_string();
+    let path_and_query = parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), ToString::to_string);
+    log.lock().expect("received lock").push(Received { method, path_and_query, headers, body_bytes, body_complete });
     Ok(Response::new(Full::new(Bytes::from(format!("received {body_bytes} bytes")))))
 }

@@ -26,6 +26,7 @@ mod quota;
 mod rate_limit;
 mod redirect;
 mod request_headers;
+mod request_mirror;
 mod request_size_limit;
 mod response_cache;
 mod response_headers;
