@@ -23,7 +23,7 @@ use gantry_state::response_cache::{
 use gantry_state::{StoreError, StoreMetrics};
 use http::header::{
     AGE, AUTHORIZATION, CONTENT_LENGTH, ETAG, HOST, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RANGE, SET_COOKIE,
-    TRANSFER_ENCODING,
+    TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use schemars::JsonSchema;
@@ -444,6 +444,10 @@ impl Policy for CompiledResponseCache {
     fn on_request<'a>(&'a self, request: &'a mut RequestParts, exchange: &'a mut Exchange) -> Hook<'a> {
         let inner = &self.inner;
         let cached_method = request.method == Method::GET || (request.method == Method::HEAD && inner.caches_head);
+        // A WebSocket handshake is a GET too, and must reach the upstream whatever is stored.
+        if request.headers.contains_key(UPGRADE) {
+            return Hook::Done(Flow::Continue);
+        }
         if !cached_method {
             if !request.method.is_safe() {
                 StateSlot::put(exchange, State::Invalidate(inner.key(request, exchange)));

@@ -159,6 +159,11 @@ async fn stores_nothing_the_upstream_or_the_request_forbids() {
     assert_eq!(bypass.1, "BYPASS");
     assert_eq!(exchange_through(&*policy, get("/nostore", &[]), CACHEABLE).await.1, "MISS");
     assert_eq!(exchange_through(&*policy, get("/range", &[("range", "bytes=0-1")]), CACHEABLE).await.1, "BYPASS");
+    // A WebSocket handshake on a path with a stored response still reaches the upstream.
+    exchange_through(&*policy, get("/socket", &[]), CACHEABLE).await;
+    let upgrade = [("connection", "upgrade"), ("upgrade", "websocket")];
+    let handshake = exchange_through(&*policy, get("/socket", &upgrade), (101, &[], "")).await;
+    assert_eq!((handshake.0, handshake.1.as_str()), (StatusCode::SWITCHING_PROTOCOLS, "-"));
 }
 
 #[tokio::test]
