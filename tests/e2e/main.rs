@@ -8,6 +8,7 @@ mod admin;
 mod cli;
 mod consumer_groups;
 mod grpc;
+mod import_openapi;
 mod policies;
 mod protocols;
 mod proxy;

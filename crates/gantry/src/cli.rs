@@ -1,5 +1,5 @@
-//! Command-line interface: `run` (the default), `validate` and `version`, and the `run`
-//! options that override node settings for one process.
+//! Command-line interface: `run` (the default), `validate`, `import` and `version`, and the
+//! `run` options that override node settings for one process.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +26,9 @@ pub enum Command {
     Run(RunArgs),
     /// Check a configuration and print every error with its file, line and field path.
     Validate(ValidateArgs),
+    /// Write configuration from another description of an API.
+    #[command(subcommand)]
+    Import(ImportSource),
     /// Print the version.
     Version,
 }
@@ -98,4 +101,31 @@ pub struct ValidateArgs {
     /// Configuration file or directory. Without it, the embedded example is checked.
     #[arg(short, long, env = "GANTRY_CONFIG")]
     pub config: Option<PathBuf>,
+}
+
+/// What `gantry import` reads.
+#[derive(Debug, Subcommand)]
+pub enum ImportSource {
+    /// Routes from an OpenAPI 3.0 or 3.1 document: one per path with its methods, all checked
+    /// against the document by `openapi_validation`.
+    Openapi(ImportOpenApiArgs),
+}
+
+/// Options of `gantry import openapi`.
+#[derive(Debug, Args)]
+pub struct ImportOpenApiArgs {
+    /// The OpenAPI document, JSON or YAML.
+    pub file: PathBuf,
+    /// Where the API is served (`http://host:port`, `https://host`); by default the host of the
+    /// document's first `servers` URL.
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+    /// Write the configuration to FILE instead of standard output; the document is then named
+    /// relative to FILE's directory when it lies below it.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Id of the upstream and the service, and first part of each route id; by default made
+    /// from the document's title.
+    #[arg(long)]
+    pub id: Option<String>,
 }

@@ -2,6 +2,7 @@
 
 mod cli;
 mod demo;
+mod import;
 mod run;
 
 use std::process::ExitCode;
@@ -18,6 +19,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(cli::Command::Run(cli.run)) {
         cli::Command::Run(args) => run::run(args),
         cli::Command::Validate(args) => run::validate(args),
+        cli::Command::Import(cli::ImportSource::Openapi(args)) => import::import_openapi(&args),
         cli::Command::Version => {
             println!("gantry {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
