@@ -40,6 +40,7 @@ use crate::validate::json_schema::JsonSchemaPolicy;
 use crate::validate::json_threat_protection::JsonThreatProtection;
 use crate::validate::openapi_validation::OpenApiValidation;
 use crate::validate::xml_threat_protection::XmlThreatProtection;
+use crate::validate::xsd::Xsd;
 
 static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
     vec![
@@ -71,6 +72,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<XmlThreatProtection>(),
         RegisteredPolicy::of::<JsonSchemaPolicy>(),
         RegisteredPolicy::of::<OpenApiValidation>(),
+        RegisteredPolicy::of::<Xsd>(),
         RegisteredPolicy::of::<TrafficSplit>(),
         RegisteredPolicy::of::<RequestMirror>(),
         RegisteredPolicy::of::<ResponseCache>(),

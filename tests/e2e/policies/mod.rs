@@ -35,3 +35,4 @@ mod scopes;
 mod traffic_split;
 mod user_agent;
 mod xml_threat_protection;
+mod xsd;

@@ -10,6 +10,7 @@ pub mod json_threat_protection;
 pub mod openapi_validation;
 pub(crate) mod schema;
 pub mod xml_threat_protection;
+pub mod xsd;
 
 use bytes::Bytes;
 use gantry_config::{ConfigErrors, FieldPath};
