@@ -9,7 +9,7 @@ use crate::error::Segment;
 use crate::locate::Locator;
 use crate::{
     validate, ConfigError, ConfigErrors, ConsumerGroupSpec, ConsumerSpec, FieldPath, GatewaySpec, NodeSpec, Origin,
-    PolicySetSpec, PolicySpec, RouteSpec, ServiceSpec, UpstreamSpec,
+    PolicySetSpec, PolicySpec, RouteSpec, ServiceSpec, SourceDir, UpstreamSpec,
 };
 
 /// Where a configuration was read from.
@@ -50,12 +50,12 @@ impl ConfigSource {
             ConfigSource::File(path) => {
                 let mut loaded = read_files(std::slice::from_ref(path))?;
                 let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
-                loaded.spec.source_dir = Some(dir.to_owned());
+                loaded.spec.source_dir = SourceDir::new(dir);
                 Ok(loaded)
             }
             ConfigSource::Directory(dir) => {
                 let mut loaded = read_files(&yaml_files_in(dir)?)?;
-                loaded.spec.source_dir = Some(dir.clone());
+                loaded.spec.source_dir = SourceDir::new(dir.clone());
                 Ok(loaded)
             }
             ConfigSource::Embedded(text) => {
@@ -370,7 +370,7 @@ mod tests {
         let file = write_temp("source-dir", "routes: []\n");
         let loaded = load_path(&file).expect("valid");
         let dir = file.parent().expect("a directory");
-        assert_eq!(loaded.spec.source_dir.as_deref(), Some(dir));
+        assert_eq!(loaded.spec.source_dir.path(), Some(dir));
         assert_eq!(loaded.spec.resolve_path("schemas/a.json"), dir.join("schemas/a.json"));
         assert_eq!(loaded.spec.resolve_path("/etc/a.json"), PathBuf::from("/etc/a.json"));
         assert_eq!(load_str("routes: []").expect("valid").resolve_path("a.json"), PathBuf::from("a.json"));

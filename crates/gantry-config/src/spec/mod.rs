@@ -51,14 +51,38 @@ pub struct GatewaySpec {
     /// `None` for configuration that came from no file. Not part of what users write.
     #[serde(skip)]
     #[schemars(skip)]
-    pub source_dir: Option<PathBuf>,
+    pub source_dir: SourceDir,
+}
+
+/// The directory a configuration was read from. Every value compares equal to every other:
+/// it says where the text came from, not what it configures, so a configuration written by
+/// the admin API and read back from its file is the same configuration.
+#[derive(Clone, Debug, Default)]
+pub struct SourceDir(Option<PathBuf>);
+
+impl SourceDir {
+    /// The directory `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self(Some(dir.into()))
+    }
+
+    /// The directory, if the configuration came from files.
+    pub fn path(&self) -> Option<&Path> {
+        self.0.as_deref()
+    }
+}
+
+impl PartialEq for SourceDir {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl GatewaySpec {
     /// `path` as written in a policy's settings, resolved against [`Self::source_dir`] when
     /// relative, so a configuration and the files it names can move together.
     pub fn resolve_path(&self, path: &str) -> PathBuf {
-        match &self.source_dir {
+        match self.source_dir.path() {
             Some(dir) if Path::new(path).is_relative() => dir.join(path),
             _ => PathBuf::from(path),
         }

@@ -112,7 +112,7 @@ impl PolicyFactory for OpenApiValidation {
             (None, Some(document)) => {
                 let api = ApiDescription::from_value(document.clone())
                     .map_err(|reason| ConfigErrors::one(path.key("document"), format!("the document {reason}")))?;
-                (api, path.key("document"), context.spec.source_dir.as_ref().map(|dir| dir.join("openapi.json")))
+                (api, path.key("document"), context.spec.source_dir.path().map(|dir| dir.join("openapi.json")))
             }
             // `validate` reported it.
             _ => return Err(ConfigErrors::default()),

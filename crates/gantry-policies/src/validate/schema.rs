@@ -47,7 +47,7 @@ pub(crate) fn compile_inline_schema(
     path: &FieldPath,
     errors: &mut ConfigErrors,
 ) -> Option<Validator> {
-    let base = spec.source_dir.as_ref().map(|dir| dir.join(""));
+    let base = spec.source_dir.path().map(|dir| dir.join(""));
     compile_schema(schema, base.as_deref()).map_err(|reason| errors.push(path.clone(), reason)).ok()
 }
 

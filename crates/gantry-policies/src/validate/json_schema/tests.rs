@@ -93,7 +93,7 @@ fn reports_bad_settings_at_their_paths() {
 fn reads_a_schema_file_relative_to_the_configuration() {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("order.json"), r#"{"type": "object", "required": ["sku"]}"#).expect("write");
-    let spec = GatewaySpec { source_dir: Some(dir.path().to_owned()), ..GatewaySpec::default() };
+    let spec = GatewaySpec { source_dir: gantry_config::SourceDir::new(dir.path()), ..GatewaySpec::default() };
     let consumers = gantry_policy_api::ConsumerDirectory::default();
     let context = BuildContext::new(&spec, &consumers);
     let raw = serde_json::json!({"request": {"file": "order.json"}});

@@ -207,7 +207,8 @@ fn reads_the_document_from_a_file_relative_to_the_configuration_with_refs_to_oth
         "openapi: 3.0.3\npaths:\n  /pets:\n    post:\n      requestBody:\n        content:\n          application/json:\n            schema: {$ref: pet.json}\n",
     )
     .expect("write");
-    let spec = gantry_config::GatewaySpec { source_dir: Some(dir.path().to_owned()), ..Default::default() };
+    let spec =
+        gantry_config::GatewaySpec { source_dir: gantry_config::SourceDir::new(dir.path()), ..Default::default() };
     let consumers = gantry_policy_api::ConsumerDirectory::default();
     let raw = serde_json::json!({"file": "api.yaml"});
     let built = entry().build(&raw, &FieldPath::root(), &BuildContext::new(&spec, &consumers));
