@@ -96,7 +96,9 @@ impl PolicyFactory for Xsd {
                 })?;
                 (text, path.key("file"), resolved.parent().map(Path::to_owned))
             }
-            (None, Some(schema)) => (schema.clone(), path.key("schema"), context.spec.source_dir.path().map(Path::to_owned)),
+            (None, Some(schema)) => {
+                (schema.clone(), path.key("schema"), context.spec.source_dir.path().map(Path::to_owned))
+            }
             // `validate` reported it.
             _ => return Err(ConfigErrors::default()),
         };

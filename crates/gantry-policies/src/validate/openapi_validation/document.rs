@@ -27,7 +27,7 @@ pub enum OpenApiVersion {
 /// A parsed OpenAPI document.
 #[derive(Clone, Debug)]
 pub struct ApiDescription {
-    /// The document, with `$ref`-free access through [`ApiDescription::resolve`].
+    /// The document; [`ApiDescription::resolve_at`] follows its `$ref`s.
     pub document: Value,
     /// Its version.
     pub version: OpenApiVersion,
