@@ -295,7 +295,16 @@ impl Policy for CompiledJsonSchema {
     }
 
     fn response_body_limit(&self, response: &ResponseParts, _: &Exchange) -> Option<u64> {
-        self.response.as_ref().filter(|check| check.applies_to(response.status)).map(|_| self.max_body_bytes)
+        // A compressed body cannot be read as JSON without decoding it, which the gateway does
+        // not do: such a response is passed on unchecked.
+        let is_encoded = response
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .is_some_and(|encoding| !encoding.as_bytes().eq_ignore_ascii_case(b"identity"));
+        self.response
+            .as_ref()
+            .filter(|check| check.applies_to(response.status) && !is_encoded)
+            .map(|_| self.max_body_bytes)
     }
 
     fn on_response_body(
@@ -305,6 +314,10 @@ impl Policy for CompiledJsonSchema {
         exchange: &mut Exchange,
     ) -> Option<PolicyResponse> {
         let check = self.response.as_ref()?;
+        // No body to check: a 204, or the answer to a HEAD request.
+        if body.is_empty() {
+            return None;
+        }
         let failure = if !self.json_types.matches(&response.headers) {
             ResponseFailure { detail: "the upstream's response is not JSON".into(), errors: Vec::new(), total: 0 }
         } else {

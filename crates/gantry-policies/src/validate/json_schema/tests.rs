@@ -130,6 +130,10 @@ fn rejects_a_mismatching_response_with_502() {
     assert_eq!(problem["errors"][0]["instance_path"], "");
     let text = upstream_response(200, "text/plain");
     assert!(policy.on_response_body(&text, &Bytes::from_static(b"{\"id\": 1}"), &mut exchange).is_some());
+    assert!(policy.on_response_body(&ok, &Bytes::new(), &mut exchange).is_none(), "an empty body (204, HEAD) passes");
+    let mut gzipped = upstream_response(200, "application/json");
+    gzipped.headers.insert(http::header::CONTENT_ENCODING, http::HeaderValue::from_static("gzip"));
+    assert_eq!(policy.response_body_limit(&gzipped, &exchange), None, "a compressed body is not read");
 }
 
 #[test]
