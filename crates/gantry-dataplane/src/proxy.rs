@@ -225,7 +225,10 @@ impl Gateway {
             return respond_with(&route, exchange, response);
         };
 
-        let path_and_query = upstream_path(&parts, route.rewrite.as_ref());
+        let path_and_query = match exchange.upstream_path.take() {
+            Some(chosen) => Ok(chosen),
+            None => upstream_path(&parts, route.rewrite.as_ref()),
+        };
         let path_and_query = match path_and_query {
             Ok(path_and_query) => path_and_query,
             Err(detail) => {
@@ -247,6 +250,8 @@ impl Gateway {
         let body_limit = exchange.request_body_limit.map(|limit| (limit, Arc::new(AtomicBool::new(false))));
         let body = match body {
             ClientBody::Buffered(bytes) => {
+                // A request hook may have replaced the body it read (`body_transform`).
+                let bytes = exchange.extensions.get::<RequestBody>().map_or(bytes, |body| body.0.clone());
                 if body_limit.as_ref().is_some_and(|(limit, _)| bytes.len() as u64 > *limit) {
                     let detail = "the request body is larger than this route accepts";
                     let response = problem_response(

@@ -10,7 +10,9 @@ use crate::{ClientCertificate, Consumer, MirrorRequest};
 
 /// A request's whole body, buffered because a policy asked for it with
 /// [`Policy::request_body_limit`](crate::Policy::request_body_limit); found in
-/// [`Exchange::extensions`].
+/// [`Exchange::extensions`]. A request hook may insert another (`body_transform`): the data
+/// plane forwards the body found there after the request hooks, and the hook sets the head's
+/// `content-length` to match.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestBody(pub bytes::Bytes);
 
@@ -72,6 +74,11 @@ pub struct Exchange {
     /// (`traffic_split`). The policy checks the id against the configuration when it is built;
     /// `None` forwards to the route's upstream.
     pub upstream: Option<Arc<str>>,
+    /// The path and query to send upstream, set by a request hook (`proxy_rewrite`). It
+    /// replaces the request's path and query and the route's `rewrite` is not applied to it;
+    /// `None` sends the request's, rewritten as the route says. Later policies still see the
+    /// request's URI as the client sent it.
+    pub upstream_path: Option<http::uri::PathAndQuery>,
     /// A copy of the request to send to another upstream, its answer ignored, asked for by a
     /// request hook (`request_mirror`). The data plane takes it when it forwards the request.
     pub mirror: Option<MirrorRequest>,
@@ -106,6 +113,7 @@ impl Exchange {
             request_body_limit: None,
             extensions: http::Extensions::new(),
             upstream: None,
+            upstream_path: None,
             mirror: None,
             forward_outcome: None,
         }

@@ -22,6 +22,7 @@ mod oauth2_introspection;
 mod oidc;
 mod openapi_validation;
 mod precedence;
+mod proxy_rewrite;
 mod quota;
 mod rate_limit;
 mod redirect;

@@ -2,6 +2,7 @@
 //! way back.
 
 pub(crate) mod header_ops;
+pub mod proxy_rewrite;
 pub mod request_headers;
 pub mod response_headers;
 
