@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use crate::{ConfigErrors, FieldPath, GatewaySpec, NodeSpec, RouteSpec, UpstreamSpec, ValueMatchSpec};
+use crate::{ConfigErrors, FieldPath, GatewaySpec, MetricsSpec, NodeSpec, RouteSpec, UpstreamSpec, ValueMatchSpec};
 
 /// Every problem in `spec` that the spec alone can reveal.
 pub fn validate_spec(spec: &GatewaySpec) -> ConfigErrors {
@@ -123,6 +123,33 @@ fn validate_node(node: &NodeSpec, path: &FieldPath, errors: &mut ConfigErrors) {
     if let Some(log) = &node.access_log {
         if log.queue_capacity == 0 {
             errors.push(path.key("access_log").key("queue_capacity"), "must be at least 1");
+        }
+    }
+    validate_metrics(&node.metrics, &path.key("metrics"), errors);
+}
+
+/// Most buckets a histogram may have: each adds a series to every route and endpoint.
+const MAX_HISTOGRAM_BUCKETS: usize = 30;
+/// Most consumers counted apart: each adds series, and token-described consumers are unbounded.
+const MAX_COUNTED_CONSUMERS: usize = 10_000;
+
+fn validate_metrics(metrics: &MetricsSpec, path: &FieldPath, errors: &mut ConfigErrors) {
+    if !(1..=MAX_COUNTED_CONSUMERS).contains(&metrics.max_consumers) {
+        errors.push(path.key("max_consumers"), format!("must be between 1 and {MAX_COUNTED_CONSUMERS}"));
+    }
+    for (name, buckets) in
+        [("duration_buckets", &metrics.duration_buckets), ("overhead_buckets", &metrics.overhead_buckets)]
+    {
+        let at = path.key(name);
+        if !(1..=MAX_HISTOGRAM_BUCKETS).contains(&buckets.len()) {
+            errors.push(at.clone(), format!("give between 1 and {MAX_HISTOGRAM_BUCKETS} bucket bounds"));
+        }
+        for (index, bound) in buckets.iter().enumerate() {
+            if bound.get().is_zero() {
+                errors.push(at.index(index), "a bucket bound must be longer than zero");
+            } else if index > 0 && *bound <= buckets[index - 1] {
+                errors.push(at.index(index), "bucket bounds must increase");
+            }
         }
     }
 }

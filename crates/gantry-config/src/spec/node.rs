@@ -38,6 +38,9 @@ pub struct NodeSpec {
     /// Redis). The in-memory store is always there and needs no settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stores: Option<StoresSpec>,
+    /// What the admin API's `GET /metrics` counts of the traffic served.
+    #[serde(default)]
+    pub metrics: MetricsSpec,
 }
 
 impl Default for NodeSpec {
@@ -51,6 +54,7 @@ impl Default for NodeSpec {
             access_log: None,
             demo_upstream: None,
             stores: None,
+            metrics: MetricsSpec::default(),
         }
     }
 }
@@ -230,6 +234,61 @@ fn default_queue_capacity() -> usize {
     16 * 1024
 }
 
+/// Request metrics: per route, upstream endpoint and (when asked for) consumer, counted inline
+/// on the request path and exposed by the admin API's `GET /metrics`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSpec {
+    /// Count requests per route and upstream endpoint: status classes, durations, body bytes.
+    /// `false` leaves only the process's own metrics (configuration, access log, policies).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Also count requests per consumer (`gantry_consumer_requests_total`), for at most
+    /// `max_consumers` of them.
+    #[serde(default)]
+    pub consumer_label: bool,
+    /// Most consumers counted apart: configured consumers first, in configuration order, then
+    /// consumers described by a token as they come; the rest count together as `(other)`.
+    #[serde(default = "default_max_consumers")]
+    pub max_consumers: usize,
+    /// Upper bounds of the request and upstream duration histograms, in increasing order.
+    #[serde(default = "default_duration_buckets")]
+    pub duration_buckets: Vec<Duration>,
+    /// Upper bounds of the gateway overhead histogram (the time a forwarded request spends in
+    /// the gateway rather than waiting for the upstream), in increasing order.
+    #[serde(default = "default_overhead_buckets")]
+    pub overhead_buckets: Vec<Duration>,
+}
+
+impl Default for MetricsSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            consumer_label: false,
+            max_consumers: default_max_consumers(),
+            duration_buckets: default_duration_buckets(),
+            overhead_buckets: default_overhead_buckets(),
+        }
+    }
+}
+
+fn default_max_consumers() -> usize {
+    100
+}
+
+/// 1 ms to 10 s in 1-2-5 steps.
+fn default_duration_buckets() -> Vec<Duration> {
+    [1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000].into_iter().map(Duration::from_millis).collect()
+}
+
+/// 10 µs to 100 ms in 1-2-5 steps: a gateway's own time is far shorter than a request's.
+fn default_overhead_buckets() -> Vec<Duration> {
+    [10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000]
+        .into_iter()
+        .map(|micros| Duration(std::time::Duration::from_micros(micros)))
+        .collect()
+}
+
 /// Stores that policies may keep state in, beyond the process's own memory.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -302,6 +361,47 @@ mod tests {
             }
             Err(errors) => Err(errors.iter().map(|error| format!("{}: {}", error.path, error.message)).collect()),
         }
+    }
+
+    fn metrics(yaml: &str) -> Result<MetricsSpec, Vec<String>> {
+        let listed = |errors: &crate::ConfigErrors| -> Vec<String> {
+            errors.iter().map(|error| format!("{}: {}", error.path, error.message)).collect()
+        };
+        let spec = crate::load_str(&format!("node:\n  metrics: {yaml}\n")).map_err(|errors| listed(&errors))?;
+        let errors = crate::validate::validate_spec(&spec);
+        if !errors.is_empty() {
+            return Err(listed(&errors));
+        }
+        Ok(spec.node.expect("node settings").metrics)
+    }
+
+    #[test]
+    fn counts_requests_without_consumers_by_default() {
+        let spec = metrics("{}").expect("valid");
+        assert_eq!(spec, MetricsSpec::default());
+        assert!(spec.enabled);
+        assert!(!spec.consumer_label);
+        assert_eq!(spec.max_consumers, 100);
+        assert_eq!(spec.duration_buckets.first(), Some(&Duration::from_millis(1)));
+        assert_eq!(spec.duration_buckets.last(), Some(&Duration::from_secs(10)));
+        assert_eq!(spec.overhead_buckets.first(), Some(&Duration(std::time::Duration::from_micros(10))));
+        let spec = metrics("{consumer_label: true, max_consumers: 5, duration_buckets: [5ms, 1s]}").expect("valid");
+        assert_eq!((spec.consumer_label, spec.max_consumers), (true, 5));
+        assert_eq!(spec.duration_buckets, vec![Duration::from_millis(5), Duration::from_secs(1)]);
+    }
+
+    #[test]
+    fn rejects_bad_metrics_settings_at_their_paths() {
+        let errors = metrics("{max_consumers: 0}").expect_err("no consumer");
+        assert!(errors.iter().any(|e| e.starts_with("node.metrics.max_consumers")), "{errors:?}");
+        let errors = metrics("{duration_buckets: []}").expect_err("no bucket");
+        assert!(errors.iter().any(|e| e.starts_with("node.metrics.duration_buckets")), "{errors:?}");
+        let errors = metrics("{overhead_buckets: [1ms, 1ms]}").expect_err("not increasing");
+        assert!(errors.iter().any(|e| e.starts_with("node.metrics.overhead_buckets[1]")), "{errors:?}");
+        let errors = metrics("{duration_buckets: [0s, 1s]}").expect_err("zero");
+        assert!(errors.iter().any(|e| e.starts_with("node.metrics.duration_buckets[0]")), "{errors:?}");
+        let errors = metrics("{labels: [route]}").expect_err("unknown field");
+        assert!(errors.iter().any(|e| e.contains("labels")), "{errors:?}");
     }
 
     #[test]
