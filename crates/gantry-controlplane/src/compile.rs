@@ -14,6 +14,7 @@ use gantry_config::{
     validate::validate_spec, ConfigErrors, FieldPath, GatewaySpec, HostHeaderSpec, PolicySpec, RouteSpec, UpstreamSpec,
     ValueMatchSpec,
 };
+use gantry_dataplane::metrics::traffic::{RouteMetrics, TrafficMetrics};
 use gantry_dataplane::pipeline::{ConsumerPolicies, Pipeline, PipelineEntry};
 use gantry_dataplane::route::{CompiledRoute, Conditions, PathRewrite, ValueCondition, ValueRule};
 use gantry_dataplane::router::RouterBuilder;
@@ -28,13 +29,15 @@ use gantry_state::Stores;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
 /// Checks and compiles `spec` into generation `generation`. Upstream state (endpoint
-/// health, connection pools) is taken from `states`, and policies keep their counters in
-/// `stores`, so both survive the swap.
+/// health, connection pools) is taken from `states`, policies keep their counters in
+/// `stores`, and routes and endpoints get their request metrics from `metrics` (the series
+/// they had when their ids are unchanged), so all of it survives the swap.
 pub fn compile_snapshot(
     spec: &GatewaySpec,
     generation: u64,
     states: &UpstreamStates,
     stores: &Stores,
+    metrics: &TrafficMetrics,
 ) -> Result<Snapshot, ConfigErrors> {
     let mut errors = validate_spec(spec);
     let consumers = ConsumerDirectory::build(spec, &gantry_policies::registry::find, &mut errors);
@@ -49,7 +52,7 @@ pub fn compile_snapshot(
     let mut upstream_list = Vec::with_capacity(spec.upstreams.len());
     for (index, upstream) in spec.upstreams.iter().enumerate() {
         let path = root.key("upstreams").item(index, &upstream.id);
-        match compile_upstream(upstream, &path, states) {
+        match compile_upstream(upstream, &path, states, metrics) {
             Ok(compiled) => {
                 let compiled = Arc::new(compiled);
                 upstreams.insert(upstream.id.as_str(), compiled.clone());
@@ -79,6 +82,7 @@ pub fn compile_snapshot(
         })
         .collect();
     let consumer_policies = build_consumer_policies(spec, &context, &mut errors);
+    let consumer_metrics = metrics.consumer_table(spec.consumers.iter().map(|consumer| consumer.id.as_str()));
 
     let mut router = RouterBuilder::default();
     let mut routes = Vec::with_capacity(spec.routes.len());
@@ -109,7 +113,9 @@ pub fn compile_snapshot(
             );
         }
         let pipeline = Pipeline::new(entries).with_consumer_policies(&consumer_policies);
-        let compiled = match compile_route(route, index, &path, upstream, pipeline) {
+        let id: Arc<str> = route.id.as_str().into();
+        let route_metrics = metrics.route(&id, route.service.as_deref(), consumer_metrics.clone());
+        let compiled = match compile_route(route, id, index, &path, upstream, pipeline, route_metrics) {
             Ok(compiled) => Arc::new(compiled),
             Err(more) => {
                 errors.extend(more.0);
@@ -243,10 +249,12 @@ fn build_policies(
 
 fn compile_route(
     route: &RouteSpec,
+    id: Arc<str>,
     order: usize,
     path: &FieldPath,
     upstream: Option<Arc<CompiledUpstream>>,
     pipeline: Pipeline,
+    metrics: Option<RouteMetrics>,
 ) -> Result<CompiledRoute, ConfigErrors> {
     let mut errors = ConfigErrors::default();
     let mut methods = Vec::with_capacity(route.methods.len());
@@ -283,13 +291,14 @@ fn compile_route(
         add_prefix: rewrite.add_prefix.clone(),
     });
     errors.into_result(CompiledRoute {
-        id: route.id.as_str().into(),
+        id,
         conditions: Conditions { methods, headers, query },
         priority: route.priority,
         order,
         upstream,
         rewrite,
         pipeline,
+        metrics,
     })
 }
 
@@ -313,6 +322,7 @@ fn compile_upstream(
     spec: &UpstreamSpec,
     path: &FieldPath,
     states: &UpstreamStates,
+    metrics: &TrafficMetrics,
 ) -> Result<CompiledUpstream, ConfigErrors> {
     let mut errors = ConfigErrors::default();
     let id: Arc<str> = spec.id.as_str().into();
@@ -320,12 +330,16 @@ fn compile_upstream(
     for (index, endpoint) in spec.endpoints.iter().enumerate() {
         let address: Arc<str> = endpoint.address.as_str().into();
         match endpoint.address.parse() {
-            Ok(authority) => endpoints.push(Endpoint {
-                state: states.endpoint(&id, &address),
-                address,
-                authority,
-                weight: endpoint.weight,
-            }),
+            Ok(authority) => {
+                let state = states.endpoint(&id, &address);
+                endpoints.push(Endpoint {
+                    metrics: metrics.endpoint(&id, &address, &state),
+                    state,
+                    address,
+                    authority,
+                    weight: endpoint.weight,
+                });
+            }
             Err(_) => errors.push(path.key("endpoints").index(index).key("address"), "not a valid `host:port`"),
         }
     }

@@ -3,14 +3,19 @@
 //! time: validate, compile, (save,) swap. A rejected configuration changes nothing; the
 //! running snapshot keeps serving.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use gantry_config::{ConfigErrors, ConfigSource, GatewaySpec, LoadedConfig, NodeSpec};
+use gantry_dataplane::metrics::TrafficMetrics;
 use gantry_dataplane::snapshot::{empty_handle, SnapshotHandle};
 use gantry_dataplane::upstream::health::HealthCheckers;
 use gantry_dataplane::upstream::UpstreamStates;
 use gantry_state::Stores;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::compile::{compile_snapshot, live_endpoints};
 
@@ -49,7 +54,9 @@ pub struct ControlPlane {
     source: Option<ConfigSource>,
     /// Node settings the process started with; changes to them need a restart.
     running_node: Option<NodeSpec>,
-    reload_failures: AtomicU64,
+    /// Request metrics, whose series compiled routes and endpoints hold.
+    metrics: Arc<TrafficMetrics>,
+    outcomes: Arc<ReloadOutcomes>,
     /// What the admin API last saved to the files, until a file reload reads it back.
     unread_save: Mutex<Option<GatewaySpec>>,
 }
@@ -76,9 +83,27 @@ impl ControlPlane {
             applied: Mutex::new(Applied::default()),
             source,
             running_node,
-            reload_failures: AtomicU64::new(0),
+            metrics: Arc::new(TrafficMetrics::disabled()),
+            outcomes: Arc::default(),
             unread_save: Mutex::new(None),
         }
+    }
+
+    /// The same control plane binding routes and endpoints to `metrics`. Without it, requests
+    /// are not counted.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<TrafficMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Registers the configuration's metrics in `registry`: `gantry_config_generation`,
+    /// `gantry_config_reload_failures_total` and `gantry_config_last_reload_successful`.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register_collector(Box::new(ConfigMetrics {
+            snapshot: self.snapshot.clone(),
+            outcomes: self.outcomes.clone(),
+        }));
     }
 
     /// The same control plane with the process's `stores` (policies keep counters there).
@@ -111,7 +136,7 @@ impl ControlPlane {
 
     /// Rejected reloads so far.
     pub fn reload_failures(&self) -> u64 {
-        self.reload_failures.load(Ordering::Relaxed)
+        self.outcomes.failures.load(Ordering::Relaxed)
     }
 
     /// Re-reads the source and applies it.
@@ -185,7 +210,7 @@ impl ControlPlane {
             return Ok(applied.generation);
         }
         let generation = applied.generation + 1;
-        let snapshot = match compile_snapshot(&spec, generation, &self.states, &self.stores) {
+        let snapshot = match compile_snapshot(&spec, generation, &self.states, &self.stores, &self.metrics) {
             Ok(snapshot) => snapshot,
             Err(mut errors) => {
                 locate(&mut errors);
@@ -207,6 +232,7 @@ impl ControlPlane {
             *self.unread_save.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(spec.clone());
         }
         *applied = Applied { spec, generation };
+        self.outcomes.last_failed.store(false, Ordering::Relaxed);
         tracing::info!(
             generation,
             routes = snapshot.routes.len(),
@@ -217,12 +243,56 @@ impl ControlPlane {
     }
 
     fn record_rejection(&self, errors: &ConfigErrors) {
-        self.reload_failures.fetch_add(1, Ordering::Relaxed);
+        self.outcomes.failures.fetch_add(1, Ordering::Relaxed);
+        self.outcomes.last_failed.store(true, Ordering::Relaxed);
         tracing::warn!("configuration rejected; the running one keeps serving:\n{errors}");
     }
 
     /// Stops background tasks (health checks).
     pub fn stop(&self) {
         self.health.stop_all();
+    }
+}
+
+/// How configuration changes ended, shared with the metrics collector.
+#[derive(Debug, Default)]
+struct ReloadOutcomes {
+    /// Changes rejected as invalid.
+    failures: AtomicU64,
+    /// Whether the last change tried was rejected.
+    last_failed: AtomicBool,
+}
+
+/// The collector of the configuration's metrics, read at each scrape.
+#[derive(Debug)]
+struct ConfigMetrics {
+    snapshot: SnapshotHandle,
+    outcomes: Arc<ReloadOutcomes>,
+}
+
+impl Collector for ConfigMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let generation = i64::try_from(self.snapshot.load().generation).unwrap_or(i64::MAX);
+        let gauge = ConstGauge::new(generation);
+        gauge.encode(encoder.encode_descriptor(
+            "gantry_config_generation",
+            "Generation of the configuration serving: 1 at start, one more with every applied change.",
+            None,
+            gauge.metric_type(),
+        )?)?;
+        let failures = ConstCounter::new(self.outcomes.failures.load(Ordering::Relaxed));
+        failures.encode(encoder.encode_descriptor(
+            "gantry_config_reload_failures",
+            "Configuration changes rejected (file reload, SIGHUP or admin API write); the running configuration kept serving.",
+            None,
+            failures.metric_type(),
+        )?)?;
+        let successful = ConstGauge::new(i64::from(!self.outcomes.last_failed.load(Ordering::Relaxed)));
+        successful.encode(encoder.encode_descriptor(
+            "gantry_config_last_reload_successful",
+            "1 when the last configuration change tried was applied, 0 when it was rejected.",
+            None,
+            successful.metric_type(),
+        )?)
     }
 }

@@ -6,11 +6,12 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{Method, Uri};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -142,7 +143,8 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[derive(Clone, Debug)]
 pub struct AccessLog {
     sender: mpsc::Sender<AccessRecord>,
-    dropped: Arc<AtomicU64>,
+    /// Records dropped because the queue was full; clones share it.
+    dropped: Counter,
 }
 
 impl AccessLog {
@@ -158,19 +160,28 @@ impl AccessLog {
         std::thread::Builder::new()
             .name("gantry-access-log".to_owned())
             .spawn(move || write_records(receiver, writer, &path))?;
-        Ok(Self { sender, dropped: Arc::new(AtomicU64::new(0)) })
+        Ok(Self { sender, dropped: Counter::default() })
     }
 
     /// Queues a record; drops and counts it when the queue is full.
     pub fn emit(&self, record: AccessRecord) {
         if self.sender.try_send(record).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.inc();
         }
     }
 
     /// Records dropped so far.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.dropped.get()
+    }
+
+    /// Registers `gantry_access_log_dropped_total` in `registry`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "gantry_access_log_dropped",
+            "Access log records dropped because the writer had fallen behind and the queue (node.access_log.queue_capacity) was full",
+            self.dropped.clone(),
+        );
     }
 }
 
@@ -216,6 +227,39 @@ mod tests {
     fn formats_timestamps_as_rfc3339_utc() {
         let time = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         assert_eq!(Rfc3339(time).to_string(), "2023-11-14T22:13:20.123Z");
+    }
+
+    fn record() -> AccessRecord {
+        AccessRecord {
+            time: SystemTime::UNIX_EPOCH,
+            request_id: "r1".into(),
+            route_id: None,
+            consumer_id: None,
+            client: "127.0.0.1:5000".parse().expect("addr"),
+            method: Method::GET,
+            uri: "/".parse().expect("uri"),
+            version: http::Version::HTTP_11,
+            status: 404,
+            duration: Duration::from_micros(10),
+            upstream_addr: None,
+            upstream_duration: None,
+        }
+    }
+
+    #[test]
+    fn counts_records_dropped_on_a_full_queue_in_the_registered_counter() {
+        let log = AccessLog::start(Path::new("/dev/null"), 1).expect("open /dev/null");
+        // The writer drains every 20 ms: a burst far larger than the queue cannot all fit.
+        for _ in 0..10_000 {
+            log.emit(record());
+        }
+        let dropped = log.dropped();
+        assert!(dropped > 0, "a full queue drops records");
+        let mut registry = Registry::default();
+        log.register_metrics(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(text.lines().any(|line| line == format!("gantry_access_log_dropped_total {dropped}")), "{text}");
     }
 
     #[test]

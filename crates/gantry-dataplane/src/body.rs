@@ -16,6 +16,9 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
+use crate::metrics::traffic::RouteSeries;
+use crate::route::CompiledRoute;
+
 /// Error type of gateway bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -26,7 +29,7 @@ pub enum GatewayBody {
     Streamed(Incoming),
     /// An upstream response body, streamed; the endpoint counts it in flight until it ends.
     Upstream(Incoming, crate::upstream::InFlight),
-    /// A client body cut off once it exceeds a limit.
+    /// A client body cut off once it exceeds a limit, or counted for the route's metrics.
     Limited(LimitedBody),
     /// A response body that keeps what policies left in the exchange alive until it ends.
     Holding(HoldingBody),
@@ -110,16 +113,18 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
-/// A streamed client body that fails once more than `limit` bytes have passed, without
-/// buffering. `exceeded` tells the forwarder afterwards that the failure means 413.
+/// A streamed client body that fails once more than its limit of bytes have passed, without
+/// buffering, and whose bytes are counted for its route's metrics when it ends or is dropped
+/// (one atomic operation per body, not per frame). Either may be absent.
 #[derive(Debug)]
 pub struct LimitedBody {
     /// `None` once the limit was passed: the rest is no longer this body's.
     inner: Option<Incoming>,
-    limit: u64,
+    /// The limit, and the flag that tells the forwarder afterwards that the failure means 413.
+    limit: Option<(u64, Arc<AtomicBool>)>,
     seen: u64,
-    exceeded: Arc<AtomicBool>,
     discard_rest: bool,
+    counted: Option<Arc<RouteSeries>>,
 }
 
 impl LimitedBody {
@@ -127,7 +132,27 @@ impl LimitedBody {
     /// clients), what the client still sends after that is read and dropped (see [`discard`]),
     /// so that it receives the 413.
     pub fn new(inner: Incoming, limit: u64, exceeded: Arc<AtomicBool>, discard_rest: bool) -> Self {
-        Self { inner: Some(inner), limit, seen: 0, exceeded, discard_rest }
+        Self { inner: Some(inner), limit: Some((limit, exceeded)), seen: 0, discard_rest, counted: None }
+    }
+
+    /// Wraps `inner` with no limit, only to count its bytes in `series`.
+    pub fn counted(inner: Incoming, series: Arc<RouteSeries>) -> Self {
+        Self { inner: Some(inner), limit: None, seen: 0, discard_rest: false, counted: Some(series) }
+    }
+
+    /// The same body, its bytes counted in `series` when given.
+    #[must_use]
+    pub fn counted_in(mut self, series: Option<Arc<RouteSeries>>) -> Self {
+        self.counted = series;
+        self
+    }
+}
+
+impl Drop for LimitedBody {
+    fn drop(&mut self) {
+        if let Some(series) = &self.counted {
+            series.count_request_body(self.seen);
+        }
     }
 }
 
@@ -144,14 +169,15 @@ impl Body for LimitedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
-                    if this.seen > this.limit {
-                        this.exceeded.store(true, Ordering::Release);
+                    if let Some((limit, exceeded)) = this.limit.as_ref().filter(|(limit, _)| this.seen > *limit) {
+                        exceeded.store(true, Ordering::Release);
+                        let limit = *limit;
                         // The upstream connection drops this body on the error below; the
                         // client's rest must outlive it until the 413 has reached the client.
                         if let Some(rest) = this.inner.take().filter(|_| this.discard_rest) {
                             discard(rest);
                         }
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: this.limit }))));
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit }))));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -168,6 +194,73 @@ impl Body for LimitedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// The body of a response on its way to a client. Counts the bytes that pass to the client
+/// for the route's metrics, adding them up once, when the body ends or is dropped.
+#[derive(Debug)]
+pub struct ClientResponseBody {
+    inner: GatewayBody,
+    counted: Option<ResponseBytes>,
+}
+
+/// Response bytes passed so far, added to the route's series on drop. Holds the route itself,
+/// which the request handler gives up anyway, rather than another reference count.
+#[derive(Debug)]
+struct ResponseBytes {
+    route: Arc<CompiledRoute>,
+    bytes: u64,
+}
+
+impl Drop for ResponseBytes {
+    fn drop(&mut self) {
+        if let Some(metrics) = &self.route.metrics {
+            metrics.series.count_response_body(self.bytes);
+        }
+    }
+}
+
+impl ClientResponseBody {
+    /// `inner`, its bytes counted for `route` when the route has metrics.
+    pub fn new(inner: GatewayBody, route: Option<Arc<CompiledRoute>>) -> Self {
+        let counted = route.filter(|route| route.metrics.is_some()).map(|route| ResponseBytes { route, bytes: 0 });
+        Self { inner, counted }
+    }
+
+    /// `inner`, not counted (an answer given before any route was matched).
+    pub fn uncounted(inner: GatewayBody) -> Self {
+        Self { inner, counted: None }
+    }
+
+    /// The body inside.
+    pub fn inner(&self) -> &GatewayBody {
+        &self.inner
+    }
+}
+
+impl Body for ClientResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    #[inline]
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(counted)) = (&polled, this.counted.as_mut()) {
+            if let Some(data) = frame.data_ref() {
+                counted.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -13,6 +13,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::body::{GatewayBody, PeerBodyError};
+use crate::metrics::traffic::UpstreamFailure;
 use crate::upstream::balancer::SelectionInput;
 use crate::upstream::{CompiledUpstream, HostHeader, InFlight};
 
@@ -100,6 +101,16 @@ impl ForwardError {
     /// Whether the endpoint is to blame (counts for passive health).
     fn blames_endpoint(&self) -> bool {
         self.is_retryable()
+    }
+
+    /// How the endpoint failed, when it is to blame.
+    fn endpoint_failure(&self) -> Option<UpstreamFailure> {
+        match self {
+            ForwardError::Connect { .. } => Some(UpstreamFailure::Connect),
+            ForwardError::Timeout { .. } => Some(UpstreamFailure::Timeout),
+            ForwardError::Upstream { .. } => Some(UpstreamFailure::Exchange),
+            _ => None,
+        }
     }
 
     /// Whether the upstream is to blame: it gave no answer, rather than the client's body or
@@ -202,6 +213,16 @@ pub async fn forward(upstream: &CompiledUpstream, request: ForwardRequest<'_>) -
         endpoint.state.record_outcome(failed_status, upstream.passive.as_ref(), now);
         if outcome.is_ok() {
             endpoint.state.record_latency(now - sent_at, now);
+        }
+        if let Some(series) = &endpoint.metrics {
+            match &outcome {
+                Ok(response) => series.record_response(response.status(), now - sent_at),
+                Err(err) => {
+                    if let Some(failure) = err.endpoint_failure() {
+                        series.record_failure(failure);
+                    }
+                }
+            }
         }
 
         let retry_wanted = match &outcome {

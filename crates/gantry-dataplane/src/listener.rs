@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::body::GatewayBody;
+use crate::body::{ClientResponseBody, GatewayBody};
 use crate::proxy::{into_gateway_response, Connection, Gateway};
 
 /// How long a client has to finish the TLS handshake.
@@ -217,7 +217,8 @@ async fn serve_connection<S>(
         let connection = connection.clone();
         async move {
             if let Some(refusal) = rules.refusal(&request) {
-                return Ok::<_, Infallible>(refusal);
+                gateway.count_refusal(refusal.status());
+                return Ok::<_, Infallible>(refusal.map(ClientResponseBody::uncounted));
             }
             Ok(gateway.handle(request, &connection).await)
         }

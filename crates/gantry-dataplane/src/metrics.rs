@@ -1,13 +1,21 @@
 //! Counters of the data plane, exposed in the Prometheus text format by the admin listener.
 //!
-//! Updated inline with atomics; a label set is looked up only on the paths that count (a
-//! policy's answer, a mirrored request), never on every forwarded request. The counters live outside the snapshot,
-//! so a reload resets none of them.
+//! Updated inline with atomics. Request metrics ([`traffic`]) are pre-bound handles held by
+//! compiled routes and endpoints; a label set is looked up only on the paths that count
+//! something rarer (a policy's answer, a mirrored request), never on every forwarded request.
+//! The counters live outside the snapshot, so a reload resets none of them.
+
+pub mod histogram;
+pub mod traffic;
+
+use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+
+pub use traffic::TrafficMetrics;
 
 /// Labels of `gantry_policy_answers_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,12 +61,15 @@ impl MirrorOutcome {
 pub struct GatewayMetrics {
     policy_answers: Family<PolicyAnswerLabels, Counter>,
     mirror_requests: Family<MirrorLabels, Counter>,
+    traffic: Arc<TrafficMetrics>,
 }
 
 impl GatewayMetrics {
-    /// Counters registered in `registry`.
-    pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
+    /// Counters registered in `registry`, with the request metrics of `traffic` (the ones the
+    /// control plane binds to routes and endpoints).
+    pub fn register(registry: &mut Registry, traffic: Arc<TrafficMetrics>) -> Self {
+        registry.register_collector(Box::new(traffic.clone()));
+        let metrics = Self { traffic, ..Self::default() };
         registry.register(
             "gantry_policy_answers",
             "Requests a policy answered itself instead of forwarding (denials such as 401, 403 and 429, mocks, redirects), by policy and status",
@@ -70,6 +81,11 @@ impl GatewayMetrics {
             metrics.mirror_requests.clone(),
         );
         metrics
+    }
+
+    /// The request metrics.
+    pub fn traffic(&self) -> &TrafficMetrics {
+        &self.traffic
     }
 
     /// Counts a request that `policy` answered with `status`.

@@ -16,7 +16,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, AccessRecord};
-use crate::body::{apply_response_body_action, discard, GatewayBody, HoldingBody, LimitedBody};
+use crate::body::{apply_response_body_action, discard, ClientResponseBody, GatewayBody, HoldingBody, LimitedBody};
 use crate::forward::{forward, ForwardError, ForwardRequest};
 use crate::headers::{add_forwarded, remove_hop_by_hop, request_id, ClientForwarding, X_REQUEST_ID};
 use crate::metrics::{GatewayMetrics, MirrorOutcome};
@@ -80,8 +80,17 @@ impl Gateway {
         &self.snapshot
     }
 
+    /// Counts a request refused before routing (its head broke a listener rule).
+    pub fn count_refusal(&self, status: StatusCode) {
+        self.metrics.traffic().count_unmatched(status);
+    }
+
     /// Serves one request. Never fails: every problem becomes a problem response.
-    pub async fn handle(&self, mut request: Request<Incoming>, connection: &Connection) -> Response<GatewayBody> {
+    pub async fn handle(
+        &self,
+        mut request: Request<Incoming>,
+        connection: &Connection,
+    ) -> Response<ClientResponseBody> {
         let started = Instant::now();
         let request_id_value = request_id(request.headers());
         let request_id: Arc<str> = Arc::from(request_id_value.to_str().unwrap_or("-"));
@@ -97,6 +106,15 @@ impl Gateway {
 
         let status = served.response.status();
         let duration = started.elapsed();
+        match &served.route {
+            Some(route) => {
+                if let Some(metrics) = &route.metrics {
+                    let consumer = served.exchange.as_ref().and_then(Exchange::consumer).map(|consumer| &*consumer.id);
+                    metrics.record(status, duration, served.upstream_duration, consumer);
+                }
+            }
+            None => self.metrics.traffic().count_unmatched(status),
+        }
         let route_id = served.route.as_ref().map(|route| route.id.clone());
         if let (Some(exchange), Some(route)) = (&served.exchange, &served.route) {
             let record = LogRecord {
@@ -135,10 +153,13 @@ impl Gateway {
         }
         let response =
             if is_grpc && is_gateway_error { into_grpc_error(served.response).await } else { served.response };
-        match served.exchange {
+        let response = match served.exchange {
             Some(exchange) => hold_until_sent(response, exchange),
             None => response,
-        }
+        };
+        // The route goes with the body, which counts its bytes as they pass.
+        let route = served.route;
+        response.map(|body| ClientResponseBody::new(body, route))
     }
 
     async fn serve(
@@ -185,6 +206,9 @@ impl Gateway {
             None => ClientBody::Streaming(body),
             Some(limit) => match read_whole_body(body, limit).await {
                 Ok(bytes) => {
+                    if let Some(metrics) = &route.metrics {
+                        metrics.series.count_request_body(bytes.len() as u64);
+                    }
                     exchange.extensions.insert(RequestBody(bytes.clone()));
                     ClientBody::Buffered(bytes)
                 }
@@ -269,13 +293,18 @@ impl Gateway {
                 }
             }
             ClientBody::Streaming(body) if http_body::Body::is_end_stream(&body) => GatewayBody::Empty,
-            ClientBody::Streaming(body) => match &body_limit {
-                Some((limit, exceeded)) => {
-                    let discard_rest = parts.version <= Version::HTTP_11;
-                    GatewayBody::Limited(LimitedBody::new(body, *limit, exceeded.clone(), discard_rest))
+            ClientBody::Streaming(body) => {
+                let counted = route.metrics.as_ref().map(|metrics| metrics.series.clone());
+                match (&body_limit, counted) {
+                    (Some((limit, exceeded)), counted) => {
+                        let discard_rest = parts.version <= Version::HTTP_11;
+                        let limited = LimitedBody::new(body, *limit, exceeded.clone(), discard_rest);
+                        GatewayBody::Limited(limited.counted_in(counted))
+                    }
+                    (None, Some(series)) => GatewayBody::Limited(LimitedBody::counted(body, series)),
+                    (None, None) => GatewayBody::Streamed(body),
                 }
-                None => GatewayBody::Streamed(body),
-            },
+            }
         };
         let body = match exchange.mirror.take() {
             None => body,

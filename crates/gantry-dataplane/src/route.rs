@@ -6,6 +6,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
 
+use crate::metrics::traffic::RouteMetrics;
 use crate::pipeline::Pipeline;
 use crate::upstream::CompiledUpstream;
 
@@ -26,6 +27,8 @@ pub struct CompiledRoute {
     pub rewrite: Option<PathRewrite>,
     /// The route's policies, resolved from global, service, policy sets and route.
     pub pipeline: Pipeline,
+    /// Its request metrics, bound at compile time; `None` when requests are not counted.
+    pub metrics: Option<RouteMetrics>,
 }
 
 /// Method, header and query conditions; all must hold.

@@ -11,7 +11,7 @@ use gantry_controlplane::admin::{AdminServer, AdminState};
 use gantry_controlplane::{compile_snapshot, ControlPlane};
 use gantry_dataplane::access_log::AccessLog;
 use gantry_dataplane::listener::{bind, ListenerSettings, Server};
-use gantry_dataplane::metrics::GatewayMetrics;
+use gantry_dataplane::metrics::{GatewayMetrics, TrafficMetrics};
 use gantry_dataplane::proxy::Gateway;
 use gantry_dataplane::upstream::UpstreamStates;
 use gantry_state::Stores;
@@ -36,7 +36,8 @@ fn check(source: &ConfigSource) -> Result<LoadedConfig, ConfigErrors> {
         loaded.attach_origins(&mut errors);
         errors
     })?;
-    if let Err(mut errors) = compile_snapshot(&loaded.spec, 1, &UpstreamStates::default(), &stores) {
+    let metrics = TrafficMetrics::disabled();
+    if let Err(mut errors) = compile_snapshot(&loaded.spec, 1, &UpstreamStates::default(), &stores, &metrics) {
         loaded.attach_origins(&mut errors);
         return Err(errors);
     }
@@ -123,8 +124,12 @@ async fn serve(node: NodeSpec, source: ConfigSource, loaded: LoadedConfig, watch
     let stores = Stores::from_node(loaded.spec.node.as_ref()).map_err(|err| err.to_string())?;
     let connecting = stores.clone();
     tokio::spawn(async move { connecting.connect().await });
-    let control =
-        Arc::new(ControlPlane::new(Some(source.clone()), loaded.spec.node.clone()).with_stores(stores.clone()));
+    let traffic = Arc::new(TrafficMetrics::new(&node.metrics));
+    let control = Arc::new(
+        ControlPlane::new(Some(source.clone()), loaded.spec.node.clone())
+            .with_stores(stores.clone())
+            .with_metrics(traffic.clone()),
+    );
     control.apply_loaded(&loaded).map_err(|err| err.to_string())?;
 
     if let Some(address) = &node.demo_upstream {
@@ -160,7 +165,11 @@ async fn serve(node: NodeSpec, source: ConfigSource, loaded: LoadedConfig, watch
         listeners.push((listener, settings));
     }
     let mut metrics = prometheus_client::registry::Registry::default();
-    let gateway = Gateway::new(control.snapshot(), access_log, GatewayMetrics::register(&mut metrics));
+    control.register_metrics(&mut metrics);
+    if let Some(log) = &access_log {
+        log.register_metrics(&mut metrics);
+    }
+    let gateway = Gateway::new(control.snapshot(), access_log, GatewayMetrics::register(&mut metrics, traffic));
     stores.register_metrics(&mut metrics);
     stores.register_response_cache_metrics(&mut metrics);
     gantry_policies::traffic::circuit_breaker::register_metrics(&mut metrics);

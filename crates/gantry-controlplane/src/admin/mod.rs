@@ -35,6 +35,7 @@
 pub mod auth;
 pub mod body;
 pub mod cache;
+pub mod exposition;
 pub mod kinds;
 pub mod openapi;
 pub mod persist;

@@ -85,11 +85,11 @@ pub fn openapi_document() -> Value {
     paths.insert(
         "/metrics".to_owned(),
         json!({"get": {
-            "summary": "Counters in the Prometheus text exposition format (OpenMetrics 1.0); open like the probes",
+            "summary": "Request, upstream, configuration and policy metrics for Prometheus; open like the probes",
             "operationId": "getMetrics",
             "tags": ["probes"],
             "security": [],
-            "responses": {"200": {"description": "The metrics", "content": {"application/openmetrics-text": {"schema": {"type": "string"}}}}}
+            "responses": {"200": {"description": "The metrics: OpenMetrics 1.0 when `Accept` asks for it, else the Prometheus text format 0.0.4", "content": {"application/openmetrics-text": {"schema": {"type": "string"}}, "text/plain": {"schema": {"type": "string"}}}}}
         }}),
     );
     paths.insert(

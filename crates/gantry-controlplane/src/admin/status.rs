@@ -5,9 +5,10 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use gantry_config::GatewaySpec;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 use serde_json::json;
 
+use super::exposition;
 use super::kinds::redact;
 use super::{AdminError, AdminState, GENERATION_HEADER};
 
@@ -16,13 +17,18 @@ pub async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /metrics`: every counter in the Prometheus text exposition format (OpenMetrics 1.0).
-pub async fn metrics(State(state): State<AdminState>) -> Result<axum::response::Response, AdminError> {
+/// `GET /metrics`: every metric in OpenMetrics 1.0 when the scraper asks for it (Prometheus
+/// does), else in the Prometheus text format 0.0.4 (see [`exposition`]).
+pub async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, AdminError> {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, state.metrics())
         .map_err(|err| AdminError::Internal { reason: format!("encoding the metrics failed: {err}") })?;
-    Ok(([(http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
-        .into_response())
+    let (content_type, text) = if exposition::wants_openmetrics(&headers) {
+        (exposition::OPENMETRICS_CONTENT_TYPE, text)
+    } else {
+        (exposition::PROMETHEUS_TEXT_CONTENT_TYPE, exposition::to_prometheus_text(&text))
+    };
+    Ok(([(http::header::CONTENT_TYPE, content_type)], text).into_response())
 }
 
 /// `GET /ready`: 200 once a configuration is serving (generation 1 or later), 503 before.

@@ -4,7 +4,13 @@ use super::*;
 
 fn compile(yaml: &str) -> Result<Snapshot, ConfigErrors> {
     let spec = load_str(yaml).expect("test YAML parses");
-    compile_snapshot(&spec, 1, &UpstreamStates::default(), &gantry_state::Stores::in_memory())
+    compile_snapshot(
+        &spec,
+        1,
+        &UpstreamStates::default(),
+        &gantry_state::Stores::in_memory(),
+        &TrafficMetrics::disabled(),
+    )
 }
 
 const UPSTREAM: &str = "upstreams:\n  - id: up\n    endpoints: [127.0.0.1:9]\n";
@@ -89,9 +95,33 @@ fn reports_clashing_templates_at_the_route_path() {
 fn keeps_endpoint_state_across_compiles() {
     let states = UpstreamStates::default();
     let spec = load_str(&format!("{UPSTREAM}routes:\n  - id: r\n    paths: [/x]\n    upstream: up\n")).expect("parses");
-    let first = compile_snapshot(&spec, 1, &states, &gantry_state::Stores::in_memory()).expect("valid");
-    let second = compile_snapshot(&spec, 2, &states, &gantry_state::Stores::in_memory()).expect("valid");
+    let metrics = TrafficMetrics::disabled();
+    let first = compile_snapshot(&spec, 1, &states, &gantry_state::Stores::in_memory(), &metrics).expect("valid");
+    let second = compile_snapshot(&spec, 2, &states, &gantry_state::Stores::in_memory(), &metrics).expect("valid");
     assert!(std::sync::Arc::ptr_eq(&first.upstreams[0].endpoints[0].state, &second.upstreams[0].endpoints[0].state));
+    assert!(second.routes[0].metrics.is_none() && second.upstreams[0].endpoints[0].metrics.is_none());
+}
+
+#[test]
+fn keeps_route_and_endpoint_metrics_across_compiles_and_starts_a_route_moved_to_another_service_anew() {
+    let states = UpstreamStates::default();
+    let metrics = TrafficMetrics::new(&gantry_config::MetricsSpec { consumer_label: true, ..Default::default() });
+    let stores = gantry_state::Stores::in_memory();
+    let yaml = |service: &str| {
+        format!(
+            "{UPSTREAM}services:\n  - id: a\n  - id: b\nroutes:\n  - id: r\n    paths: [/x]\n    upstream: up\n    service: {service}\nconsumers:\n  - id: alice\n"
+        )
+    };
+    let spec = load_str(&yaml("a")).expect("parses");
+    let first = compile_snapshot(&spec, 1, &states, &stores, &metrics).expect("valid");
+    let second = compile_snapshot(&spec, 2, &states, &stores, &metrics).expect("valid");
+    let series = |snapshot: &Snapshot| snapshot.routes[0].metrics.as_ref().expect("route metrics").series.clone();
+    let endpoint = |snapshot: &Snapshot| snapshot.upstreams[0].endpoints[0].metrics.clone().expect("endpoint metrics");
+    assert!(Arc::ptr_eq(&series(&first), &series(&second)));
+    assert!(Arc::ptr_eq(&endpoint(&first), &endpoint(&second)));
+    assert!(second.routes[0].metrics.as_ref().is_some_and(|metrics| metrics.consumers.is_some()));
+    let moved = compile_snapshot(&load_str(&yaml("b")).expect("parses"), 3, &states, &stores, &metrics).expect("valid");
+    assert!(!Arc::ptr_eq(&series(&first), &series(&moved)));
 }
 
 /// The `X-Layer` header each `request_headers` policy of the pipeline selected for `consumer`

@@ -15,6 +15,7 @@ fn route(id: &str, order: usize, conditions: Conditions, priority: i32) -> Arc<C
         upstream: None,
         rewrite: None,
         pipeline: Pipeline::default(),
+        metrics: None,
     })
 }
 

@@ -31,6 +31,8 @@ pub struct Endpoint {
     pub weight: u32,
     /// Health and load, shared across snapshots.
     pub state: Arc<EndpointState>,
+    /// Its request metrics, bound at compile time; `None` when requests are not counted.
+    pub metrics: Option<Arc<crate::metrics::traffic::EndpointSeries>>,
 }
 
 /// Health and load of one endpoint; outlives snapshots.

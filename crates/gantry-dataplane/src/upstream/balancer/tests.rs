@@ -14,6 +14,7 @@ fn endpoints(weights: &[u32]) -> Vec<Endpoint> {
                 address: address.into(),
                 weight: *weight,
                 state: Arc::new(EndpointState::default()),
+                metrics: None,
             }
         })
         .collect()
