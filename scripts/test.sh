@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the build or the tests need: `command:package` pairs.
 needed=()
-for pair in cc:gcc curl:curl /usr/sbin/slapd:slapd ldapsearch:ldap-utils redis-server:redis-server; do
+for pair in cc:gcc curl:curl /usr/sbin/slapd:slapd ldapsearch:ldap-utils redis-server:redis-server promtool:prometheus; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || needed+=("${pair#*:}")
 done
 if ((${#needed[@]})); then

@@ -9,6 +9,7 @@ mod cli;
 mod consumer_groups;
 mod grpc;
 mod import_openapi;
+mod metrics;
 mod policies;
 mod protocols;
 mod proxy;
