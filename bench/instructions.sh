@@ -9,6 +9,9 @@
 # or rate_limit_redis (a fixed-window limit per client IP, high enough never to refuse, counted
 # in memory or in a redis-server the script starts on :19160; the figure counts Gantry's
 # instructions only, not Redis's); the difference to plain is the per-request cost of the policy.
+# Request metrics are on in every scenario (the default) except plain_no_metrics
+# (node.metrics.enabled: false); access_log adds the JSON access log to a file, and
+# key_auth_consumer_metrics is key_auth with per-consumer metrics (node.metrics.consumer_label).
 # Starts its own nginx upstream (96-byte JSON) on 127.0.0.1:19101 and Gantry on :19150,
 # loads it with wrk for 5 s on 10 keep-alive connections, prints instructions ÷ requests.
 # Needs valgrind, nginx and wrk (bench/setup.sh installs the last two); jwt_rs256* need openssl.
@@ -39,7 +42,12 @@ NGINX
 node_extra="" consumers="" policies="" header=()
 case $scenario in
   plain) ;;
-  key_auth)
+  plain_no_metrics)
+    node_extra="  metrics: {enabled: false}" ;;
+  access_log)
+    node_extra="  access_log: {path: $work/access.log}" ;;
+  key_auth | key_auth_consumer_metrics)
+    if [ "$scenario" = key_auth_consumer_metrics ]; then node_extra="  metrics: {consumer_label: true}"; fi
     consumers="consumers:
   - {id: bench-a, credentials: {key_auth: {key: bench-key-123}}}
   - {id: bench-b, credentials: {key_auth: {key: bench-key-456}}}
@@ -74,7 +82,7 @@ $(sed 's/^/                /' "$work/jwt.pub")"
     redis: {urls: ['redis://127.0.0.1:19160']}"
     policies="    policies:
       - rate_limit: {limit: 1000000000, window: 1h, key: [ip], store: redis}" ;;
-  *) echo "unknown scenario $scenario: plain, key_auth, jwt_rs256, jwt_rs256_uncached, rate_limit_memory or rate_limit_redis" >&2; exit 2 ;;
+  *) echo "unknown scenario $scenario: plain, plain_no_metrics, access_log, key_auth, key_auth_consumer_metrics, jwt_rs256, jwt_rs256_uncached, rate_limit_memory or rate_limit_redis" >&2; exit 2 ;;
 esac
 cat > "$work/gantry.yaml" <<YAML
 node:
