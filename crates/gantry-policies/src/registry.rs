@@ -34,6 +34,7 @@ use crate::traffic::concurrency_limit::ConcurrencyLimit;
 use crate::traffic::quota::Quota;
 use crate::traffic::rate_limit::RateLimit;
 use crate::traffic::request_size_limit::RequestSizeLimit;
+use crate::transform::body_transform::BodyTransform;
 use crate::transform::proxy_rewrite::ProxyRewrite;
 use crate::transform::request_headers::RequestHeaders;
 use crate::transform::response_headers::ResponseHeaders;
@@ -70,6 +71,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<ProxyRewrite>(),
         RegisteredPolicy::of::<RequestHeaders>(),
         RegisteredPolicy::of::<ResponseHeaders>(),
+        RegisteredPolicy::of::<BodyTransform>(),
         RegisteredPolicy::of::<JsonThreatProtection>(),
         RegisteredPolicy::of::<XmlThreatProtection>(),
         RegisteredPolicy::of::<JsonSchemaPolicy>(),

@@ -5,6 +5,7 @@ mod acl;
 mod allowed_hours;
 mod any_auth;
 mod basic_auth;
+mod body_transform;
 mod circuit_breaker;
 mod concurrency_limit;
 mod cors;

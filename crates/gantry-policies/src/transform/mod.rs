@@ -1,6 +1,7 @@
 //! Transform-stage policies: changing the request on its way upstream and the response on its
 //! way back.
 
+pub mod body_transform;
 pub(crate) mod header_ops;
 pub mod proxy_rewrite;
 pub mod request_headers;
