@@ -177,6 +177,7 @@ fn build_consumer_policies(
         let path = root.key("consumer_groups").item(index, &group.id).key("policies");
         let entries = build_policies(&group.policies, &path, context, errors);
         refuse_before_identity(&group.policies, &path, "a consumer group", errors);
+        refuse_body_readers(&group.policies, &entries, &path, "a consumer group", errors);
         groups.insert(group.id.as_str(), entries);
     }
     let mut consumer_policies = ConsumerPolicies::default();
@@ -184,6 +185,7 @@ fn build_consumer_policies(
         let path = root.key("consumers").item(index, &consumer.id).key("policies");
         let own = build_policies(&consumer.policies, &path, context, errors);
         refuse_before_identity(&consumer.policies, &path, "a consumer", errors);
+        refuse_body_readers(&consumer.policies, &own, &path, "a consumer", errors);
         let mut entries = Vec::new();
         for group in &consumer.groups {
             if let Some(group_entries) = groups.get(group.as_str()) {
@@ -208,6 +210,30 @@ fn refuse_before_identity(policies: &[PolicySpec], path: &FieldPath, owner: &str
                     "`{}` runs in the {} stage, before the consumer is known: {owner} can only set policies of later stages",
                     registered.name,
                     registered.stage.name()
+                ),
+            );
+        }
+    }
+}
+
+/// A request body a policy checks is read before the request hooks run, so before the
+/// consumer is known: only the route's policies can ask for it. Accepting such a policy from a
+/// consumer or group would silently never check anything.
+fn refuse_body_readers(
+    policies: &[PolicySpec],
+    built: &[PipelineEntry],
+    path: &FieldPath,
+    owner: &str,
+    errors: &mut ConfigErrors,
+) {
+    for (index, policy) in policies.iter().enumerate() {
+        let reads_body = built.iter().any(|entry| entry.name == policy.name && entry.policy.reads_request_body());
+        if reads_body {
+            errors.push(
+                path.index(index).key(&policy.name),
+                format!(
+                    "`{}` reads the request body, which is read before the consumer is known: {owner} cannot set it; attach it to the route, its service or a policy set",
+                    policy.name
                 ),
             );
         }

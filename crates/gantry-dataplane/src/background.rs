@@ -1,6 +1,7 @@
 //! Requests a policy asks to send upstream after the client has its answer
 //! ([`gantry_policy_api::response_body::fetch_in_background`]): a cache that served a stale copy
-//! refreshing it. They go through the route's upstream like any request (its balancer, timeouts,
+//! refreshing it. They go through the request's upstream (the route's, or the one a policy
+//! such as `traffic_split` chose) like any request (its balancer, timeouts,
 //! retries and health), with the forwarding headers of the request that led to them, and their
 //! response is read whole, up to the limit the policy gave, and handed to the policy.
 
@@ -15,10 +16,12 @@ use crate::forward::{forward, ForwardRequest};
 use crate::headers::{add_forwarded, remove_hop_by_hop, X_REQUEST_ID};
 use crate::proxy::{upstream_path, Connection};
 use crate::route::CompiledRoute;
+use crate::upstream::CompiledUpstream;
 
 /// Starts the background request `exchange` holds, if a request hook asked for one.
 pub(crate) fn send_background_request(
     route: &Arc<CompiledRoute>,
+    upstream: Option<Arc<CompiledUpstream>>,
     exchange: &mut Exchange,
     connection: &Connection,
     host: Option<&str>,
@@ -26,7 +29,7 @@ pub(crate) fn send_background_request(
     let Some(BackgroundRequest { mut head, max_body_bytes, deliver }) = take_background_request(exchange) else {
         return;
     };
-    let Some(upstream) = route.upstream.clone() else {
+    let Some(upstream) = upstream else {
         deliver(Err("the route has no upstream".to_owned()));
         return;
     };

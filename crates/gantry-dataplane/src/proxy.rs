@@ -24,7 +24,8 @@ use crate::mirror;
 use crate::pipeline::{Pipeline, RequestOutcome};
 use crate::route::CompiledRoute;
 use crate::router::RequestFacts;
-use crate::snapshot::SnapshotHandle;
+use crate::snapshot::{Snapshot, SnapshotHandle};
+use crate::upstream::CompiledUpstream;
 
 /// Facts about the client connection a request arrived on, computed once per connection.
 #[derive(Debug)]
@@ -224,7 +225,8 @@ impl Gateway {
             discard_unread(&parts, body);
             let (mut head, body) = response.into_parts();
             route.pipeline.selected(&exchange).run_response(&mut head, &mut exchange, Some(position));
-            crate::background::send_background_request(&route, &mut exchange, connection, host);
+            let upstream = chosen_upstream(&route, &snapshot, &exchange).cloned();
+            crate::background::send_background_request(&route, upstream, &mut exchange, connection, host);
             return Served {
                 response: Response::from_parts(head, GatewayBody::full(body)),
                 route: Some(route.clone()),
@@ -234,11 +236,7 @@ impl Gateway {
             };
         }
 
-        let upstream = match exchange.upstream.as_deref() {
-            None => route.upstream.as_ref(),
-            Some(chosen) => snapshot.upstream(chosen),
-        };
-        let Some(upstream) = upstream else {
+        let Some(upstream) = chosen_upstream(&route, &snapshot, &exchange) else {
             let detail = match exchange.upstream.as_deref() {
                 None => "the route has no upstream and no policy answered".to_owned(),
                 // Policies check the ids they choose from when built, against this very configuration.
@@ -523,6 +521,18 @@ fn strip_port(host: &str) -> &str {
     }
     host.rsplit_once(':')
         .map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host })
+}
+
+/// The upstream a request goes to: the one a policy chose (`traffic_split`), else the route's.
+fn chosen_upstream<'a>(
+    route: &'a CompiledRoute,
+    snapshot: &'a Snapshot,
+    exchange: &Exchange,
+) -> Option<&'a Arc<CompiledUpstream>> {
+    match exchange.upstream.as_deref() {
+        None => route.upstream.as_ref(),
+        Some(chosen) => snapshot.upstream(chosen),
+    }
 }
 
 /// The path and query to send upstream: the request's, rewritten as the route says.

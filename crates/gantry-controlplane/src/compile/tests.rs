@@ -215,3 +215,19 @@ fn refuses_group_policies_that_run_before_the_consumer_is_known_and_bad_settings
     let paths: Vec<String> = errors.iter().map(|error| error.path.to_string()).collect();
     assert_eq!(paths, ["consumer_groups[gold].id", "consumer_groups[gold].policies[0]"], "{errors}");
 }
+
+#[test]
+fn refuses_consumer_and_group_policies_that_read_the_request_body() {
+    let schema = "json_schema: {request: {schema: {type: object}}}";
+    let errors = compile(&format!(
+        "{UPSTREAM}consumer_groups:\n  - id: gold\n    policies:\n      - {schema}\nconsumers:\n  - id: alice\n    policies:\n      - request_headers: {{set: {{x-a: b}}}}\n      - {schema}\nroutes:\n  - id: r\n    paths: [/x]\n    upstream: up\n    policies:\n      - {schema}\n"
+    ))
+    .expect_err("two errors");
+    let found: Vec<String> = errors.iter().map(|error| format!("{}: {}", error.path, error.message)).collect();
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found[0].starts_with("consumer_groups[gold].policies[0].json_schema: `json_schema` reads the request body"),
+        "{found:?}"
+    );
+    assert!(found[1].starts_with("consumers[alice].policies[1].json_schema: "), "{found:?}");
+}
