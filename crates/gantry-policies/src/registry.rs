@@ -35,9 +35,11 @@ use crate::traffic::quota::Quota;
 use crate::traffic::rate_limit::RateLimit;
 use crate::traffic::request_size_limit::RequestSizeLimit;
 use crate::transform::body_transform::BodyTransform;
+use crate::transform::json_to_xml::JsonToXml;
 use crate::transform::proxy_rewrite::ProxyRewrite;
 use crate::transform::request_headers::RequestHeaders;
 use crate::transform::response_headers::ResponseHeaders;
+use crate::transform::xml_to_json::XmlToJson;
 use crate::validate::json_schema::JsonSchemaPolicy;
 use crate::validate::json_threat_protection::JsonThreatProtection;
 use crate::validate::openapi_validation::OpenApiValidation;
@@ -72,6 +74,8 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<RequestHeaders>(),
         RegisteredPolicy::of::<ResponseHeaders>(),
         RegisteredPolicy::of::<BodyTransform>(),
+        RegisteredPolicy::of::<JsonToXml>(),
+        RegisteredPolicy::of::<XmlToJson>(),
         RegisteredPolicy::of::<JsonThreatProtection>(),
         RegisteredPolicy::of::<XmlThreatProtection>(),
         RegisteredPolicy::of::<JsonSchemaPolicy>(),

@@ -36,5 +36,6 @@ mod saml;
 mod scopes;
 mod traffic_split;
 mod user_agent;
+mod xml_json;
 mod xml_threat_protection;
 mod xsd;

@@ -3,8 +3,11 @@
 
 pub mod body_transform;
 pub(crate) mod header_ops;
+pub mod json_to_xml;
 pub mod proxy_rewrite;
 pub mod request_headers;
 pub mod response_headers;
+mod xml_json;
+pub mod xml_to_json;
 
 pub use header_ops::HeaderOpsConfig;
