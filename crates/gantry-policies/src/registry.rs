@@ -35,6 +35,7 @@ use crate::traffic::quota::Quota;
 use crate::traffic::rate_limit::RateLimit;
 use crate::traffic::request_size_limit::RequestSizeLimit;
 use crate::transform::body_transform::BodyTransform;
+use crate::transform::jolt::Jolt;
 use crate::transform::json_to_xml::JsonToXml;
 use crate::transform::proxy_rewrite::ProxyRewrite;
 use crate::transform::request_headers::RequestHeaders;
@@ -74,6 +75,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<RequestHeaders>(),
         RegisteredPolicy::of::<ResponseHeaders>(),
         RegisteredPolicy::of::<BodyTransform>(),
+        RegisteredPolicy::of::<Jolt>(),
         RegisteredPolicy::of::<JsonToXml>(),
         RegisteredPolicy::of::<XmlToJson>(),
         RegisteredPolicy::of::<JsonThreatProtection>(),

@@ -12,6 +12,7 @@ mod cors;
 mod harness;
 mod hmac_auth;
 mod ip_restriction;
+mod jolt;
 mod json_schema;
 mod json_threat_protection;
 mod jwt;

@@ -3,6 +3,8 @@
 
 pub mod body_transform;
 pub(crate) mod header_ops;
+pub mod jolt;
+mod json_body;
 pub mod json_to_xml;
 pub mod proxy_rewrite;
 pub mod request_headers;

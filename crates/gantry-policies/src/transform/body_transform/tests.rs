@@ -6,6 +6,9 @@ use gantry_policy_api::{Consumer, Identity, RegisteredPolicy};
 use serde_json::{json, Value};
 
 use super::*;
+use bytes::Bytes;
+use gantry_policy_api::{Flow, Hooks, RequestBody};
+use http::header::CONTENT_LENGTH;
 
 fn entry() -> RegisteredPolicy {
     RegisteredPolicy::of::<BodyTransform>()
