@@ -40,6 +40,7 @@ use crate::transform::json_to_xml::JsonToXml;
 use crate::transform::proxy_rewrite::ProxyRewrite;
 use crate::transform::request_headers::RequestHeaders;
 use crate::transform::response_headers::ResponseHeaders;
+use crate::transform::script::Script;
 use crate::transform::xml_to_json::XmlToJson;
 use crate::validate::json_schema::JsonSchemaPolicy;
 use crate::validate::json_threat_protection::JsonThreatProtection;
@@ -78,6 +79,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<Jolt>(),
         RegisteredPolicy::of::<JsonToXml>(),
         RegisteredPolicy::of::<XmlToJson>(),
+        RegisteredPolicy::of::<Script>(),
         RegisteredPolicy::of::<JsonThreatProtection>(),
         RegisteredPolicy::of::<XmlThreatProtection>(),
         RegisteredPolicy::of::<JsonSchemaPolicy>(),

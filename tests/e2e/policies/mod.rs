@@ -33,6 +33,7 @@ mod request_mirror;
 mod request_size_limit;
 mod response_cache;
 mod response_headers;
+mod script;
 mod saml;
 mod scopes;
 mod traffic_split;

@@ -9,6 +9,7 @@ pub mod json_to_xml;
 pub mod proxy_rewrite;
 pub mod request_headers;
 pub mod response_headers;
+pub mod script;
 mod xml_json;
 pub mod xml_to_json;
 
