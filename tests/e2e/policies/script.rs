@@ -96,6 +96,20 @@ routes:
         assert!(started.elapsed() < Duration::from_secs(3), "{path} stopped in {:?}", started.elapsed());
     }
 
+    // The gateway's output is read by another thread: give it a moment.
+    let waited = Instant::now();
+    let logged = loop {
+        let found = gateway
+            .logs()
+            .iter()
+            .any(|line| line.contains("script failed") && line.contains("endless") && line.contains("on_request"));
+        if found || waited.elapsed() > Duration::from_secs(3) {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(logged, "a stopped script is logged with its route: {:?}", gateway.logs());
+
     let lenient = client.request(Method::GET, &gateway.url("/lenient"), &[], "").await;
     assert_eq!(lenient.status, StatusCode::OK, "{lenient:?}");
     assert!(lenient.json()["headers"].get("x-half").is_none(), "a failed call changes nothing");

@@ -117,7 +117,7 @@ enum IndexSpec {
     At(usize),
     /// `[&N]`: the matched key, which must read as a number.
     Key(KeyReference),
-    /// `[#N]`: the position of the match N levels up.
+    /// `[#N]`: how many keys the level N up has matched before the current one.
     Ordinal(usize),
 }
 
@@ -235,8 +235,8 @@ impl OutputPath {
             }
             match &segment.index {
                 Some(IndexSpec::Key(reference)) => check(reference)?,
-                Some(IndexSpec::Ordinal(level)) if *level > depth => {
-                    return Err(format!("`[#{level}]` refers above the top of the spec ({depth} levels)"));
+                Some(IndexSpec::Ordinal(level)) if *level == 0 || *level > depth => {
+                    return Err(format!("`[#{level}]` needs a level from 1 to {depth}"));
                 }
                 _ => {}
             }
@@ -267,8 +267,10 @@ impl OutputPath {
                     let at: usize = lookup(levels, *reference)?.parse().ok()?;
                     Some(ResolvedIndex::At(at))
                 }
+                // As JOLT counts it: how many keys level N has matched before this one,
+                // which is the position of the level below it among its siblings.
                 Some(IndexSpec::Ordinal(level)) => {
-                    Some(ResolvedIndex::At(levels.len().checked_sub(level + 1).map(|at| levels[at].ordinal)?))
+                    Some(ResolvedIndex::At(levels.get(levels.len().checked_sub(*level)?)?.ordinal))
                 }
             };
             if matches!(index, Some(ResolvedIndex::At(at)) if at > MAX_INDEX) {

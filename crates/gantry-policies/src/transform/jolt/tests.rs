@@ -82,6 +82,16 @@ fn shift_writes_arrays_by_index_append_and_accumulation() {
 }
 
 #[test]
+fn shift_numbers_array_items_by_their_match_count() {
+    let input = json!({"photos": [{"id": 1, "url": "a"}, {"id": 2, "url": "b"}], "owner": "ann"});
+    let spec = json!({"photos": {"*": {"id": "out[#2].ident", "url": "out[#2].link", "$1": "out[#2].from"}}});
+    assert_eq!(
+        shift(spec, input),
+        json!({"out": [{"ident": 1, "link": "a", "from": "photos"}, {"ident": 2, "link": "b", "from": "photos"}]})
+    );
+}
+
+#[test]
 fn shift_alternatives_and_literal_keys_win_over_stars() {
     let spec = json!({"id|key": "ident", "name": "name", "*": "rest.&"});
     assert_eq!(
@@ -186,6 +196,7 @@ fn reports_bad_specs_at_their_paths() {
       "c*": "out.&(0,2)"
       d: "x[abc]"
       e: 5
+      h: "x[#0]"
   - operation: default
     spec: {"f[]": 1}
   - operation: remove
@@ -201,6 +212,7 @@ max_body_bytes: 0
         "request[0].spec.c*",
         "request[0].spec.d",
         "request[0].spec.e",
+        "request[0].spec.h",
         "request[1].spec.f[]",
         "request[2].spec.g",
         "request[3].spec",
