@@ -477,4 +477,35 @@ mod tests {
         let errors = load_str("global_policies:\n  - cors: {}\n    redirect: {}\n").expect_err("two names");
         assert!(errors.to_string().contains("exactly one policy"), "{errors}");
     }
+
+    #[test]
+    fn reads_upstream_limits_and_retry_budgets_and_rejects_bad_values_at_their_paths() {
+        let spec = load_str(
+            "upstreams:\n  - id: up\n    endpoints: [127.0.0.1:1]\n    limits: {max_requests: 2, max_pending: 1}\n    retries: {budget: {ratio: 0.1}}\n",
+        )
+        .expect("valid");
+        let limits = spec.upstreams[0].limits.clone().expect("limits");
+        assert_eq!((limits.max_requests, limits.max_pending, limits.pending_timeout.get().as_secs()), (2, 1, 1));
+        let budget = spec.upstreams[0].retries.budget.clone().expect("budget");
+        assert_eq!((budget.ratio, budget.min_per_second), (0.1, 10.0));
+
+        let spec = load_str(
+            "upstreams:\n  - id: up\n    endpoints: [127.0.0.1:1]\n    limits: {max_requests: 0, max_pending: 3, pending_timeout: 0s}\n    retries: {budget: {ratio: 1.5, min_per_second: -1}}\n",
+        )
+        .expect("well-formed");
+        let errors = crate::validate::validate_spec(&spec);
+        let text = errors.to_string();
+        assert_eq!(errors.0.len(), 4, "{text}");
+        for path in [
+            "upstreams[up].limits.max_requests",
+            "upstreams[up].limits.pending_timeout",
+            "upstreams[up].retries.budget.ratio",
+            "upstreams[up].retries.budget.min_per_second",
+        ] {
+            assert!(text.contains(path), "{path} in {text}");
+        }
+        let errors = load_str("upstreams:\n  - id: up\n    endpoints: [127.0.0.1:1]\n    limits: {max_pending: 3}\n")
+            .expect_err("max_requests is required");
+        assert!(errors.to_string().contains("max_requests"), "{errors}");
+    }
 }

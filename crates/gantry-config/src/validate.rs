@@ -299,6 +299,28 @@ fn validate_upstream(upstream: &UpstreamSpec, path: &FieldPath, errors: &mut Con
     if upstream.retries.attempts > 10 {
         errors.push(path.key("retries").key("attempts"), "at most 10 retries");
     }
+    if let Some(budget) = &upstream.retries.budget {
+        let at = path.key("retries").key("budget");
+        if !(0.0..=1.0).contains(&budget.ratio) {
+            errors.push(at.key("ratio"), "must be from 0 to 1");
+        }
+        if !(0.0..=1_000_000.0).contains(&budget.min_per_second) {
+            errors.push(at.key("min_per_second"), "must be from 0 to 1000000");
+        }
+    }
+    if let Some(limits) = &upstream.limits {
+        let at = path.key("limits");
+        if limits.max_requests == 0 {
+            errors.push(at.key("max_requests"), "must be at least 1");
+        }
+        // tokio's semaphore holds at most `usize::MAX >> 3` permits; far beyond any real bound.
+        if limits.max_requests > 1_000_000 {
+            errors.push(at.key("max_requests"), "at most 1000000");
+        }
+        if limits.max_pending > 0 && limits.pending_timeout.get().is_zero() {
+            errors.push(at.key("pending_timeout"), "must be more than 0 when requests may wait");
+        }
+    }
     if upstream.timeouts.connect.get().is_zero() {
         errors.push(path.key("timeouts").key("connect"), "must be more than 0");
     }

@@ -18,8 +18,10 @@ use gantry_dataplane::metrics::traffic::{RouteMetrics, TrafficMetrics};
 use gantry_dataplane::pipeline::{ConsumerPolicies, Pipeline, PipelineEntry};
 use gantry_dataplane::route::{CompiledRoute, Conditions, PathRewrite, ValueCondition, ValueRule};
 use gantry_dataplane::router::RouterBuilder;
+use gantry_dataplane::upstream::bulkhead::BulkheadSettings;
 use gantry_dataplane::upstream::client::ClientSettings;
 use gantry_dataplane::upstream::health::ActiveHealthCheck;
+use gantry_dataplane::upstream::retry_budget::RetryBudgetSettings;
 use gantry_dataplane::upstream::{
     Balancer, CompiledUpstream, Endpoint, HostHeader, PassiveHealth, RetryPolicy, Timeouts, UpstreamStates,
 };
@@ -398,7 +400,20 @@ fn compile_upstream(
         max_backoff: spec.retries.max_backoff.get(),
         on_statuses: statuses(&spec.retries.on_statuses, path.key("retries").key("on_statuses"), &mut errors),
         methods: retry_methods,
+        budget: spec.retries.budget.as_ref().map(|budget| {
+            states.retry_budget(&id, RetryBudgetSettings { ratio: budget.ratio, min_per_second: budget.min_per_second })
+        }),
     };
+    let bulkhead = spec.limits.as_ref().map(|limits| {
+        states.bulkhead(
+            &id,
+            BulkheadSettings {
+                max_requests: limits.max_requests,
+                max_pending: limits.max_pending,
+                pending_timeout: limits.pending_timeout.get(),
+            },
+        )
+    });
     let checks = spec.health_check.as_ref();
     let passive = checks.and_then(|check| check.passive.as_ref()).map(|passive| PassiveHealth {
         max_failures: passive.max_failures,
@@ -466,6 +481,7 @@ fn compile_upstream(
         active,
         host_header,
         client,
+        bulkhead,
     })
 }
 

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use crate::body::{GatewayBody, PeerBodyError};
 use crate::metrics::traffic::UpstreamFailure;
 use crate::upstream::balancer::SelectionInput;
+use crate::upstream::bulkhead::Refusal;
 use crate::upstream::{CompiledUpstream, HostHeader, InFlight};
 
 /// Why a request could not be forwarded.
@@ -62,16 +63,33 @@ pub enum ForwardError {
         /// Limit in bytes.
         limit: u64,
     },
+    /// The upstream's bulkhead had no slot and no room or time to wait for one.
+    #[error("upstream `{upstream}` is at its request limit ({})", overload_reason(*refusal))]
+    Overloaded {
+        /// Upstream id.
+        upstream: Arc<str>,
+        /// Full queue or a wait that ran out.
+        refusal: Refusal,
+    },
     /// The upstream URI could not be built from the request.
     #[error("cannot build the upstream request: {0}")]
     BadRequest(String),
+}
+
+fn overload_reason(refusal: Refusal) -> &'static str {
+    match refusal {
+        Refusal::QueueFull => "no room to wait for a slot",
+        Refusal::TimedOut => "no slot freed up within the pending timeout",
+    }
 }
 
 impl ForwardError {
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
-            ForwardError::NoAvailableEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ForwardError::NoAvailableEndpoint { .. } | ForwardError::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ForwardError::Connect { .. } | ForwardError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ForwardError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ForwardError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -84,6 +102,7 @@ impl ForwardError {
     pub fn code(&self) -> &'static str {
         match self {
             ForwardError::NoAvailableEndpoint { .. } => "no-available-endpoint",
+            ForwardError::Overloaded { .. } => "upstream-overloaded",
             ForwardError::Connect { .. } => "upstream-connect-failed",
             ForwardError::Timeout { .. } => "upstream-timeout",
             ForwardError::Upstream { .. } => "upstream-failed",
@@ -115,6 +134,8 @@ impl ForwardError {
 
     /// Whether the upstream is to blame: it gave no answer, rather than the client's body or
     /// the request failing. Response hooks see such a failure as [`ForwardOutcome::Failed`].
+    /// A bulkhead's refusal is not: the upstream was not asked, and a circuit breaker opening
+    /// on the gateway's own load shedding would refuse the traffic the bulkhead lets through.
     ///
     /// [`ForwardOutcome::Failed`]: gantry_policy_api::ForwardOutcome::Failed
     pub fn blames_upstream(&self) -> bool {
@@ -151,8 +172,19 @@ pub struct ForwardRequest<'a> {
     pub body_limit: Option<(u64, Arc<std::sync::atomic::AtomicBool>)>,
 }
 
-/// Sends the request to `upstream`, retrying per its policy.
+/// Sends the request to `upstream`, retrying per its policy, once its bulkhead (if any) gives
+/// it a slot.
 pub async fn forward(upstream: &CompiledUpstream, request: ForwardRequest<'_>) -> Result<Forwarded, ForwardError> {
+    let slot = match &upstream.bulkhead {
+        None => None,
+        Some(bulkhead) => match bulkhead.acquire().await {
+            Ok(slot) => Some(slot),
+            Err(refusal) => return Err(ForwardError::Overloaded { upstream: upstream.id.clone(), refusal }),
+        },
+    };
+    if let Some(budget) = &upstream.retry.budget {
+        budget.record_request(Instant::now());
+    }
     let deadline = upstream.timeouts.total.map(|total| Instant::now() + total);
     let ForwardRequest { mut parts, body, path_and_query, client, original_host, body_limit } = request;
 
@@ -195,7 +227,7 @@ pub async fn forward(upstream: &CompiledUpstream, request: ForwardRequest<'_>) -
             Some(deadline) => upstream.timeouts.read.min(deadline.saturating_duration_since(sent_at)),
             None => upstream.timeouts.read,
         };
-        let in_flight = InFlight::enter(&endpoint.state);
+        let mut in_flight = InFlight::enter(&endpoint.state);
         let result = tokio::time::timeout(limit, upstream.client.request(outgoing)).await;
         let now = Instant::now();
 
@@ -231,8 +263,16 @@ pub async fn forward(upstream: &CompiledUpstream, request: ForwardRequest<'_>) -
         };
         attempt += 1;
         let out_of_time = deadline.is_some_and(|deadline| now >= deadline);
-        if !(retry_wanted && may_retry && attempt <= upstream.retry.attempts && !out_of_time) {
-            // A successful exchange stays in flight until its response body ends.
+        // The budget is asked last, so that only retries about to happen are taken from it.
+        let retry = retry_wanted
+            && may_retry
+            && attempt <= upstream.retry.attempts
+            && !out_of_time
+            && upstream.retry.budget.as_ref().is_none_or(|budget| budget.try_retry(now));
+        if !retry {
+            // A successful exchange stays in flight, and holds its bulkhead slot, until its
+            // response body ends.
+            in_flight.hold(slot);
             return outcome.map(|response| Forwarded {
                 response,
                 endpoint: endpoint.address.clone(),

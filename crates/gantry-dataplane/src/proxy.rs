@@ -491,7 +491,11 @@ fn respond_with(route: &Arc<CompiledRoute>, mut exchange: Exchange, response: Po
 
 fn log_forward_error(err: &ForwardError, route: &str, upstream: &str) {
     match err {
-        ForwardError::BodyTooLarge { .. } | ForwardError::ClientBody { .. } | ForwardError::BadRequest(_) => {
+        // Refusals by the bulkhead come in floods exactly when the upstream is overloaded.
+        ForwardError::BodyTooLarge { .. }
+        | ForwardError::ClientBody { .. }
+        | ForwardError::BadRequest(_)
+        | ForwardError::Overloaded { .. } => {
             tracing::debug!(route, upstream, error = %err, "request refused while forwarding");
         }
         _ => tracing::warn!(route, upstream, error = %err, "upstream request failed"),

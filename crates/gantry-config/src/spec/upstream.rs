@@ -32,6 +32,9 @@ pub struct UpstreamSpec {
     /// Retries of failed requests.
     #[serde(default)]
     pub retries: RetrySpec,
+    /// Bulkhead: bounds on requests in flight to the upstream and waiting for a slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<UpstreamLimitsSpec>,
     /// Active and passive health checking.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckSpec>,
@@ -196,6 +199,50 @@ pub struct RetrySpec {
     /// Methods that may be retried. Empty: the idempotent ones.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
+    /// Caps retries at a share of the upstream's recent traffic, so failures cannot multiply load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<RetryBudgetSpec>,
+}
+
+/// A retry budget: within a sliding window of the last 10 seconds, retries are allowed while
+/// `retries ≤ ratio × requests + min_per_second × 10`. Requests count first tries only.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetSpec {
+    /// Retries allowed per request, from 0 to 1 (0.2: one retry for every five requests).
+    #[serde(default = "default_budget_ratio")]
+    pub ratio: f64,
+    /// Retries per second allowed whatever the traffic, so a quiet upstream can still be retried.
+    #[serde(default = "default_budget_min_per_second")]
+    pub min_per_second: f64,
+}
+
+fn default_budget_ratio() -> f64 {
+    0.2
+}
+
+fn default_budget_min_per_second() -> f64 {
+    10.0
+}
+
+/// Bounds on the traffic one upstream takes at a time (a bulkhead). They hold across all of
+/// its endpoints, as Envoy's per-cluster circuit breakers do.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamLimitsSpec {
+    /// Requests in flight to the upstream at once, from sending the first try to the response
+    /// body's end (retries of a request use its slot).
+    pub max_requests: u32,
+    /// Requests that may wait for a slot when all are taken; more are refused at once.
+    #[serde(default)]
+    pub max_pending: u32,
+    /// How long a request waits for a slot before it is refused.
+    #[serde(default = "default_pending_timeout")]
+    pub pending_timeout: Duration,
+}
+
+fn default_pending_timeout() -> Duration {
+    Duration::from_secs(1)
 }
 
 impl Default for RetrySpec {
@@ -206,6 +253,7 @@ impl Default for RetrySpec {
             max_backoff: default_retry_max_backoff(),
             on_statuses: default_retry_statuses(),
             methods: Vec::new(),
+            budget: None,
         }
     }
 }

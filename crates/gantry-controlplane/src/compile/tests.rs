@@ -231,3 +231,29 @@ fn refuses_consumer_and_group_policies_that_read_the_request_body() {
     );
     assert!(found[1].starts_with("consumers[alice].policies[1].json_schema: "), "{found:?}");
 }
+
+#[test]
+fn keeps_bulkheads_and_retry_budgets_across_compiles_while_their_settings_stay_the_same() {
+    let states = UpstreamStates::default();
+    let stores = gantry_state::Stores::in_memory();
+    let metrics = TrafficMetrics::disabled();
+    let yaml = |max_requests: u32, ratio: f64| {
+        format!(
+            "{UPSTREAM}    limits: {{max_requests: {max_requests}}}\n    retries: {{budget: {{ratio: {ratio}}}}}\nroutes:\n  - id: r\n    paths: [/x]\n    upstream: up\n"
+        )
+    };
+    let compile = |yaml: &str, version| {
+        compile_snapshot(&load_str(yaml).expect("parses"), version, &states, &stores, &metrics).expect("valid")
+    };
+    let bulkhead = |snapshot: &Snapshot| snapshot.upstreams[0].bulkhead.clone().expect("a bulkhead");
+    let budget = |snapshot: &Snapshot| snapshot.upstreams[0].retry.budget.clone().expect("a budget");
+    let first = compile(&yaml(2, 0.2), 1);
+    let same = compile(&yaml(2, 0.2), 2);
+    assert!(Arc::ptr_eq(&bulkhead(&first), &bulkhead(&same)));
+    assert!(Arc::ptr_eq(&budget(&first), &budget(&same)));
+    let changed = compile(&yaml(3, 0.5), 3);
+    assert!(!Arc::ptr_eq(&bulkhead(&first), &bulkhead(&changed)));
+    assert!(!Arc::ptr_eq(&budget(&first), &budget(&changed)));
+    let unbounded = compile(&format!("{UPSTREAM}routes:\n  - id: r\n    paths: [/x]\n    upstream: up\n"), 4);
+    assert!(unbounded.upstreams[0].bulkhead.is_none() && unbounded.upstreams[0].retry.budget.is_none());
+}

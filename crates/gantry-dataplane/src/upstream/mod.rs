@@ -2,11 +2,14 @@
 //!
 //! A [`CompiledUpstream`] belongs to one snapshot. What must survive a reload lives in
 //! [`UpstreamStates`], keyed by upstream id and endpoint address: endpoint health and load
-//! ([`EndpointState`]) and the connection pools ([`client::UpstreamClient`]).
+//! ([`EndpointState`]), the connection pools ([`client::UpstreamClient`]), bulkheads
+//! ([`bulkhead::Bulkhead`]) and retry budgets ([`retry_budget::RetryBudget`]).
 
 pub mod balancer;
+pub mod bulkhead;
 pub mod client;
 pub mod health;
+pub mod retry_budget;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -134,20 +137,29 @@ impl EndpointState {
 /// request until the response body ends, since a long download or stream keeps the endpoint
 /// busy (least-connections and EWMA read the count). A guard rather than a decrement after an
 /// `await`: when the client goes away mid-exchange, dropping the guard still releases it.
+/// It also holds the request's bulkhead slot, which is taken for as long.
 #[derive(Debug)]
-pub struct InFlight(Arc<EndpointState>);
+pub struct InFlight {
+    state: Arc<EndpointState>,
+    slot: Option<bulkhead::BulkheadSlot>,
+}
 
 impl InFlight {
     /// Counts an exchange with the endpoint whose state is `state`.
     pub fn enter(state: &Arc<EndpointState>) -> Self {
         state.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(state.clone())
+        Self { state: state.clone(), slot: None }
+    }
+
+    /// Keeps `slot` taken until the exchange ends.
+    pub fn hold(&mut self, slot: Option<bulkhead::BulkheadSlot>) {
+        self.slot = slot;
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -175,6 +187,8 @@ pub struct RetryPolicy {
     pub on_statuses: Vec<StatusCode>,
     /// Retryable methods; empty means the idempotent ones.
     pub methods: Vec<Method>,
+    /// Caps retries at a share of recent traffic; `None` when unbounded.
+    pub budget: Option<Arc<retry_budget::RetryBudget>>,
 }
 
 impl RetryPolicy {
@@ -240,6 +254,8 @@ pub struct CompiledUpstream {
     pub host_header: HostHeader,
     /// Pooled client.
     pub client: UpstreamClient,
+    /// Bounds on requests in flight and waiting; `None` when unbounded.
+    pub bulkhead: Option<Arc<bulkhead::Bulkhead>>,
 }
 
 impl CompiledUpstream {
@@ -260,6 +276,8 @@ pub type EndpointKey = (Arc<str>, Arc<str>);
 pub struct UpstreamStates {
     endpoints: Mutex<HashMap<EndpointKey, Arc<EndpointState>>>,
     clients: Mutex<HashMap<Arc<str>, (client::ClientSettings, UpstreamClient)>>,
+    bulkheads: Mutex<HashMap<Arc<str>, Arc<bulkhead::Bulkhead>>>,
+    retry_budgets: Mutex<HashMap<Arc<str>, Arc<retry_budget::RetryBudget>>>,
 }
 
 impl UpstreamStates {
@@ -286,11 +304,51 @@ impl UpstreamStates {
         Ok(client)
     }
 
+    /// The bulkhead of `upstream`, kept with the requests it counts while its settings stay
+    /// the same. A changed bulkhead starts empty: requests holding slots of the old one finish
+    /// uncounted by the new one.
+    pub fn bulkhead(&self, upstream: &Arc<str>, settings: bulkhead::BulkheadSettings) -> Arc<bulkhead::Bulkhead> {
+        let mut bulkheads = self.bulkheads.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match bulkheads.get(upstream) {
+            Some(existing) if existing.settings() == settings => existing.clone(),
+            _ => {
+                let created = Arc::new(bulkhead::Bulkhead::new(settings));
+                bulkheads.insert(upstream.clone(), created.clone());
+                created
+            }
+        }
+    }
+
+    /// The retry budget of `upstream`, kept with its counts while its settings stay the same.
+    pub fn retry_budget(
+        &self,
+        upstream: &Arc<str>,
+        settings: retry_budget::RetryBudgetSettings,
+    ) -> Arc<retry_budget::RetryBudget> {
+        let mut budgets = self.retry_budgets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match budgets.get(upstream) {
+            Some(existing) if existing.settings() == settings => existing.clone(),
+            _ => {
+                let created = Arc::new(retry_budget::RetryBudget::new(settings));
+                budgets.insert(upstream.clone(), created.clone());
+                created
+            }
+        }
+    }
+
     /// Forgets state of upstreams and endpoints no longer configured.
     pub fn retain(&self, live: &HashSet<(Arc<str>, Arc<str>)>) {
         let live_upstreams: HashSet<&Arc<str>> = live.iter().map(|(upstream, _)| upstream).collect();
         self.endpoints.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|key, _| live.contains(key));
         self.clients
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .retain(|upstream, _| live_upstreams.contains(upstream));
+        self.bulkheads
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .retain(|upstream, _| live_upstreams.contains(upstream));
+        self.retry_budgets
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .retain(|upstream, _| live_upstreams.contains(upstream));
@@ -332,6 +390,7 @@ mod tests {
             max_backoff: Duration::from_millis(300),
             on_statuses: vec![],
             methods: vec![],
+            budget: None,
         };
         let second = policy.backoff_for(2);
         assert!(second >= Duration::from_millis(100) && second <= Duration::from_millis(300), "{second:?}");
