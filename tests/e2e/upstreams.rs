@@ -820,3 +820,123 @@ async fn least_connections_counts_a_response_in_flight_until_its_body_ends() {
     drop(chunks);
     drop(streaming_response);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Bulkheads and retry budgets
+// ---------------------------------------------------------------------------------------------
+
+/// Sends `count` GETs at once; their responses in the order they finished, each with the time
+/// it took.
+async fn concurrent_gets(client: &TestClient, url: &str, count: usize) -> Vec<(TestResponse, Duration)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let (client, url) = (client.clone(), url.to_owned());
+        tasks.spawn(async move {
+            let started = Instant::now();
+            let response = client.get(&url).await;
+            (response, started.elapsed())
+        });
+    }
+    let mut finished = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        finished.push(done.expect("request task"));
+    }
+    finished
+}
+
+#[tokio::test]
+async fn a_bulkhead_lets_max_requests_through_queues_max_pending_and_refuses_the_rest_with_503() {
+    let slow = EchoUpstream::start("slow").await;
+    slow.set_delay(Duration::from_millis(1000));
+    let gateway = gateway_with_upstream(&format!(
+        "endpoints: [{}]\nretries: {{attempts: 0}}\nlimits: {{max_requests: 2, max_pending: 1, pending_timeout: 10s}}\n",
+        slow.addr()
+    ));
+    let client = TestClient::default();
+
+    let finished = concurrent_gets(&client, &gateway.url("/x"), 5).await;
+    let refused: Vec<_> = finished.iter().filter(|(response, _)| response.status != StatusCode::OK).collect();
+    assert_eq!(refused.len(), 2, "2 in flight and 1 waiting are served: {finished:?}");
+    for (response, took) in &refused {
+        assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(problem_type(response), problem("upstream-overloaded"));
+        assert!(*took < Duration::from_millis(800), "refused without waiting for a slot, took {took:?}");
+    }
+    assert_eq!(slow.requests(), 3, "the refused requests never reached the upstream");
+    // The queued request got the first freed slot: it finished one upstream delay after the others.
+    let slowest = finished.iter().map(|(_, took)| *took).max().expect("responses");
+    assert!(slowest >= Duration::from_millis(2000), "the waiting request was served after a slot freed: {slowest:?}");
+
+    // Every slot is free again once the responses have ended.
+    let after = concurrent_gets(&client, &gateway.url("/x"), 3).await;
+    assert!(after.iter().all(|(response, _)| response.status == StatusCode::OK), "{after:?}");
+}
+
+#[tokio::test]
+async fn a_request_waiting_longer_than_the_pending_timeout_gets_503_without_reaching_the_upstream() {
+    let slow = EchoUpstream::start("slow").await;
+    let gateway = gateway_with_upstream(&format!(
+        "endpoints: [{}]\nretries: {{attempts: 0}}\nlimits: {{max_requests: 1, max_pending: 5, pending_timeout: 300ms}}\n",
+        slow.addr()
+    ));
+    let client = TestClient::default();
+    let holding = tokio::spawn({
+        let (client, url) = (client.clone(), gateway.url("/delay/2000"));
+        async move { client.get(&url).await }
+    });
+    eventually("the slow request holds the slot", || async { (slow.requests() == 1).then_some(()) }).await;
+
+    let started = Instant::now();
+    let response = client.get(&gateway.url("/x")).await;
+    let waited = started.elapsed();
+    assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(problem_type(&response), problem("upstream-overloaded"));
+    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_millis(1500), "waited {waited:?}");
+    assert_eq!(slow.requests(), 1);
+    assert_eq!(holding.await.expect("slow request task").status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_spent_retry_budget_stops_retries_and_passes_the_failure_on() {
+    let failing = EchoUpstream::start("failing").await;
+    failing.set_status(Some(StatusCode::SERVICE_UNAVAILABLE));
+    // No ratio and 0.3 retries a second: 3 retries in the 10-second window, whatever the traffic.
+    let gateway = retry_gateway(
+        &failing.addr().to_string(),
+        "{attempts: 3, backoff: 10ms, max_backoff: 10ms, budget: {ratio: 0, min_per_second: 0.3}}",
+    );
+    let client = TestClient::default();
+
+    let first = client.get(&gateway.url("/retry/x")).await;
+    assert_eq!((first.status, first.header("x-upstream")), (StatusCode::SERVICE_UNAVAILABLE, Some("failing")));
+    assert_eq!(failing.requests(), 4, "one try and three retries, the whole budget");
+    for _ in 0..3 {
+        let next = client.get(&gateway.url("/retry/x")).await;
+        assert_eq!((next.status, next.header("x-upstream")), (StatusCode::SERVICE_UNAVAILABLE, Some("failing")));
+    }
+    assert_eq!(failing.requests(), 7, "with the budget spent, each request is tried once");
+}
+
+/// The YAML blocks of `docs/upstreams.md`, so the guide cannot drift from what the gateway accepts.
+#[test]
+fn the_upstreams_guide_examples_are_valid_configurations() {
+    let guide = include_str!("../../docs/upstreams.md");
+    let blocks: Vec<&str> = guide.split("```yaml\n").skip(1).filter_map(|rest| rest.split("```").next()).collect();
+    assert_eq!(blocks.len(), 2, "docs/upstreams.md has a retry budget and a limits example");
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (index, block) in blocks.iter().enumerate() {
+        let path = dir.path().join(format!("upstreams-{index}.yaml"));
+        std::fs::write(&path, block).expect("write example");
+        let output = std::process::Command::new(crate::support::gantry_binary())
+            .arg("validate")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .expect("run gantry validate");
+        assert!(
+            output.status.success(),
+            "example {index} of docs/upstreams.md is invalid:\n{block}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
