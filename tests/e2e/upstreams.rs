@@ -27,6 +27,17 @@ fn gateway_with_upstream(fields: &str) -> GatewayProcess {
     )))
 }
 
+/// The same, with the admin API (for `/metrics`) on port 0.
+fn gateway_with_admin_and_upstream(fields: &str) -> GatewayProcess {
+    start_gateway(&crate::support::with_admin(
+        "upstreams-admin-key",
+        &format!(
+            "upstreams:\n  - id: up\n{}routes:\n  - id: all\n    paths: [/*]\n    upstream: up\n",
+            indent(fields, 4)
+        ),
+    ))
+}
+
 fn indent(text: &str, spaces: usize) -> String {
     let pad = " ".repeat(spaces);
     text.lines().map(|line| format!("{pad}{line}\n")).collect()
@@ -848,7 +859,7 @@ async fn concurrent_gets(client: &TestClient, url: &str, count: usize) -> Vec<(T
 async fn a_bulkhead_lets_max_requests_through_queues_max_pending_and_refuses_the_rest_with_503() {
     let slow = EchoUpstream::start("slow").await;
     slow.set_delay(Duration::from_millis(1000));
-    let gateway = gateway_with_upstream(&format!(
+    let gateway = gateway_with_admin_and_upstream(&format!(
         "endpoints: [{}]\nretries: {{attempts: 0}}\nlimits: {{max_requests: 2, max_pending: 1, pending_timeout: 10s}}\n",
         slow.addr()
     ));
@@ -870,6 +881,7 @@ async fn a_bulkhead_lets_max_requests_through_queues_max_pending_and_refuses_the
     // Every slot is free again once the responses have ended.
     let after = concurrent_gets(&client, &gateway.url("/x"), 3).await;
     assert!(after.iter().all(|(response, _)| response.status == StatusCode::OK), "{after:?}");
+    crate::support::assert_metric(&gateway, "gantry_upstream_overloaded_total{upstream=\"up\"} 2").await;
 }
 
 #[tokio::test]
@@ -901,20 +913,21 @@ async fn a_spent_retry_budget_stops_retries_and_passes_the_failure_on() {
     let failing = EchoUpstream::start("failing").await;
     failing.set_status(Some(StatusCode::SERVICE_UNAVAILABLE));
     // No ratio and 0.3 retries a second: 3 retries in the 10-second window, whatever the traffic.
-    let gateway = retry_gateway(
-        &failing.addr().to_string(),
-        "{attempts: 3, backoff: 10ms, max_backoff: 10ms, budget: {ratio: 0, min_per_second: 0.3}}",
-    );
+    let gateway = gateway_with_admin_and_upstream(&format!(
+        "endpoints: [{}]\nretries: {{attempts: 3, backoff: 10ms, max_backoff: 10ms, budget: {{ratio: 0, min_per_second: 0.3}}}}\n",
+        failing.addr()
+    ));
     let client = TestClient::default();
 
-    let first = client.get(&gateway.url("/retry/x")).await;
+    let first = client.get(&gateway.url("/x")).await;
     assert_eq!((first.status, first.header("x-upstream")), (StatusCode::SERVICE_UNAVAILABLE, Some("failing")));
     assert_eq!(failing.requests(), 4, "one try and three retries, the whole budget");
     for _ in 0..3 {
-        let next = client.get(&gateway.url("/retry/x")).await;
+        let next = client.get(&gateway.url("/x")).await;
         assert_eq!((next.status, next.header("x-upstream")), (StatusCode::SERVICE_UNAVAILABLE, Some("failing")));
     }
     assert_eq!(failing.requests(), 7, "with the budget spent, each request is tried once");
+    crate::support::assert_metric(&gateway, "gantry_upstream_retries_denied_total{upstream=\"up\"} 3").await;
 }
 
 /// The YAML blocks of `docs/upstreams.md`, so the guide cannot drift from what the gateway accepts.

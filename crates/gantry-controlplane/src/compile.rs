@@ -466,6 +466,7 @@ fn compile_upstream(
             return Err(errors);
         }
     };
+    let upstream_metrics = if bulkhead.is_some() || retry.budget.is_some() { metrics.upstream(&id) } else { None };
     errors.into_result(CompiledUpstream {
         id,
         scheme: spec.scheme,
@@ -481,6 +482,7 @@ fn compile_upstream(
         active,
         host_header,
         client,
+        metrics: upstream_metrics,
         bulkhead,
     })
 }

@@ -179,7 +179,12 @@ pub async fn forward(upstream: &CompiledUpstream, request: ForwardRequest<'_>) -
         None => None,
         Some(bulkhead) => match bulkhead.acquire().await {
             Ok(slot) => Some(slot),
-            Err(refusal) => return Err(ForwardError::Overloaded { upstream: upstream.id.clone(), refusal }),
+            Err(refusal) => {
+                if let Some(series) = &upstream.metrics {
+                    series.count_overloaded();
+                }
+                return Err(ForwardError::Overloaded { upstream: upstream.id.clone(), refusal });
+            }
         },
     };
     if let Some(budget) = &upstream.retry.budget {
@@ -268,7 +273,15 @@ pub async fn forward(upstream: &CompiledUpstream, request: ForwardRequest<'_>) -
             && may_retry
             && attempt <= upstream.retry.attempts
             && !out_of_time
-            && upstream.retry.budget.as_ref().is_none_or(|budget| budget.try_retry(now));
+            && upstream.retry.budget.as_ref().is_none_or(|budget| {
+                let allowed = budget.try_retry(now);
+                if !allowed {
+                    if let Some(series) = &upstream.metrics {
+                        series.count_retry_denied();
+                    }
+                }
+                allowed
+            });
         if !retry {
             // A successful exchange stays in flight, and holds its bulkhead slot, until its
             // response body ends.

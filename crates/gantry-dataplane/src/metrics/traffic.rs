@@ -156,6 +156,27 @@ impl EndpointSeries {
     }
 }
 
+/// The refusals of one upstream's bulkhead and retry budget, shared by every snapshot that has
+/// the upstream. Only upstreams with `limits` or a retry budget have one.
+#[derive(Debug)]
+pub struct UpstreamSeries {
+    upstream: Arc<str>,
+    overloaded: AtomicU64,
+    retries_denied: AtomicU64,
+}
+
+impl UpstreamSeries {
+    /// Counts a request the bulkhead refused.
+    pub fn count_overloaded(&self) {
+        self.overloaded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a retry the budget did not allow.
+    pub fn count_retry_denied(&self) {
+        self.retries_denied.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// The requests of one consumer.
 #[derive(Debug)]
 pub struct ConsumerSeries {
@@ -253,6 +274,7 @@ pub struct TrafficMetrics {
     unmatched: StatusCounts,
     routes: Mutex<HashMap<RouteKey, Weak<RouteSeries>>>,
     endpoints: Mutex<HashMap<EndpointKey, Weak<EndpointSeries>>>,
+    upstreams: Mutex<HashMap<Arc<str>, Weak<UpstreamSeries>>>,
     configured_consumers: Mutex<HashMap<Arc<str>, Weak<ConsumerSeries>>>,
     described_consumers: Arc<DescribedConsumers>,
     other_consumers: Arc<ConsumerSeries>,
@@ -277,6 +299,7 @@ impl TrafficMetrics {
             unmatched: StatusCounts::default(),
             routes: Mutex::default(),
             endpoints: Mutex::default(),
+            upstreams: Mutex::default(),
             configured_consumers: Mutex::default(),
             described_consumers: Arc::default(),
             other_consumers: ConsumerSeries::new(OTHER_CONSUMERS.into()),
@@ -358,6 +381,26 @@ impl TrafficMetrics {
         Some(created)
     }
 
+    /// The series of upstream `id`: the one it had before when still alive, else a new one.
+    /// `None` when requests are not counted.
+    pub fn upstream(&self, id: &Arc<str>) -> Option<Arc<UpstreamSeries>> {
+        if !self.enabled {
+            return None;
+        }
+        let mut upstreams = self.upstreams.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(alive) = upstreams.get(id).and_then(Weak::upgrade) {
+            return Some(alive);
+        }
+        let created = Arc::new(UpstreamSeries {
+            upstream: id.clone(),
+            overloaded: AtomicU64::new(0),
+            retries_denied: AtomicU64::new(0),
+        });
+        upstreams.retain(|_, series| series.strong_count() > 0);
+        upstreams.insert(id.clone(), Arc::downgrade(&created));
+        Some(created)
+    }
+
     /// The consumer table of a snapshot whose configured consumers are `configured`, in
     /// configuration order: the first `max_consumers` are counted apart, keeping the series
     /// they had; tokens' consumers may take the places left. `None` unless consumers are counted.
@@ -407,6 +450,13 @@ impl TrafficMetrics {
         let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
         let mut live: Vec<Arc<RouteSeries>> = routes.values().filter_map(Weak::upgrade).collect();
         live.sort_by(|a, b| (&a.route, &a.service).cmp(&(&b.route, &b.service)));
+        live
+    }
+
+    fn live_upstreams(&self) -> Vec<Arc<UpstreamSeries>> {
+        let upstreams = self.upstreams.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut live: Vec<Arc<UpstreamSeries>> = upstreams.values().filter_map(Weak::upgrade).collect();
+        live.sort_by(|a, b| a.upstream.cmp(&b.upstream));
         live
     }
 
@@ -486,6 +536,7 @@ impl Collector for TrafficMetrics {
         }
         self.encode_routes(&mut encoder)?;
         self.encode_endpoints(&mut encoder)?;
+        self.encode_upstreams(&mut encoder)?;
         if self.consumer_label {
             self.encode_consumers(&mut encoder)?;
         }
@@ -610,6 +661,37 @@ impl TrafficMetrics {
         for series in &endpoints {
             let in_flight = series.state.in_flight.load(Ordering::Relaxed);
             encode_gauge(&mut family, &endpoint_labels(series), i64::from(in_flight))?;
+        }
+        Ok(())
+    }
+
+    fn encode_upstreams(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let upstreams = self.live_upstreams();
+        if upstreams.is_empty() {
+            return Ok(());
+        }
+        let mut family = encoder.encode_descriptor(
+            "gantry_upstream_overloaded",
+            "Requests refused with 503 upstream-overloaded by an upstream's limits (bulkhead), without calling it.",
+            None,
+            MetricType::Counter,
+        )?;
+        for series in &upstreams {
+            encode_counter(
+                &mut family,
+                &vec![("upstream", &*series.upstream)],
+                series.overloaded.load(Ordering::Relaxed),
+            )?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "gantry_upstream_retries_denied",
+            "Retries an upstream's retry budget did not allow; the failing try's answer went to the client.",
+            None,
+            MetricType::Counter,
+        )?;
+        for series in &upstreams {
+            let denied = series.retries_denied.load(Ordering::Relaxed);
+            encode_counter(&mut family, &vec![("upstream", &*series.upstream)], denied)?;
         }
         Ok(())
     }

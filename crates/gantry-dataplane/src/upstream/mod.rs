@@ -256,6 +256,9 @@ pub struct CompiledUpstream {
     pub client: UpstreamClient,
     /// Bounds on requests in flight and waiting; `None` when unbounded.
     pub bulkhead: Option<Arc<bulkhead::Bulkhead>>,
+    /// Counts of bulkhead refusals and denied retries; `None` when requests are not counted
+    /// or the upstream has neither `limits` nor a retry budget.
+    pub metrics: Option<Arc<crate::metrics::traffic::UpstreamSeries>>,
 }
 
 impl CompiledUpstream {

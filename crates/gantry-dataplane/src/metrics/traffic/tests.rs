@@ -180,3 +180,25 @@ fn counts_nothing_when_disabled_or_without_the_consumer_label() {
     assert!(without_consumers.consumer_table(["alice"]).is_none());
     assert!(!exposition(&without_consumers).contains("gantry_consumer_requests"));
 }
+
+#[test]
+fn exposes_bulkhead_refusals_and_denied_retries_per_upstream() {
+    let metrics = metrics(false, 100);
+    assert!(!exposition(&metrics).contains("gantry_upstream_overloaded"), "no families without such upstreams");
+    let series = metrics.upstream(&"reports".into()).expect("enabled");
+    series.count_overloaded();
+    series.count_overloaded();
+    series.count_retry_denied();
+    let text = exposition(&metrics);
+    for line in [
+        "gantry_upstream_overloaded_total{upstream=\"reports\"} 2",
+        "gantry_upstream_retries_denied_total{upstream=\"reports\"} 1",
+    ] {
+        assert!(has_line(&text, line), "no `{line}` in:\n{text}");
+    }
+    let again = metrics.upstream(&"reports".into()).expect("enabled");
+    assert!(Arc::ptr_eq(&series, &again), "a reload keeps the upstream's counts");
+    drop((series, again));
+    assert!(!exposition(&metrics).contains("reports"), "a removed upstream's series disappear");
+    assert!(TrafficMetrics::disabled().upstream(&"reports".into()).is_none());
+}
