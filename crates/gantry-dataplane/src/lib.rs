@@ -18,6 +18,7 @@ pub mod proxy;
 pub mod route;
 pub mod router;
 pub mod snapshot;
+mod subrequest;
 pub mod tls;
 pub mod upstream;
 

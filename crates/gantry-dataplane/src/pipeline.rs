@@ -46,6 +46,8 @@ pub struct Pipeline {
     body_readers: Vec<usize>,
     /// Positions of policies that may need an upstream response's body.
     response_body_readers: Vec<usize>,
+    /// Whether a policy may call upstreams from its request hook, here or in a consumer's pipeline.
+    sends_subrequests: bool,
     /// This pipeline with each consumer's own policies.
     for_consumers: ForConsumers,
 }
@@ -132,6 +134,7 @@ impl Pipeline {
         let log = positions(|entry| entry.policy.hooks().log);
         let body_readers = positions(|entry| entry.policy.reads_request_body());
         let response_body_readers = positions(|entry| entry.policy.reads_response_body());
+        let sends_subrequests = entries.iter().any(|entry| entry.policy.sends_subrequests());
         Self {
             entries,
             request,
@@ -139,6 +142,7 @@ impl Pipeline {
             log,
             body_readers,
             response_body_readers,
+            sends_subrequests,
             for_consumers: ForConsumers::default(),
         }
     }
@@ -147,7 +151,7 @@ impl Pipeline {
     /// consumer policy replaces the route's policy of the same name in place, or is added at the
     /// end of its stage. Consumer policies run after the identity stage only (checked at compile).
     pub fn with_consumer_policies(mut self, consumer_policies: &ConsumerPolicies) -> Self {
-        let pipelines = consumer_policies
+        let pipelines: Vec<Arc<Pipeline>> = consumer_policies
             .lists
             .iter()
             .map(|policies| {
@@ -161,6 +165,7 @@ impl Pipeline {
                 Arc::new(Pipeline::new(entries))
             })
             .collect();
+        self.sends_subrequests |= pipelines.iter().any(|pipeline| pipeline.sends_subrequests);
         self.for_consumers = ForConsumers { by_consumer: consumer_policies.by_consumer.clone(), pipelines };
         self
     }
@@ -270,6 +275,11 @@ impl Pipeline {
         for &position in &self.log {
             self.entries[position].policy.on_log(record);
         }
+    }
+
+    /// True when a request hook may send subrequests, so the exchange needs the handle.
+    pub fn sends_subrequests(&self) -> bool {
+        self.sends_subrequests
     }
 
     /// True when no policy has a request hook.

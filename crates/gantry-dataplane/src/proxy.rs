@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use gantry_policy_api::problem::problem_response;
+use gantry_policy_api::subrequest;
 use gantry_policy_api::{ClientCertificate, Exchange, ForwardOutcome, LogRecord, PolicyResponse, RequestBody};
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, UPGRADE};
 use http::uri::PathAndQuery;
@@ -218,9 +219,22 @@ impl Gateway {
             },
         };
 
-        if let RequestOutcome::Respond { policy, position, response } =
-            route.pipeline.run_request(&mut parts, &mut exchange).await
-        {
+        if route.pipeline.sends_subrequests() {
+            let sender = crate::subrequest::SnapshotSubrequests::new(
+                snapshot.clone(),
+                connection.client,
+                connection.is_tls,
+                host,
+                request_id,
+            );
+            subrequest::allow_subrequests(&mut exchange, Arc::new(sender));
+        }
+        let outcome = route.pipeline.run_request(&mut parts, &mut exchange).await;
+        if route.pipeline.sends_subrequests() {
+            // Holds the snapshot: it must not live on with the exchange until the body is sent.
+            subrequest::end_subrequests(&mut exchange);
+        }
+        if let RequestOutcome::Respond { policy, position, response } = outcome {
             self.metrics.count_policy_answer(policy, response.status());
             discard_unread(&parts, body);
             let (mut head, body) = response.into_parts();

@@ -11,6 +11,7 @@ use gantry_policy_api::RegisteredPolicy;
 use crate::access::acl::Acl;
 use crate::access::allowed_hours::AllowedHours;
 use crate::access::scopes::Scopes;
+use crate::forward::aggregate::Aggregate;
 use crate::forward::mock_response::MockResponse;
 use crate::forward::request_mirror::RequestMirror;
 use crate::forward::response_cache::ResponseCache;
@@ -89,6 +90,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<RequestMirror>(),
         RegisteredPolicy::of::<ResponseCache>(),
         RegisteredPolicy::of::<MockResponse>(),
+        RegisteredPolicy::of::<Aggregate>(),
     ]
 });
 

@@ -15,6 +15,7 @@ mod mirror;
 pub mod problem;
 pub mod response_body;
 mod stage;
+pub mod subrequest;
 pub mod testing;
 
 pub use client_certificate::{CertificateParseError, ClientCertificate};
@@ -81,6 +82,13 @@ pub trait Policy: Send + Sync + 'static {
     /// Asked once, when the pipeline is built; only such policies are asked
     /// [`Policy::response_body_limit`].
     fn reads_response_body(&self) -> bool {
+        false
+    }
+
+    /// True when this policy's request hook may call configured upstreams itself, through the
+    /// [`subrequest::Subrequests`] handle the data plane then leaves in the exchange. Asked once,
+    /// when the pipeline is built.
+    fn sends_subrequests(&self) -> bool {
         false
     }
 
