@@ -5,6 +5,7 @@
 
 mod access_log;
 mod admin;
+mod admin_audit;
 mod cli;
 mod consumer_groups;
 mod grpc;

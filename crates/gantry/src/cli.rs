@@ -75,7 +75,7 @@ impl RunArgs {
         if let Some(address) = self.admin_listen {
             match &mut node.admin {
                 Some(admin) => admin.address = address.to_string(),
-                None => node.admin = Some(AdminSpec { address: address.to_string(), api_key: None }),
+                None => node.admin = Some(AdminSpec::on(address.to_string())),
             }
         }
         if let Some(address) = self.demo_upstream {

@@ -176,10 +176,25 @@ pub struct AdminSpec {
     /// generated at start and logged once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<Secret<String>>,
+    /// Name the admin audit log records for changes made with `api_key`: the log says which
+    /// key acted without ever writing the key.
+    #[serde(default = "default_api_key_name")]
+    pub api_key_name: String,
+}
+
+impl AdminSpec {
+    /// An admin listener on `address` with a generated key.
+    pub fn on(address: String) -> Self {
+        Self { address, api_key: None, api_key_name: default_api_key_name() }
+    }
 }
 
 fn default_admin_address() -> String {
     "127.0.0.1:9180".to_owned()
+}
+
+fn default_api_key_name() -> String {
+    "admin".to_owned()
 }
 
 /// Limits on client requests.

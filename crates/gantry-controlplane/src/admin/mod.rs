@@ -5,7 +5,8 @@
 //! then one handler: the generic CRUD of [`resource`] for every kind listed in [`kinds`]
 //! (`/routes`, `/services`, `/upstreams`, `/consumers`, `/consumer_groups`, `/policy_sets`, and the
 //! `/global_policies` list), [`status`] (`/config`, `/health`, `/ready`, `/openapi.json`), or
-//! [`cache`] (`DELETE /cache/{route}`, purging what a route's response cache stored).
+//! [`cache`] (`DELETE /cache/{route}`, purging what a route's response cache stored), or
+//! [`audit`] (`GET /audit`). Every write, accepted or refused, is recorded by [`audit`].
 //! Writes go through [`crate::ControlPlane`] like a file reload (validate, compile, save via
 //! [`persist`], swap), and every error is an [`AdminError`] rendered by [`problem`] as an
 //! RFC 9457 document with a stable type:
@@ -32,6 +33,7 @@
 //! [`ProblemType::description`] holds the full text of each; `docs/admin-api.md` is the
 //! user-facing reference.
 
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod cache;
@@ -77,6 +79,8 @@ struct Shared {
     api_key: Secret<String>,
     node: NodeSpec,
     persistence: Persistence,
+    audit: audit::AuditLog,
+    api_key_name: String,
     openapi: serde_json::Value,
     metrics: Arc<prometheus_client::registry::Registry>,
 }
@@ -92,7 +96,10 @@ impl AdminState {
         metrics: Arc<prometheus_client::registry::Registry>,
     ) -> Self {
         let persistence = Persistence::for_source(control.source());
-        Self(Arc::new(Shared { control, api_key, node, persistence, openapi: openapi::openapi_document(), metrics }))
+        let audit = audit::AuditLog::for_source(control.source());
+        let api_key_name = node.admin.as_ref().map_or_else(|| "admin".to_owned(), |admin| admin.api_key_name.clone());
+        let openapi = openapi::openapi_document();
+        Self(Arc::new(Shared { control, api_key, node, persistence, audit, api_key_name, openapi, metrics }))
     }
 
     /// The metrics `GET /metrics` exposes.
@@ -124,6 +131,16 @@ impl AdminState {
         &self.0.persistence
     }
 
+    /// Where admin writes are recorded.
+    pub fn audit(&self) -> &audit::AuditLog {
+        &self.0.audit
+    }
+
+    /// The name the audit log gives the admin key.
+    pub fn api_key_name(&self) -> &str {
+        &self.0.api_key_name
+    }
+
     /// The OpenAPI document, built once.
     pub fn openapi(&self) -> &serde_json::Value {
         &self.0.openapi
@@ -152,7 +169,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/openapi.json", problems_for_other_methods(get(status::openapi)))
         .route("/metrics", problems_for_other_methods(get(status::metrics)))
         .route("/cache/{route}", problems_for_other_methods(delete(cache::purge)))
+        .route("/audit", problems_for_other_methods(get(audit::list)))
         .fallback(endpoint_not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_api_key))
         .with_state(state)
 }
@@ -202,7 +221,9 @@ impl AdminServer {
     pub fn start(listener: tokio::net::TcpListener, state: AdminState) -> std::io::Result<Self> {
         let address = listener.local_addr()?;
         let (shutdown, stopped) = oneshot::channel();
-        let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        // The client address is recorded in the audit log.
+        let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(listener, service).with_graceful_shutdown(async move {
             let _ = stopped.await;
         });
         let task = tokio::spawn(async move { server.await });

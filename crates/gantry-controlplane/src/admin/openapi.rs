@@ -124,6 +124,24 @@ pub fn openapi_document() -> Value {
             }
         }}),
     );
+    let audit_entry = generator.subschema_for::<super::audit::AuditEntry>();
+    paths.insert(
+        "/audit".to_owned(),
+        json!({"get": {
+            "summary": "The admin audit log, newest first: every admin write, accepted or refused, with who made it, when, and the change as a JSON Patch (secrets masked)",
+            "operationId": "getAuditLog",
+            "tags": ["meta"],
+            "parameters": [
+                {"name": "limit", "in": "query", "required": false, "description": "Most entries to return", "schema": {"type": "integer", "minimum": 1, "maximum": super::audit::MAX_LIMIT, "default": 100}},
+                {"name": "since", "in": "query", "required": false, "description": "Only entries at or after this RFC 3339 time", "schema": {"type": "string", "format": "date-time"}}
+            ],
+            "responses": {
+                "200": {"description": "Audit entries, newest first", "content": {"application/json": {"schema": {"type": "array", "items": audit_entry}}}},
+                "400": problem_ref(),
+                "401": problem_ref()
+            }
+        }}),
+    );
     generator.subschema_for::<ProblemDocument>();
     let schemas = generator.take_definitions(true);
     let problem_types: Vec<Value> = ProblemType::ALL
@@ -302,6 +320,7 @@ mod tests {
             ("/ready", &["get"][..]),
             ("/openapi.json", &["get"][..]),
             ("/metrics", &["get"][..]),
+            ("/audit", &["get"][..]),
         ] {
             for verb in verbs {
                 assert!(paths[path].get(*verb).is_some(), "{verb} {path}");

@@ -443,6 +443,7 @@ impl IntoResponse for AdminError {
         let document = self.to_document();
         let body = serde_json::to_vec(&document).unwrap_or_else(|_| b"{}".to_vec());
         let mut response = (problem.status(), body).into_response();
+        response.extensions_mut().insert(super::audit::Refusal(format!("{}: {}", problem.code(), document.detail)));
         response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if problem == ProblemType::Unauthorized {
             // RFC 9110 section 11.6.1: a 401 names the scheme to use.

@@ -22,6 +22,7 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::audit;
 use super::body::{decode, parse_body};
 use super::{AdminError, AdminState, GENERATION_HEADER};
 use crate::ReloadError;
@@ -140,28 +141,51 @@ impl<K: ConfigResource> Edit<K> {
 struct Committed {
     generation: u64,
     in_memory_only: bool,
+    audit: audit::Change,
+}
+
+/// The written resource in one configuration, for the audit diff: serialized with secrets
+/// revealed, and as `GET` shows it. `Null` for both when absent.
+type Shown = (serde_json::Value, serde_json::Value);
+
+fn shown_resource<K: ConfigResource>(spec: &GatewaySpec, id: &str) -> Shown {
+    match K::list(spec).iter().find(|item| item.id() == id) {
+        Some(resource) => (audit::revealed(resource), resource.to_output()),
+        None => (serde_json::Value::Null, serde_json::Value::Null),
+    }
 }
 
 /// Validates, compiles, saves and applies a change; `resource` (`routes/orders`) becomes the
-/// origin of the errors located under `at`.
+/// origin of the errors located under `at`. `show` picks the written resource out of a
+/// configuration, so the audit log gets its diff against exactly the configuration changed.
 fn commit(
     state: &AdminState,
     resource: &str,
     at: &FieldPath,
     change: impl FnOnce(&mut GatewaySpec),
     edit_documents: impl FnOnce(&mut [GatewaySpec], usize),
+    show: impl Fn(&GatewaySpec) -> Shown,
 ) -> Result<Committed, AdminError> {
     let persistence = state.persistence();
+    let mut audited = None;
     let outcome = state.control().apply_change_and_save(
         |applied| {
             let mut candidate = applied.clone();
             change(&mut candidate);
+            let ((old, _), (new, new_shown)) = (show(applied), show(&candidate));
+            audited = Some((audit::masked_diff(&old, &new, &new_shown), candidate != *applied));
             Ok(candidate)
         },
         |_| persistence.save(edit_documents).map_err(Into::into),
     );
     match outcome {
-        Ok(generation) => Ok(Committed { generation, in_memory_only: persistence.is_memory() }),
+        Ok(generation) => {
+            let (diff, changed) = audited.unwrap_or_default();
+            let before = if changed { generation.saturating_sub(1) } else { generation };
+            let id = resource.split_once('/').map(|(_, id)| id.to_owned());
+            let audit = audit::Change { id, generations: (before, generation), diff };
+            Ok(Committed { generation, in_memory_only: persistence.is_memory(), audit })
+        }
         Err(ReloadError::Invalid(mut errors)) => {
             let origin = Origin::Admin { resource: resource.to_owned() };
             for error in &mut errors.0 {
@@ -186,12 +210,17 @@ async fn commit_edit<K: ConfigResource + Send + 'static>(
 ) -> Result<Committed, AdminError> {
     blocking(move || {
         let for_disk = edit.clone();
+        let id = match &edit {
+            Edit::Upsert(resource) => resource.id().to_owned(),
+            Edit::Delete(id) => id.clone(),
+        };
         commit(
             &state,
             &name,
             &at,
             |spec| edit.apply(spec),
             move |documents, home| for_disk.apply_to_documents(documents, home),
+            |spec| shown_resource::<K>(spec, &id),
         )
     })
     .await
@@ -213,6 +242,7 @@ fn respond(status: StatusCode, body: Option<serde_json::Value>, committed: &Comm
         None => status.into_response(),
     };
     response.headers_mut().insert(GENERATION_HEADER, HeaderValue::from(committed.generation));
+    response.extensions_mut().insert(committed.audit.clone());
     if committed.in_memory_only {
         // RFC 7234 section 5.5 warn-code 299: a persistent warning about the response.
         let warning = "299 gantry \"applied in memory only: the gateway runs on the embedded configuration, so this change is lost at restart\"";
@@ -382,6 +412,12 @@ pub async fn put_global_policies(
             &at,
             |spec| spec.global_policies = policies,
             move |documents, home| set_global_policies(documents, home, for_disk),
+            |spec| {
+                let mut shown = audit::revealed(&spec.global_policies);
+                let revealed = shown.clone();
+                super::secrets::hide_policy_secrets(&mut shown);
+                (revealed, shown)
+            },
         )
     })
     .await?;
