@@ -3,11 +3,11 @@
 //! the admin key and the change, and no secret reaches it.
 
 use gantry_testkit::client::{TestClient, TestResponse};
-use gantry_testkit::EchoUpstream;
+use gantry_testkit::{EchoUpstream, GatewayProcess};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::start_gateway;
+use crate::support::{gantry_binary, start_gateway};
 
 const KEY: &str = "e2e-audit-admin-key-8c2d41";
 const FIRST_CONSUMER_KEY: &str = "alice-first-key-5e71a0";
@@ -108,4 +108,40 @@ async fn records_who_changed_what_refused_writes_too_and_never_a_secret() {
     assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{bad:?}");
     let anonymous = client.request(Method::GET, &format!("{base}/audit"), &[], String::new()).await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn keeps_the_audit_log_in_memory_on_the_embedded_configuration() {
+    // The demo upstream's endpoints name its port, so it needs a fixed one: take a free one.
+    let demo_upstream = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("find a free port");
+        probe.local_addr().expect("probe address").to_string()
+    };
+    let gateway = GatewayProcess::start_embedded(
+        gantry_binary(),
+        &["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--demo-upstream", &demo_upstream],
+    );
+    let logs = gateway.logs();
+    let key = logs
+        .iter()
+        .find_map(|line| line.split("api_key=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the generated key is logged")
+        .to_owned();
+    let client = TestClient::default();
+    let base = format!("http://{}", gateway.admin_addr());
+    let headers = [("x-api-key", key.as_str()), ("content-type", "application/json")];
+
+    let deleted = client.request(Method::DELETE, &format!("{base}/routes/health"), &headers, String::new()).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{deleted:?}");
+    let listed = client.request(Method::GET, &format!("{base}/audit"), &headers, String::new()).await;
+    let entries = listed.json();
+    assert_eq!(entries.as_array().map(Vec::len), Some(1), "{entries}");
+    assert_eq!(entries[0]["who"]["key"], "admin", "the default name of the admin key");
+    assert_eq!(entries[0]["action"], "delete");
+    assert_eq!(entries[0]["id"], "health");
+    assert_eq!(entries[0]["diff"], json!([{"op": "replace", "path": "", "value": null}]));
+    let files: Vec<_> =
+        std::fs::read_dir(gateway.dir()).expect("list").flatten().map(|entry| entry.file_name()).collect();
+    assert!(files.is_empty(), "nothing is written without a configuration directory: {files:?}");
 }
