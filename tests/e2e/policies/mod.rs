@@ -2,6 +2,7 @@
 //! `precedence` for how policies attached at different places combine and order.
 
 mod acl;
+mod aggregate;
 mod allowed_hours;
 mod any_auth;
 mod basic_auth;
