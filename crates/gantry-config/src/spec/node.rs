@@ -180,12 +180,17 @@ pub struct AdminSpec {
     /// key acted without ever writing the key.
     #[serde(default = "default_api_key_name")]
     pub api_key_name: String,
+    /// File the admin audit log is appended to; a relative path is resolved against the
+    /// configuration's directory. Absent: `.gantry-audit.jsonl` in that directory, or memory
+    /// only when the gateway runs on the embedded configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_log: Option<PathBuf>,
 }
 
 impl AdminSpec {
     /// An admin listener on `address` with a generated key.
     pub fn on(address: String) -> Self {
-        Self { address, api_key: None, api_key_name: default_api_key_name() }
+        Self { address, api_key: None, api_key_name: default_api_key_name(), audit_log: None }
     }
 }
 

@@ -4,8 +4,9 @@
 //!
 //! The log is kept with the configuration, in [`AUDIT_FILE`] in its directory (beside the file
 //! when the gateway runs from one file); the leading dot keeps the loader and the file watcher
-//! away from it. On the embedded default configuration there is nowhere to keep it, so the
-//! last [`MEMORY_ENTRIES`] entries are kept in memory only.
+//! away from it. `node.admin.audit_log` puts it elsewhere. On the embedded default
+//! configuration without that setting there is nowhere to keep it, so the last
+//! [`MEMORY_ENTRIES`] entries are kept in memory only.
 //!
 //! Secrets never reach the log: diff values are taken from the resource as `GET` shows it,
 //! so a changed secret shows as a `replace` with `***`. Each entry is appended with one
@@ -122,15 +123,20 @@ pub struct AuditError {
 }
 
 impl AuditLog {
-    /// The log for a gateway reading `source`.
-    pub fn for_source(source: Option<&ConfigSource>) -> Self {
-        let file = match source {
-            Some(ConfigSource::Directory(dir)) => Some(dir.join(AUDIT_FILE)),
+    /// The log for a gateway reading `source`: `configured` (`node.admin.audit_log`, relative
+    /// to the configuration's directory), else [`AUDIT_FILE`] in that directory, else memory.
+    pub fn for_source(source: Option<&ConfigSource>, configured: Option<&Path>) -> Self {
+        let config_dir = match source {
+            Some(ConfigSource::Directory(dir)) => Some(dir.as_path()),
             Some(ConfigSource::File(path)) => {
-                let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
-                Some(dir.join(AUDIT_FILE))
+                Some(path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new(".")))
             }
             Some(ConfigSource::Embedded(_)) | None => None,
+        };
+        let file = match (configured, config_dir) {
+            (Some(file), Some(dir)) => Some(dir.join(file)),
+            (Some(file), None) => Some(file.to_owned()),
+            (None, dir) => dir.map(|dir| dir.join(AUDIT_FILE)),
         };
         Self { file, recent: Mutex::new(VecDeque::new()) }
     }
@@ -352,7 +358,7 @@ mod tests {
     #[test]
     fn appends_one_line_per_entry_and_reads_newest_first() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let log = AuditLog::for_source(Some(&ConfigSource::File(dir.path().join("gantry.yaml"))));
+        let log = AuditLog::for_source(Some(&ConfigSource::File(dir.path().join("gantry.yaml"))), None);
         assert_eq!(log.file(), Some(dir.path().join(AUDIT_FILE).as_path()));
         let entry = |time: &str, id: &str| AuditEntry {
             time: time.to_owned(),
@@ -387,8 +393,22 @@ mod tests {
     }
 
     #[test]
+    fn a_configured_file_is_relative_to_the_configuration_directory() {
+        let dir = Path::new("/etc/gantry");
+        let source = ConfigSource::Directory(dir.to_owned());
+        let relative = AuditLog::for_source(Some(&source), Some(Path::new("audit/admin.jsonl")));
+        assert_eq!(relative.file(), Some(Path::new("/etc/gantry/audit/admin.jsonl")));
+        let absolute = AuditLog::for_source(Some(&source), Some(Path::new("/var/log/gantry/audit.jsonl")));
+        assert_eq!(absolute.file(), Some(Path::new("/var/log/gantry/audit.jsonl")));
+        let embedded = AuditLog::for_source(Some(&ConfigSource::Embedded("")), Some(Path::new("audit.jsonl")));
+        assert_eq!(embedded.file(), Some(Path::new("audit.jsonl")), "set, it is kept even without a directory");
+        let file = AuditLog::for_source(Some(&ConfigSource::File("/srv/gantry.yaml".into())), None);
+        assert_eq!(file.file(), Some(Path::new("/srv/.gantry-audit.jsonl")));
+    }
+
+    #[test]
     fn keeps_the_last_entries_in_memory_without_a_configuration_directory() {
-        let log = AuditLog::for_source(None);
+        let log = AuditLog::for_source(None, None);
         assert_eq!(log.file(), None);
         for n in 0..MEMORY_ENTRIES + 5 {
             let entry = AuditEntry {

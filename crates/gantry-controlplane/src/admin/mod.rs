@@ -96,7 +96,8 @@ impl AdminState {
         metrics: Arc<prometheus_client::registry::Registry>,
     ) -> Self {
         let persistence = Persistence::for_source(control.source());
-        let audit = audit::AuditLog::for_source(control.source());
+        let audit_file = node.admin.as_ref().and_then(|admin| admin.audit_log.as_deref());
+        let audit = audit::AuditLog::for_source(control.source(), audit_file);
         let api_key_name = node.admin.as_ref().map_or_else(|| "admin".to_owned(), |admin| admin.api_key_name.clone());
         let openapi = openapi::openapi_document();
         Self(Arc::new(Shared { control, api_key, node, persistence, audit, api_key_name, openapi, metrics }))
