@@ -513,4 +513,35 @@ mod tests {
         assert_eq!(answered_by(as_consumer("loner")), None);
         assert_eq!(answered_by(as_consumer("stranger")), None);
     }
+
+    struct Fetcher;
+
+    impl Policy for Fetcher {
+        fn hooks(&self) -> Hooks {
+            Hooks::REQUEST
+        }
+
+        fn sends_subrequests(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn needs_the_subrequest_handle_only_where_a_policy_sends_subrequests() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let fetcher = PipelineEntry { name: "aggregate", stage: Stage::Forward, policy: Arc::new(Fetcher) };
+        let plain = || Pipeline::new(vec![entry("auth", Stage::Identity, false, &calls)]);
+        assert!(!plain().sends_subrequests());
+        assert!(Pipeline::new(vec![entry("auth", Stage::Identity, false, &calls), fetcher.clone()]).sends_subrequests());
+
+        let mut consumers = ConsumerPolicies::default();
+        consumers.insert("gold".into(), vec![fetcher]);
+        assert!(
+            plain().with_consumer_policies(&consumers).sends_subrequests(),
+            "a consumer's own pipeline may need it"
+        );
+        let mut others = ConsumerPolicies::default();
+        others.insert("silver".into(), vec![entry("limit", Stage::Traffic, false, &calls)]);
+        assert!(!plain().with_consumer_policies(&others).sends_subrequests());
+    }
 }
