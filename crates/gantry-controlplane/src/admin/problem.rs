@@ -432,6 +432,23 @@ impl AdminError {
     }
 }
 
+impl AdminError {
+    /// Why the write was refused, for the audit log. Parser and validation messages may quote
+    /// what was sent, which can be a secret, so for those the log keeps only where the
+    /// problems are.
+    fn audit_reason(&self, detail: &str) -> String {
+        let code = self.problem_type().code();
+        match self {
+            AdminError::InvalidConfig(errors) => {
+                let paths: Vec<String> = errors.0.iter().map(|error| error.path.to_string()).collect();
+                format!("{code}: {}", paths.join(", "))
+            }
+            AdminError::MalformedBody { format, .. } => format!("{code}: not valid {format}"),
+            _ => format!("{code}: {detail}"),
+        }
+    }
+}
+
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         let problem = self.problem_type();
@@ -443,7 +460,7 @@ impl IntoResponse for AdminError {
         let document = self.to_document();
         let body = serde_json::to_vec(&document).unwrap_or_else(|_| b"{}".to_vec());
         let mut response = (problem.status(), body).into_response();
-        response.extensions_mut().insert(super::audit::Refusal(format!("{}: {}", problem.code(), document.detail)));
+        response.extensions_mut().insert(super::audit::Refusal(self.audit_reason(&document.detail)));
         response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if problem == ProblemType::Unauthorized {
             // RFC 9110 section 11.6.1: a 401 names the scheme to use.
