@@ -33,7 +33,7 @@ consumers:
   - {id: bench-c, credentials: {key_auth: {key: bench-key-789}}}
 global_policies:
   - key_auth: {header: x-api-key, hide_credentials: false}
-  - rate_limit: {limit: 1000000000, window: 1m, key: [ip]}" ;;
+  - rate_limit: {limit: 1000000000, window: 1h, key: [ip]}" ;;
   tls)
     listener="    - address: 127.0.0.1:$BENCH_PORT_TLS
       tls:
