@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use gantry_testkit::client::{TestClient, TestResponse};
+use gantry_testkit::redis::RedisServer;
 use gantry_testkit::GatewayProcess;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -207,4 +208,22 @@ async fn record(
     let path_and_query = parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), ToString::to_string);
     log.lock().expect("received lock").push(Received { method, path_and_query, headers, body_bytes, body_complete });
     Ok(Response::new(Full::new(Bytes::from(format!("received {body_bytes} bytes")))))
+}
+
+/// Node settings for a limit's tests: a listener and the admin API on port 0 with
+/// `admin_key`, and the Redis store on `redis` when given (short timeouts, so a stopped
+/// server is noticed quickly).
+pub fn node_settings(redis: Option<&RedisServer>, admin_key: &str) -> String {
+    let stores = redis.map_or(String::new(), |redis| {
+        format!("  stores:\n    redis: {{urls: ['{}'], timeout: 300ms, connect_timeout: 300ms}}\n", redis.url())
+    });
+    format!(
+        "node:
+  listeners:
+    - address: 127.0.0.1:0
+  admin:
+    address: 127.0.0.1:0
+    api_key: {admin_key}
+{stores}"
+    )
 }

@@ -11,7 +11,7 @@ use gantry_testkit::redis::RedisServer;
 use gantry_testkit::{deadline, eventually, EchoUpstream, GatewayProcess};
 use http::{Method, StatusCode};
 
-use super::harness::assert_policy_answers;
+use super::harness::{assert_policy_answers, node_settings};
 use crate::support::{assert_metric, start_gateway};
 
 const ADMIN_KEY: &str = "e2e-admin-key-quota-5e18";
@@ -50,17 +50,9 @@ fn unix_now() -> u64 {
 
 /// Node settings with the admin API and, when given, a Redis store; consumers alice and bob.
 fn node_and_consumers(redis: Option<&RedisServer>) -> String {
-    let stores = redis.map_or(String::new(), |redis| {
-        format!("  stores:\n    redis: {{urls: ['{}'], timeout: 300ms, connect_timeout: 300ms}}\n", redis.url())
-    });
+    let node = node_settings(redis, ADMIN_KEY);
     format!(
-        "node:
-  listeners:
-    - address: 127.0.0.1:0
-  admin:
-    address: 127.0.0.1:0
-    api_key: {ADMIN_KEY}
-{stores}consumers:
+        "{node}consumers:
   - id: alice
     credentials:
       key_auth: {{key: {ALICE_KEY}}}

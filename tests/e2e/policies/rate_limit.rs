@@ -10,24 +10,10 @@ use gantry_testkit::redis::RedisServer;
 use gantry_testkit::{eventually, EchoUpstream, GatewayProcess};
 use http::StatusCode;
 
+use super::harness::node_settings;
 use crate::support::start_gateway;
 
 const ADMIN_KEY: &str = "e2e-admin-key-rate-limit-7d21";
-
-fn node(redis: Option<&RedisServer>) -> String {
-    let stores = redis.map_or(String::new(), |redis| {
-        format!("  stores:\n    redis: {{urls: ['{}'], timeout: 300ms, connect_timeout: 300ms}}\n", redis.url())
-    });
-    format!(
-        "node:
-  listeners:
-    - address: 127.0.0.1:0
-  admin:
-    address: 127.0.0.1:0
-    api_key: {ADMIN_KEY}
-{stores}"
-    )
-}
 
 async fn metrics(client: &TestClient, gateway: &GatewayProcess) -> String {
     let response = client.get(&format!("http://{}/metrics", gateway.admin_addr())).await;
@@ -67,7 +53,7 @@ routes:
     policies:
       - rate_limit: {{algorithm: token_bucket, limit: 1, window: 1m, burst: 3, key: [ip], name: bucket}}
 ",
-        node = node(None),
+        node = node_settings(None, ADMIN_KEY),
         upstream = upstream.addr()
     );
     let gateway = start_gateway(&config);
@@ -123,7 +109,7 @@ routes:
     policies:
       - rate_limit: {{algorithm: leaky_bucket, limit: 5, window: 1s, burst: 2, key: [route]}}
 ",
-        node = node(None),
+        node = node_settings(None, ADMIN_KEY),
         upstream = upstream.addr()
     );
     let gateway = start_gateway(&config);
@@ -168,7 +154,7 @@ routes:
     policies:
       - rate_limit: {{algorithm: sliding_window, limit: 2, window: 1m, key: [ip], store: redis}}
 ",
-        node = node(Some(&redis)),
+        node = node_settings(Some(&redis), ADMIN_KEY),
         upstream = upstream.addr()
     );
     let gateway = start_gateway(&config);
@@ -200,7 +186,7 @@ routes:
     policies:
       - rate_limit: {{limit: 100, window: 1m, key: [route], store: redis, on_store_error: deny}}
 ",
-        node = node(Some(&redis)),
+        node = node_settings(Some(&redis), ADMIN_KEY),
         upstream = upstream.addr()
     );
     let gateway = start_gateway(&config);
@@ -306,7 +292,7 @@ routes:
     policies:
       - rate_limit: {{limit: {limit}, window: 1m, key: [route]}}
 {extra_route}",
-            node = node(None),
+            node = node_settings(None, ADMIN_KEY),
             upstream = upstream.addr()
         )
     };
@@ -351,7 +337,7 @@ routes:
       - key_auth: {{}}
       - rate_limit: {{limit: 2, window: 1h, key: [consumer]}}
 ",
-        node = node(None),
+        node = node_settings(None, ADMIN_KEY),
         upstream = upstream.addr()
     ));
     let client = TestClient::default();

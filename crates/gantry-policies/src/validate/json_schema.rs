@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::schema::{compile_inline_schema, compile_schema_file, schema_errors};
-use super::{body_too_large, declared_length, problem_with, request_body, MediaTypes};
+use super::{body_limit, oversized, problem_with, request_body, MediaTypes};
 
 /// Settings of `json_schema`.
 #[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
@@ -263,24 +263,19 @@ impl Policy for CompiledJsonSchema {
     }
 
     fn request_body_limit(&self, request: &RequestParts) -> Option<u64> {
-        let fits = declared_length(request).is_none_or(|length| length <= self.max_body_bytes);
-        (fits && self.checks_request(request)).then_some(self.max_body_bytes)
+        body_limit(request, self.max_body_bytes).filter(|_| self.checks_request(request))
     }
 
     fn on_request<'a>(&'a self, request: &'a mut RequestParts, exchange: &'a mut Exchange) -> Hook<'a> {
         let Some(validator) = self.request.as_ref().filter(|_| self.methods.contains(&request.method)) else {
             return Hook::Done(Flow::Continue);
         };
-        if let Some(length) = declared_length(request).filter(|length| *length > self.max_body_bytes) {
-            return body_too_large(length, self.max_body_bytes).response("json-schema", "Bad Request").into();
+        let body = request_body(exchange);
+        if let Some(exceeded) = oversized(request, body, self.max_body_bytes) {
+            return exceeded.response("json-schema", "Bad Request").into();
         }
         let empty = Bytes::new();
-        let body = request_body(exchange).unwrap_or(&empty);
-        if body.len() as u64 > self.max_body_bytes {
-            return body_too_large(body.len() as u64, self.max_body_bytes)
-                .response("json-schema", "Bad Request")
-                .into();
-        }
+        let body = body.unwrap_or(&empty);
         match self.check_request(validator, request, body) {
             Some(answer) => {
                 tracing::debug!(route = %exchange.route_id, "request body refused by its schema");

@@ -82,6 +82,22 @@ pub(crate) fn declared_length(request: &RequestParts) -> Option<u64> {
     request.headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
+/// How much of this request's body a validating policy with this bound asks for: the bound,
+/// unless the declared length already exceeds it, so that body is refused from the head alone
+/// and never read.
+pub(crate) fn body_limit(request: &RequestParts, max_body_bytes: u64) -> Option<u64> {
+    declared_length(request).is_none_or(|length| length <= max_body_bytes).then_some(max_body_bytes)
+}
+
+/// The refusal of a body longer than `max_body_bytes`: by its declared length, or by what was
+/// read (another policy may have asked for more of it than this one accepts).
+pub(crate) fn oversized(request: &RequestParts, body: Option<&Bytes>, max_body_bytes: u64) -> Option<Exceeded> {
+    let too_long = |length: &u64| *length > max_body_bytes;
+    let length =
+        declared_length(request).filter(too_long).or_else(|| body.map(|body| body.len() as u64).filter(too_long))?;
+    Some(body_too_large(length, max_body_bytes))
+}
+
 /// The body the data plane read for this request because a policy asked for it.
 pub(crate) fn request_body(exchange: &Exchange) -> Option<&Bytes> {
     exchange.extensions.get::<RequestBody>().map(|body| &body.0)

@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use self::document::{escape_pointer, ApiDescription, OpenApiVersion};
 use super::schema::{file_uri, read_document, schema_errors};
-use super::{body_too_large, declared_length, media_type, problem_with, request_body};
+use super::{body_limit, body_too_large, declared_length, media_type, problem_with, request_body};
 
 /// Settings of `openapi_validation`.
 #[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
@@ -692,8 +692,7 @@ impl Policy for CompiledOpenApi {
 
     fn request_body_limit(&self, request: &RequestParts) -> Option<u64> {
         let Found::Operation(operation, _) = self.find(request) else { return None };
-        let fits = declared_length(request).is_none_or(|length| length <= self.max_body_bytes);
-        (fits && operation.body.is_some()).then_some(self.max_body_bytes)
+        body_limit(request, self.max_body_bytes).filter(|_| operation.body.is_some())
     }
 
     fn on_request<'a>(&'a self, request: &'a mut RequestParts, exchange: &'a mut Exchange) -> Hook<'a> {

@@ -12,7 +12,7 @@ use quick_xml::Reader;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{body_too_large, declared_length, problem_with, request_body, require_positive, Exceeded, MediaTypes};
+use super::{body_limit, oversized, problem_with, request_body, require_positive, Exceeded, MediaTypes};
 
 /// Settings of `xml_threat_protection`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -149,23 +149,18 @@ impl Policy for CompiledXmlThreatProtection {
     }
 
     fn request_body_limit(&self, request: &RequestParts) -> Option<u64> {
-        let fits = declared_length(request).is_none_or(|length| length <= self.max_body_bytes);
-        (fits && self.content_types.matches(&request.headers)).then_some(self.max_body_bytes)
+        body_limit(request, self.max_body_bytes).filter(|_| self.content_types.matches(&request.headers))
     }
 
     fn on_request<'a>(&'a self, request: &'a mut RequestParts, exchange: &'a mut Exchange) -> Hook<'a> {
         if !self.content_types.matches(&request.headers) {
             return Hook::Done(Flow::Continue);
         }
-        if let Some(length) = declared_length(request).filter(|length| *length > self.max_body_bytes) {
-            return body_too_large(length, self.max_body_bytes).response("xml-threat", "XML limit exceeded").into();
+        let body = request_body(exchange);
+        if let Some(exceeded) = oversized(request, body, self.max_body_bytes) {
+            return exceeded.response("xml-threat", "XML limit exceeded").into();
         }
-        let Some(body) = request_body(exchange) else { return Hook::Done(Flow::Continue) };
-        if body.len() as u64 > self.max_body_bytes {
-            return body_too_large(body.len() as u64, self.max_body_bytes)
-                .response("xml-threat", "XML limit exceeded")
-                .into();
-        }
+        let Some(body) = body else { return Hook::Done(Flow::Continue) };
         match scan_xml(body, &self.limits) {
             Ok(()) => Hook::Done(Flow::Continue),
             Err(XmlScanError::Exceeded(exceeded)) => {

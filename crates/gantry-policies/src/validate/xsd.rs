@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use uppsala::XsdValidator;
 
-use super::{body_too_large, declared_length, problem_with, request_body, MediaTypes};
+use super::{body_limit, oversized, problem_with, request_body, MediaTypes};
 
 /// Settings of `xsd`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -234,21 +234,18 @@ impl Policy for CompiledXsd {
     }
 
     fn request_body_limit(&self, request: &RequestParts) -> Option<u64> {
-        let fits = declared_length(request).is_none_or(|length| length <= self.max_body_bytes);
-        (fits && self.methods.contains(&request.method)).then_some(self.max_body_bytes)
+        body_limit(request, self.max_body_bytes).filter(|_| self.methods.contains(&request.method))
     }
 
     fn on_request<'a>(&'a self, request: &'a mut RequestParts, exchange: &'a mut Exchange) -> Hook<'a> {
         if !self.methods.contains(&request.method) {
             return Hook::Done(Flow::Continue);
         }
-        if let Some(length) = declared_length(request).filter(|length| *length > self.max_body_bytes) {
-            return body_too_large(length, self.max_body_bytes).response("xsd", "Bad Request").into();
+        let body = request_body(exchange);
+        if let Some(exceeded) = oversized(request, body, self.max_body_bytes) {
+            return exceeded.response("xsd", "Bad Request").into();
         }
-        let body = request_body(exchange).map(|body| body.as_ref()).unwrap_or_default();
-        if body.len() as u64 > self.max_body_bytes {
-            return body_too_large(body.len() as u64, self.max_body_bytes).response("xsd", "Bad Request").into();
-        }
+        let body = body.map(|body| body.as_ref()).unwrap_or_default();
         match self.check(request, body) {
             None => Hook::Done(Flow::Continue),
             Some(answer) => {
