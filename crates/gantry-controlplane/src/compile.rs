@@ -7,13 +7,14 @@
 //! consumer's policies come last: those of its groups (in the order it lists them), then its
 //! own, with the same rule among them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use gantry_config::{
-    validate::validate_spec, ConfigErrors, FieldPath, GatewaySpec, HostHeaderSpec, PolicySpec, RouteSpec, UpstreamSpec,
-    ValueMatchSpec,
+    ConfigErrors, FieldPath, GatewaySpec, HostHeaderSpec, PolicySpec, RouteSpec, UpstreamSpec, ValueMatchSpec,
+    validate::validate_spec,
 };
+use gantry_dataplane::Snapshot;
 use gantry_dataplane::metrics::traffic::{RouteMetrics, TrafficMetrics};
 use gantry_dataplane::pipeline::{ConsumerPolicies, Pipeline, PipelineEntry};
 use gantry_dataplane::route::{CompiledRoute, Conditions, PathRewrite, ValueCondition, ValueRule};
@@ -25,7 +26,6 @@ use gantry_dataplane::upstream::retry_budget::RetryBudgetSettings;
 use gantry_dataplane::upstream::{
     Balancer, CompiledUpstream, Endpoint, HostHeader, PassiveHealth, RetryPolicy, Timeouts, UpstreamStates,
 };
-use gantry_dataplane::Snapshot;
 use gantry_policy_api::{BuildContext, ConsumerDirectory, Stage};
 use gantry_state::Stores;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
@@ -485,15 +485,6 @@ fn compile_upstream(
         metrics: upstream_metrics,
         bulkhead,
     })
-}
-
-/// The `(upstream id, endpoint address)` pairs of a snapshot, for pruning stale state.
-pub fn live_endpoints(snapshot: &Snapshot) -> HashSet<(Arc<str>, Arc<str>)> {
-    snapshot
-        .upstreams
-        .iter()
-        .flat_map(|upstream| upstream.endpoints.iter().map(|endpoint| (upstream.id.clone(), endpoint.address.clone())))
-        .collect()
 }
 
 #[cfg(test)]

@@ -8,16 +8,16 @@ use std::sync::{Arc, Mutex};
 
 use gantry_config::{ConfigErrors, ConfigSource, GatewaySpec, LoadedConfig, NodeSpec};
 use gantry_dataplane::metrics::TrafficMetrics;
-use gantry_dataplane::snapshot::{empty_handle, SnapshotHandle};
-use gantry_dataplane::upstream::health::HealthCheckers;
+use gantry_dataplane::snapshot::{SnapshotHandle, empty_handle};
 use gantry_dataplane::upstream::UpstreamStates;
+use gantry_dataplane::upstream::health::HealthCheckers;
 use gantry_state::Stores;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use crate::compile::{compile_snapshot, live_endpoints};
+use crate::compile::compile_snapshot;
 
 /// A rejected configuration change.
 #[derive(Debug, thiserror::Error)]
@@ -224,7 +224,7 @@ impl ControlPlane {
         }
         let snapshot = Arc::new(snapshot);
         self.snapshot.store(snapshot.clone());
-        self.states.retain(&live_endpoints(&snapshot));
+        self.states.adopt(snapshot.upstreams.iter().map(|upstream| upstream.as_ref()));
         if tokio::runtime::Handle::try_current().is_ok() {
             self.health.sync(snapshot.upstreams.iter());
         }

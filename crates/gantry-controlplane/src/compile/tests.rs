@@ -97,6 +97,7 @@ fn keeps_endpoint_state_across_compiles() {
     let spec = load_str(&format!("{UPSTREAM}routes:\n  - id: r\n    paths: [/x]\n    upstream: up\n")).expect("parses");
     let metrics = TrafficMetrics::disabled();
     let first = compile_snapshot(&spec, 1, &states, &gantry_state::Stores::in_memory(), &metrics).expect("valid");
+    states.adopt(first.upstreams.iter().map(|upstream| upstream.as_ref()));
     let second = compile_snapshot(&spec, 2, &states, &gantry_state::Stores::in_memory(), &metrics).expect("valid");
     assert!(std::sync::Arc::ptr_eq(&first.upstreams[0].endpoints[0].state, &second.upstreams[0].endpoints[0].state));
     assert!(second.routes[0].metrics.is_none() && second.upstreams[0].endpoints[0].metrics.is_none());
@@ -114,6 +115,7 @@ fn keeps_route_and_endpoint_metrics_across_compiles_and_starts_a_route_moved_to_
     };
     let spec = load_str(&yaml("a")).expect("parses");
     let first = compile_snapshot(&spec, 1, &states, &stores, &metrics).expect("valid");
+    states.adopt(first.upstreams.iter().map(|upstream| upstream.as_ref()));
     let second = compile_snapshot(&spec, 2, &states, &stores, &metrics).expect("valid");
     let series = |snapshot: &Snapshot| snapshot.routes[0].metrics.as_ref().expect("route metrics").series.clone();
     let endpoint = |snapshot: &Snapshot| snapshot.upstreams[0].endpoints[0].metrics.clone().expect("endpoint metrics");
@@ -233,27 +235,46 @@ fn refuses_consumer_and_group_policies_that_read_the_request_body() {
 }
 
 #[test]
-fn keeps_bulkheads_and_retry_budgets_across_compiles_while_their_settings_stay_the_same() {
+fn keeps_bulkheads_retry_budgets_and_pools_across_reloads_while_their_settings_stay_the_same() {
     let states = UpstreamStates::default();
     let stores = gantry_state::Stores::in_memory();
     let metrics = TrafficMetrics::disabled();
-    let yaml = |max_requests: u32, ratio: f64| {
+    let yaml = |max_requests: u32, ratio: f64, idle: &str| {
         format!(
-            "{UPSTREAM}    limits: {{max_requests: {max_requests}}}\n    retries: {{budget: {{ratio: {ratio}}}}}\nroutes:\n  - id: r\n    paths: [/x]\n    upstream: up\n"
+            "{UPSTREAM}    limits: {{max_requests: {max_requests}}}\n    retries: {{budget: {{ratio: {ratio}}}}}\n    idle_timeout: {idle}\nroutes:\n  - id: r\n    paths: [/x]\n    upstream: up\n"
         )
     };
     let compile = |yaml: &str, version| {
         compile_snapshot(&load_str(yaml).expect("parses"), version, &states, &stores, &metrics).expect("valid")
     };
+    // What the reloader does once a snapshot is live.
+    let go_live = |snapshot: &Snapshot| states.adopt(snapshot.upstreams.iter().map(|upstream| upstream.as_ref()));
     let bulkhead = |snapshot: &Snapshot| snapshot.upstreams[0].bulkhead.clone().expect("a bulkhead");
     let budget = |snapshot: &Snapshot| snapshot.upstreams[0].retry.budget.clone().expect("a budget");
-    let first = compile(&yaml(2, 0.2), 1);
-    let same = compile(&yaml(2, 0.2), 2);
+    let shares_pool = |a: &Snapshot, b: &Snapshot| a.upstreams[0].client.shares_pool_with(&b.upstreams[0].client);
+
+    let first = compile(&yaml(2, 0.2, "60s"), 1);
+    go_live(&first);
+    let same = compile(&yaml(2, 0.2, "60s"), 2);
+    go_live(&same);
     assert!(Arc::ptr_eq(&bulkhead(&first), &bulkhead(&same)));
     assert!(Arc::ptr_eq(&budget(&first), &budget(&same)));
-    let changed = compile(&yaml(3, 0.5), 3);
+    assert!(shares_pool(&first, &same));
+
+    // A candidate that is compiled but never goes live (refused, or not saved) changes nothing
+    // kept: the next reload with the running settings still finds the running state.
+    let refused = compile(&yaml(3, 0.5, "30s"), 3);
+    assert!(!Arc::ptr_eq(&bulkhead(&first), &bulkhead(&refused)));
+    assert!(!Arc::ptr_eq(&budget(&first), &budget(&refused)));
+    assert!(!shares_pool(&first, &refused));
+    let after_refusal = compile(&yaml(2, 0.2, "60s"), 3);
+    assert!(Arc::ptr_eq(&bulkhead(&first), &bulkhead(&after_refusal)));
+    assert!(Arc::ptr_eq(&budget(&first), &budget(&after_refusal)));
+    assert!(shares_pool(&first, &after_refusal));
+
+    let changed = compile(&yaml(3, 0.5, "30s"), 4);
+    go_live(&changed);
     assert!(!Arc::ptr_eq(&bulkhead(&first), &bulkhead(&changed)));
-    assert!(!Arc::ptr_eq(&budget(&first), &budget(&changed)));
-    let unbounded = compile(&format!("{UPSTREAM}routes:\n  - id: r\n    paths: [/x]\n    upstream: up\n"), 4);
+    let unbounded = compile(&format!("{UPSTREAM}routes:\n  - id: r\n    paths: [/x]\n    upstream: up\n"), 5);
     assert!(unbounded.upstreams[0].bulkhead.is_none() && unbounded.upstreams[0].retry.budget.is_none());
 }

@@ -3,7 +3,6 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -11,8 +10,8 @@ use std::time::Duration;
 use gantry_config::UpstreamScheme;
 use http::Uri;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, MaybeHttpsStream};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -61,11 +60,10 @@ pub enum ClientError {
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
     inner: Client<TimedConnector, GatewayBody>,
-    /// Shared by clones, new for every client built: tells whether two handles use one pool.
-    pool_id: u64,
+    /// What the pool was built from; shared by clones, new for every client built, so it also
+    /// tells whether two handles use one pool.
+    settings: Arc<ClientSettings>,
 }
-
-static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(0);
 
 impl UpstreamClient {
     /// A client for `settings`.
@@ -100,12 +98,17 @@ impl UpstreamClient {
         if settings.scheme == UpstreamScheme::H2c {
             client.http2_only(true);
         }
-        Ok(Self { inner: client.build(connector), pool_id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed) })
+        Ok(Self { inner: client.build(connector), settings: Arc::new(settings.clone()) })
     }
 
     /// True when both handles share one pool, and so the same settings (TLS, timeouts).
     pub fn shares_pool_with(&self, other: &UpstreamClient) -> bool {
-        self.pool_id == other.pool_id
+        Arc::ptr_eq(&self.settings, &other.settings)
+    }
+
+    /// The settings the pool was built from.
+    pub fn settings(&self) -> &ClientSettings {
+        &self.settings
     }
 
     /// Sends a request; the URI must be absolute.

@@ -11,7 +11,7 @@ pub mod client;
 pub mod health;
 pub mod retry_budget;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -194,11 +194,7 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// True when requests with `method` may be retried.
     pub fn allows_method(&self, method: &Method) -> bool {
-        if self.methods.is_empty() {
-            method.is_idempotent()
-        } else {
-            self.methods.contains(method)
-        }
+        if self.methods.is_empty() { method.is_idempotent() } else { self.methods.contains(method) }
     }
 
     /// The wait before retry number `retry` (1-based), with ±50 % jitter against herds.
@@ -274,87 +270,89 @@ impl CompiledUpstream {
 /// `(upstream id, endpoint address)`.
 pub type EndpointKey = (Arc<str>, Arc<str>);
 
-/// Upstream state that outlives snapshots: endpoint states and pooled clients.
+/// Upstream state that outlives snapshots: endpoint states, pooled clients, bulkheads and
+/// retry budgets.
+///
+/// Compiling a candidate only looks state up: what it finds is reused, what is missing or
+/// built for other settings is made fresh for the candidate alone. Only [`UpstreamStates::adopt`],
+/// called once a snapshot is live, changes what is kept, so a candidate that is refused leaves
+/// no trace and a later reload back to the running settings still finds their counters.
 #[derive(Debug, Default)]
 pub struct UpstreamStates {
-    endpoints: Mutex<HashMap<EndpointKey, Arc<EndpointState>>>,
-    clients: Mutex<HashMap<Arc<str>, (client::ClientSettings, UpstreamClient)>>,
-    bulkheads: Mutex<HashMap<Arc<str>, Arc<bulkhead::Bulkhead>>>,
-    retry_budgets: Mutex<HashMap<Arc<str>, Arc<retry_budget::RetryBudget>>>,
+    kept: Mutex<Kept>,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    endpoints: HashMap<EndpointKey, Arc<EndpointState>>,
+    clients: HashMap<Arc<str>, UpstreamClient>,
+    bulkheads: HashMap<Arc<str>, Arc<bulkhead::Bulkhead>>,
+    retry_budgets: HashMap<Arc<str>, Arc<retry_budget::RetryBudget>>,
 }
 
 impl UpstreamStates {
-    /// The state of endpoint `address` of upstream `upstream`, created on first use.
-    pub fn endpoint(&self, upstream: &Arc<str>, address: &Arc<str>) -> Arc<EndpointState> {
-        let mut endpoints = self.endpoints.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        endpoints.entry((upstream.clone(), address.clone())).or_default().clone()
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The pooled client of `upstream`, reused while its settings stay the same.
+    /// The state of endpoint `address` of upstream `upstream`: the live one, or a fresh one.
+    pub fn endpoint(&self, upstream: &Arc<str>, address: &Arc<str>) -> Arc<EndpointState> {
+        self.kept().endpoints.get(&(upstream.clone(), address.clone())).cloned().unwrap_or_default()
+    }
+
+    /// The pooled client of `upstream`: the live one while its settings stay the same, else a
+    /// new one.
     pub fn client(
         &self,
         upstream: &Arc<str>,
         settings: client::ClientSettings,
     ) -> Result<UpstreamClient, client::ClientError> {
-        let mut clients = self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((existing_settings, client)) = clients.get(upstream) {
-            if *existing_settings == settings {
+        if let Some(client) = self.kept().clients.get(upstream) {
+            if *client.settings() == settings {
                 return Ok(client.clone());
             }
         }
-        let client = UpstreamClient::new(&settings)?;
-        clients.insert(upstream.clone(), (settings, client.clone()));
-        Ok(client)
+        UpstreamClient::new(&settings)
     }
 
-    /// The bulkhead of `upstream`, kept with the requests it counts while its settings stay
-    /// the same. A changed bulkhead starts empty: requests holding slots of the old one finish
+    /// The bulkhead of `upstream`, with the requests it counts, while its settings stay the
+    /// same. A changed bulkhead starts empty: requests holding slots of the old one finish
     /// uncounted by the new one.
     pub fn bulkhead(&self, upstream: &Arc<str>, settings: bulkhead::BulkheadSettings) -> Arc<bulkhead::Bulkhead> {
-        let mut bulkheads = self.bulkheads.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        match bulkheads.get(upstream) {
+        match self.kept().bulkheads.get(upstream) {
             Some(existing) if existing.settings() == settings => existing.clone(),
-            _ => {
-                let created = Arc::new(bulkhead::Bulkhead::new(settings));
-                bulkheads.insert(upstream.clone(), created.clone());
-                created
-            }
+            _ => Arc::new(bulkhead::Bulkhead::new(settings)),
         }
     }
 
-    /// The retry budget of `upstream`, kept with its counts while its settings stay the same.
+    /// The retry budget of `upstream`, with its counts, while its settings stay the same.
     pub fn retry_budget(
         &self,
         upstream: &Arc<str>,
         settings: retry_budget::RetryBudgetSettings,
     ) -> Arc<retry_budget::RetryBudget> {
-        let mut budgets = self.retry_budgets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        match budgets.get(upstream) {
+        match self.kept().retry_budgets.get(upstream) {
             Some(existing) if existing.settings() == settings => existing.clone(),
-            _ => {
-                let created = Arc::new(retry_budget::RetryBudget::new(settings));
-                budgets.insert(upstream.clone(), created.clone());
-                created
-            }
+            _ => Arc::new(retry_budget::RetryBudget::new(settings)),
         }
     }
 
-    /// Forgets state of upstreams and endpoints no longer configured.
-    pub fn retain(&self, live: &HashSet<(Arc<str>, Arc<str>)>) {
-        let live_upstreams: HashSet<&Arc<str>> = live.iter().map(|(upstream, _)| upstream).collect();
-        self.endpoints.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|key, _| live.contains(key));
-        self.clients
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .retain(|upstream, _| live_upstreams.contains(upstream));
-        self.bulkheads
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .retain(|upstream, _| live_upstreams.contains(upstream));
-        self.retry_budgets
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .retain(|upstream, _| live_upstreams.contains(upstream));
+    /// Keeps exactly the state of the upstreams that are now live, and forgets the rest.
+    pub fn adopt<'u>(&self, live: impl IntoIterator<Item = &'u CompiledUpstream>) {
+        let mut kept = Kept::default();
+        for upstream in live {
+            for endpoint in &upstream.endpoints {
+                kept.endpoints.insert((upstream.id.clone(), endpoint.address.clone()), endpoint.state.clone());
+            }
+            kept.clients.insert(upstream.id.clone(), upstream.client.clone());
+            if let Some(bulkhead) = &upstream.bulkhead {
+                kept.bulkheads.insert(upstream.id.clone(), bulkhead.clone());
+            }
+            if let Some(budget) = &upstream.retry.budget {
+                kept.retry_budgets.insert(upstream.id.clone(), budget.clone());
+            }
+        }
+        *self.kept() = kept;
     }
 }
 
