@@ -126,6 +126,9 @@ fn validate_node(node: &NodeSpec, path: &FieldPath, errors: &mut ConfigErrors) {
         }
     }
     validate_metrics(&node.metrics, &path.key("metrics"), errors);
+    if let Some(tracing) = &node.tracing {
+        crate::spec::validate_tracing(tracing, &path.key("tracing"), errors);
+    }
 }
 
 /// Most buckets a histogram may have: each adds a series to every route and endpoint.

@@ -6,11 +6,13 @@
 mod node;
 mod policy;
 mod route;
+mod tracing;
 mod upstream;
 
 pub use node::*;
 pub use policy::*;
 pub use route::*;
+pub use tracing::*;
 pub use upstream::*;
 
 use std::path::{Path, PathBuf};

@@ -41,6 +41,10 @@ pub struct NodeSpec {
     /// What the admin API's `GET /metrics` counts of the traffic served.
     #[serde(default)]
     pub metrics: MetricsSpec,
+    /// Distributed tracing (OpenTelemetry): trace context propagation and span export over
+    /// OTLP. Absent: no trace headers are read or written and no span is made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<super::TracingSpec>,
 }
 
 impl Default for NodeSpec {
@@ -55,6 +59,7 @@ impl Default for NodeSpec {
             demo_upstream: None,
             stores: None,
             metrics: MetricsSpec::default(),
+            tracing: None,
         }
     }
 }
