@@ -18,6 +18,7 @@ mod reload;
 mod routing;
 mod shutdown;
 mod support;
+mod tracing;
 mod tls;
 mod upstreams;
 mod websocket;

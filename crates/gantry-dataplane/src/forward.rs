@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 
 use crate::body::{GatewayBody, PeerBodyError};
 use crate::metrics::traffic::UpstreamFailure;
+use crate::trace::UpstreamSpan;
 use crate::upstream::balancer::SelectionInput;
 use crate::upstream::bulkhead::Refusal;
 use crate::upstream::{CompiledUpstream, HostHeader, InFlight};
@@ -175,6 +176,15 @@ pub struct ForwardRequest<'a> {
 /// Sends the request to `upstream`, retrying per its policy, once its bulkhead (if any) gives
 /// it a slot.
 pub async fn forward(upstream: &CompiledUpstream, request: ForwardRequest<'_>) -> Result<Forwarded, ForwardError> {
+    forward_traced(upstream, request, None).await
+}
+
+/// [`forward`], noting each try's endpoint and each retry in `span` when the request is traced.
+pub async fn forward_traced(
+    upstream: &CompiledUpstream,
+    request: ForwardRequest<'_>,
+    mut span: Option<&mut UpstreamSpan>,
+) -> Result<Forwarded, ForwardError> {
     let slot = match &upstream.bulkhead {
         None => None,
         Some(bulkhead) => match bulkhead.acquire().await {
@@ -223,6 +233,9 @@ pub async fn forward(upstream: &CompiledUpstream, request: ForwardRequest<'_>) -
             return Err(ForwardError::NoAvailableEndpoint { upstream: upstream.id.clone() });
         };
         let endpoint = &upstream.endpoints[position];
+        if let Some(span) = span.as_deref_mut() {
+            span.trying(&endpoint.address);
+        }
         let attempt_body = body.take().unwrap_or(GatewayBody::Empty);
         let headers = if may_retry { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
         let outgoing = build_request(upstream, &parts, headers, &endpoint.authority, &path_and_query, attempt_body)?;
@@ -294,6 +307,10 @@ pub async fn forward(upstream: &CompiledUpstream, request: ForwardRequest<'_>) -
             });
         }
         tracing::debug!(upstream = &*upstream.id, endpoint = &*endpoint.address, attempt, "retrying upstream request");
+        if let Some(span) = span.as_deref_mut() {
+            let status = outcome.as_ref().ok().map(|response| response.status().as_u16());
+            span.retrying(&endpoint.address, status, outcome.as_ref().err().map(ForwardError::code));
+        }
         avoid = Some(position);
         let mut wait = upstream.retry.backoff_for(attempt);
         if let Some(deadline) = deadline {

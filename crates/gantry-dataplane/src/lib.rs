@@ -20,6 +20,7 @@ pub mod router;
 pub mod snapshot;
 mod subrequest;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 
 pub use snapshot::{Snapshot, SnapshotHandle};

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use gantry_policy_api::{Exchange, Flow, LogRecord, Policy, PolicyResponse, RequestParts, ResponseParts, Stage};
 
+use crate::trace::SpanRecorder;
+
 /// One policy in a pipeline.
 #[derive(Clone)]
 pub struct PipelineEntry {
@@ -195,21 +197,41 @@ impl Pipeline {
     }
 
     /// Runs request hooks until one answers. Response and log hooks must then run on
-    /// [`Pipeline::selected`], which may be a consumer's own pipeline.
-    pub async fn run_request(&self, request: &mut RequestParts, exchange: &mut Exchange) -> RequestOutcome {
-        if self.for_consumers.pipelines.is_empty() {
-            return self.run_request_hooks(0..self.request.len(), request, exchange).await;
+    /// [`Pipeline::selected`], which may be a consumer's own pipeline. `spans` records a span
+    /// per stage that ran, when the request is traced.
+    pub async fn run_request(
+        &self,
+        request: &mut RequestParts,
+        exchange: &mut Exchange,
+        mut spans: Option<&mut SpanRecorder>,
+    ) -> RequestOutcome {
+        let outcome = if self.for_consumers.pipelines.is_empty() {
+            self.run_request_hooks(0..self.request.len(), request, exchange, spans.as_deref_mut()).await
+        } else {
+            self.run_request_hooks_switching(request, exchange, spans.as_deref_mut()).await
+        };
+        if let Some(spans) = spans {
+            spans.stages_done();
         }
+        outcome
+    }
+
+    async fn run_request_hooks_switching(
+        &self,
+        request: &mut RequestParts,
+        exchange: &mut Exchange,
+        mut spans: Option<&mut SpanRecorder>,
+    ) -> RequestOutcome {
         let identity_done = self.request_hooks_after_identity();
         if let answered @ RequestOutcome::Respond { .. } =
-            self.run_request_hooks(0..identity_done, request, exchange).await
+            self.run_request_hooks(0..identity_done, request, exchange, spans.as_deref_mut()).await
         {
             return answered;
         }
         // Entries up to the identity stage are the same in a consumer's pipeline, so it goes
         // on from its own first later-stage entry.
         let own = self.selected(exchange);
-        own.run_request_hooks(own.request_hooks_after_identity()..own.request.len(), request, exchange).await
+        own.run_request_hooks(own.request_hooks_after_identity()..own.request.len(), request, exchange, spans).await
     }
 
     /// Index in `request` of the first hook of a stage after identity.
@@ -222,9 +244,13 @@ impl Pipeline {
         hooks: std::ops::Range<usize>,
         request: &mut RequestParts,
         exchange: &mut Exchange,
+        mut spans: Option<&mut SpanRecorder>,
     ) -> RequestOutcome {
         for &position in &self.request[hooks] {
             let entry = &self.entries[position];
+            if let Some(spans) = spans.as_deref_mut() {
+                spans.policy(entry.stage, false, entry.name);
+            }
             if let Flow::Respond(response) = entry.policy.on_request(request, exchange).resolve().await {
                 tracing::debug!(
                     policy = entry.name,
@@ -260,13 +286,27 @@ impl Pipeline {
         })
     }
 
-    /// Runs response hooks in reverse, for the policies up to `reached` (all when `None`).
-    pub fn run_response(&self, response: &mut ResponseParts, exchange: &mut Exchange, reached: Option<usize>) {
+    /// Runs response hooks in reverse, for the policies up to `reached` (all when `None`);
+    /// `spans` records a span per stage that ran, when the request is traced.
+    pub fn run_response(
+        &self,
+        response: &mut ResponseParts,
+        exchange: &mut Exchange,
+        reached: Option<usize>,
+        mut spans: Option<&mut SpanRecorder>,
+    ) {
         for &position in self.response.iter().rev() {
             if reached.is_some_and(|last| position > last) {
                 continue;
             }
-            self.entries[position].policy.on_response(response, exchange);
+            let entry = &self.entries[position];
+            if let Some(spans) = spans.as_deref_mut() {
+                spans.policy(entry.stage, true, entry.name);
+            }
+            entry.policy.on_response(response, exchange);
+        }
+        if let Some(spans) = spans {
+            spans.stages_done();
         }
     }
 
@@ -332,14 +372,14 @@ mod tests {
     fn run(pipeline: &Pipeline) -> Option<usize> {
         let mut request = request_parts(http::Request::new(()));
         let mut exchange = exchange_from("127.0.0.1:1");
-        let outcome = futures_util::FutureExt::now_or_never(pipeline.run_request(&mut request, &mut exchange))
+        let outcome = futures_util::FutureExt::now_or_never(pipeline.run_request(&mut request, &mut exchange, None))
             .expect("recorders never wait");
         let reached = match outcome {
             RequestOutcome::Forward => None,
             RequestOutcome::Respond { position, .. } => Some(position),
         };
         let mut response = http::Response::new(()).into_parts().0;
-        pipeline.run_response(&mut response, &mut exchange, reached);
+        pipeline.run_response(&mut response, &mut exchange, reached, None);
         reached
     }
 
@@ -377,6 +417,42 @@ mod tests {
         assert_eq!(run(&pipeline), Some(1));
         let calls = calls.lock().expect("lock").clone();
         assert_eq!(calls, ["request ingress", "request access", "response access", "response ingress"]);
+    }
+
+    #[test]
+    fn records_one_span_per_stage_that_ran_with_its_policies() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let pipeline = Pipeline::new(vec![
+            entry("first", Stage::Ingress, false, &calls),
+            entry("second", Stage::Ingress, false, &calls),
+            entry("denier", Stage::Access, true, &calls),
+            entry("never", Stage::Transform, false, &calls),
+        ]);
+        let mut spans = crate::trace::record::tests_support::recorder();
+        let mut request = request_parts(http::Request::new(()));
+        let mut exchange = exchange_from("127.0.0.1:1");
+        let outcome =
+            futures_util::FutureExt::now_or_never(pipeline.run_request(&mut request, &mut exchange, Some(&mut spans)))
+                .expect("recorders never wait");
+        let RequestOutcome::Respond { position, .. } = outcome else { panic!("the access policy answers") };
+        let mut response = http::Response::new(()).into_parts().0;
+        pipeline.run_response(&mut response, &mut exchange, Some(position), Some(&mut spans));
+
+        let stages: Vec<(Stage, bool, Vec<&str>)> = spans
+            .stages
+            .iter()
+            .map(|span| (span.stage, span.response, spans.policies[span.policies.0..span.policies.1].to_vec()))
+            .collect();
+        assert_eq!(
+            stages,
+            [
+                (Stage::Ingress, false, vec!["first", "second"]),
+                (Stage::Access, false, vec!["denier"]),
+                (Stage::Access, true, vec!["denier"]),
+                (Stage::Ingress, true, vec!["second", "first"]),
+            ]
+        );
+        assert!(spans.stages.windows(2).all(|pair| pair[0].end <= pair[1].start), "stages follow each other");
     }
 
     /// Wants `limit` bytes of POST bodies.
@@ -502,8 +578,9 @@ mod tests {
 
         let answered_by = |mut exchange: Exchange| {
             let mut request = request_parts(http::Request::new(()));
-            let outcome = futures_util::FutureExt::now_or_never(pipeline.run_request(&mut request, &mut exchange))
-                .expect("recorders never wait");
+            let outcome =
+                futures_util::FutureExt::now_or_never(pipeline.run_request(&mut request, &mut exchange, None))
+                    .expect("recorders never wait");
             match outcome {
                 RequestOutcome::Forward => None,
                 RequestOutcome::Respond { policy, .. } => Some(policy),

@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::body::{apply_response_body_action, discard, ClientResponseBody, GatewayBody, HoldingBody, LimitedBody};
-use crate::forward::{forward, ForwardError, ForwardRequest};
+use crate::forward::{forward_traced, ForwardError, ForwardRequest};
 use crate::headers::{add_forwarded, remove_hop_by_hop, request_id, ClientForwarding, X_REQUEST_ID};
 use crate::metrics::{GatewayMetrics, MirrorOutcome};
 use crate::mirror;
@@ -26,6 +26,7 @@ use crate::pipeline::{Pipeline, RequestOutcome};
 use crate::route::CompiledRoute;
 use crate::router::RequestFacts;
 use crate::snapshot::{Snapshot, SnapshotHandle};
+use crate::trace::{RequestTrace, ServerOutcome, SpanRecorder, Tracer};
 use crate::upstream::CompiledUpstream;
 
 /// Facts about the client connection a request arrived on, computed once per connection.
@@ -60,6 +61,8 @@ pub struct Gateway {
     snapshot: SnapshotHandle,
     access_log: Option<AccessLog>,
     metrics: GatewayMetrics,
+    /// Absent unless `node.tracing` is set: then no trace header is read and no span made.
+    tracer: Option<Tracer>,
 }
 
 /// Where the response of one exchange came from, for logging.
@@ -74,7 +77,13 @@ struct Served {
 impl Gateway {
     /// A handler serving from `snapshot`, logging to `access_log` if given, counting in `metrics`.
     pub fn new(snapshot: SnapshotHandle, access_log: Option<AccessLog>, metrics: GatewayMetrics) -> Self {
-        Self { snapshot, access_log, metrics }
+        Self { snapshot, access_log, metrics, tracer: None }
+    }
+
+    /// The same handler, tracing requests with `tracer`.
+    pub fn with_tracer(mut self, tracer: Option<Tracer>) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     /// The snapshot handle.
@@ -102,7 +111,9 @@ impl Gateway {
         let is_grpc = is_grpc_request(&request);
 
         let on_upgrade = is_upgrade_request(&request).then(|| hyper::upgrade::on(&mut request));
-        let mut served = self.serve(request, connection, &request_id, on_upgrade).await;
+        let mut trace =
+            self.tracer.as_ref().map(|tracer| tracer.start_request(&request, connection.client, connection.is_tls));
+        let mut served = self.serve(request, connection, &request_id, on_upgrade, trace.as_mut()).await;
         served.response.headers_mut().insert(&X_REQUEST_ID, request_id_value);
         let is_gateway_error = served.upstream.is_none() && served.response.status().as_u16() >= 400;
 
@@ -118,6 +129,12 @@ impl Gateway {
             None => self.metrics.traffic().count_unmatched(status),
         }
         let route_id = served.route.as_ref().map(|route| route.id.clone());
+        if let (Some(tracer), Some(trace)) = (&self.tracer, trace) {
+            if trace.is_sampled() {
+                let consumer = served.exchange.as_ref().and_then(|exchange| exchange.consumer().map(|c| c.id.clone()));
+                tracer.finish(trace, ServerOutcome { status: status.as_u16(), route: route_id.clone(), consumer });
+            }
+        }
         if let (Some(exchange), Some(route)) = (&served.exchange, &served.route) {
             let record = LogRecord {
                 request_id: &request_id,
@@ -170,6 +187,7 @@ impl Gateway {
         connection: &Connection,
         request_id: &Arc<str>,
         on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        mut trace: Option<&mut RequestTrace>,
     ) -> Served {
         let snapshot = self.snapshot.load_full();
         let (mut parts, body) = request.into_parts();
@@ -215,7 +233,7 @@ impl Gateway {
                     ClientBody::Buffered(bytes)
                 }
                 // Nothing of the body is left to discard: it was read up to the failure.
-                Err(response) => return respond_with(&route, exchange, response),
+                Err(response) => return respond_with(&route, exchange, response, recorder(&mut trace)),
             },
         };
 
@@ -229,7 +247,7 @@ impl Gateway {
             );
             subrequest::allow_subrequests(&mut exchange, Arc::new(sender));
         }
-        let outcome = route.pipeline.run_request(&mut parts, &mut exchange).await;
+        let outcome = route.pipeline.run_request(&mut parts, &mut exchange, recorder(&mut trace)).await;
         if route.pipeline.sends_subrequests() {
             // Holds the snapshot: it must not live on with the exchange until the body is sent.
             subrequest::end_subrequests(&mut exchange);
@@ -238,7 +256,15 @@ impl Gateway {
             self.metrics.count_policy_answer(policy, response.status());
             discard_unread(&parts, body);
             let (mut head, body) = response.into_parts();
-            route.pipeline.selected(&exchange).run_response(&mut head, &mut exchange, Some(position));
+            if let Some(spans) = recorder(&mut trace) {
+                spans.answered_by(policy);
+            }
+            route.pipeline.selected(&exchange).run_response(
+                &mut head,
+                &mut exchange,
+                Some(position),
+                recorder(&mut trace),
+            );
             let upstream = chosen_upstream(&route, &snapshot, &exchange).cloned();
             crate::background::send_background_request(&route, upstream, &mut exchange, connection, host);
             return Served {
@@ -258,7 +284,7 @@ impl Gateway {
             };
             let response = problem_response(StatusCode::BAD_GATEWAY, "no-upstream", "Bad Gateway", Some(&detail));
             discard_unread(&parts, body);
-            return respond_with(&route, exchange, response);
+            return respond_with(&route, exchange, response, recorder(&mut trace));
         };
 
         let path_and_query = match exchange.upstream_path.take() {
@@ -270,7 +296,7 @@ impl Gateway {
             Err(detail) => {
                 let response = problem_response(StatusCode::BAD_REQUEST, "bad-request", "Bad Request", Some(&detail));
                 discard_unread(&parts, body);
-                return respond_with(&route, exchange, response);
+                return respond_with(&route, exchange, response, recorder(&mut trace));
             }
         };
         let is_upgrade = on_upgrade.is_some();
@@ -281,6 +307,12 @@ impl Gateway {
         add_forwarded(&mut parts.headers, &connection.forwarding, host);
         if let Ok(value) = HeaderValue::from_str(request_id) {
             parts.headers.insert(&X_REQUEST_ID, value);
+        }
+        if let Some(trace) = trace.as_deref_mut() {
+            if let Some(spans) = trace.recorder() {
+                spans.start_upstream(&upstream.id);
+            }
+            trace.inject(&mut parts.headers);
         }
 
         let body_limit = exchange.request_body_limit.map(|limit| (limit, Arc::new(AtomicBool::new(false))));
@@ -296,7 +328,7 @@ impl Gateway {
                         "Content Too Large",
                         Some(detail),
                     );
-                    return respond_with(&route, exchange, response);
+                    return respond_with(&route, exchange, response, recorder(&mut trace));
                 }
                 if bytes.is_empty() {
                     GatewayBody::Empty
@@ -337,8 +369,12 @@ impl Gateway {
         };
         let forward_request =
             ForwardRequest { parts, body, path_and_query, client: connection.client, original_host: host, body_limit };
-        match forward(upstream, forward_request).await {
+        let upstream_span = recorder(&mut trace).and_then(|spans| spans.upstream.as_mut());
+        match forward_traced(upstream, forward_request, upstream_span).await {
             Ok(mut forwarded) => {
+                if let Some(spans) = recorder(&mut trace) {
+                    spans.end_upstream(Some(forwarded.response.status().as_u16()), None);
+                }
                 let upgraded = forwarded.response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 let tunnel_ends = match on_upgrade {
                     Some(client_side) if upgraded => Some((client_side, hyper::upgrade::on(&mut forwarded.response))),
@@ -357,7 +393,7 @@ impl Gateway {
                 if let Some(limit) = pipeline.response_body_limit(&head, &exchange).filter(|_| !upgraded) {
                     body = self.check_response_body(pipeline, &mut head, body, limit, &mut exchange).await;
                 }
-                route.pipeline.selected(&exchange).run_response(&mut head, &mut exchange, None);
+                route.pipeline.selected(&exchange).run_response(&mut head, &mut exchange, None, recorder(&mut trace));
                 let body = apply_response_body_action(&mut exchange, body);
                 if let Some((client_side, upstream_side)) = tunnel_ends {
                     // The tunnel outlives the 101 response, so it holds what policies left for
@@ -374,6 +410,9 @@ impl Gateway {
                 }
             }
             Err(err) => {
+                if let Some(spans) = recorder(&mut trace) {
+                    spans.end_upstream(None, Some(err.code()));
+                }
                 log_forward_error(&err, &route.id, &upstream.id);
                 if err.blames_upstream() {
                     exchange.forward_outcome = Some(ForwardOutcome::Failed);
@@ -381,7 +420,7 @@ impl Gateway {
                 let detail = err.to_string();
                 let title = err.status().canonical_reason().unwrap_or("Error");
                 let response = problem_response(err.status(), err.code(), title, Some(&detail));
-                respond_with(&route, exchange, response)
+                respond_with(&route, exchange, response, recorder(&mut trace))
             }
         }
     }
@@ -489,10 +528,20 @@ fn hold_until_sent(response: Response<GatewayBody>, mut exchange: Exchange) -> R
     response.map(|body| GatewayBody::Holding(HoldingBody::new(body, held)))
 }
 
+/// The spans of a traced request, when it is sampled.
+fn recorder<'a>(trace: &'a mut Option<&mut RequestTrace>) -> Option<&'a mut SpanRecorder> {
+    trace.as_deref_mut().and_then(RequestTrace::recorder)
+}
+
 /// Answers with a gateway-made response that every policy of the route gets to see.
-fn respond_with(route: &Arc<CompiledRoute>, mut exchange: Exchange, response: PolicyResponse) -> Served {
+fn respond_with(
+    route: &Arc<CompiledRoute>,
+    mut exchange: Exchange,
+    response: PolicyResponse,
+    spans: Option<&mut SpanRecorder>,
+) -> Served {
     let (mut head, body) = response.into_parts();
-    route.pipeline.selected(&exchange).run_response(&mut head, &mut exchange, None);
+    route.pipeline.selected(&exchange).run_response(&mut head, &mut exchange, None, spans);
     let body = apply_response_body_action(&mut exchange, GatewayBody::full(body));
     Served {
         response: Response::from_parts(head, body),

@@ -14,6 +14,7 @@ pub mod jwks;
 pub mod ldap;
 mod node;
 pub mod oidc;
+pub mod otlp;
 pub mod promtool;
 pub mod raw;
 pub mod redis;

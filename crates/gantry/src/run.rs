@@ -13,6 +13,7 @@ use gantry_dataplane::access_log::AccessLog;
 use gantry_dataplane::listener::{bind, ListenerSettings, Server};
 use gantry_dataplane::metrics::{GatewayMetrics, TrafficMetrics};
 use gantry_dataplane::proxy::Gateway;
+use gantry_dataplane::trace::Tracer;
 use gantry_dataplane::upstream::UpstreamStates;
 use gantry_state::Stores;
 
@@ -169,7 +170,16 @@ async fn serve(node: NodeSpec, source: ConfigSource, loaded: LoadedConfig, watch
     if let Some(log) = &access_log {
         log.register_metrics(&mut metrics);
     }
-    let gateway = Gateway::new(control.snapshot(), access_log, GatewayMetrics::register(&mut metrics, traffic));
+    let tracer = match &node.tracing {
+        Some(spec) => {
+            let tracer = Tracer::start(spec).map_err(|err| format!("cannot start the trace exporter: {err}"))?;
+            tracer.register_metrics(&mut metrics);
+            Some(tracer)
+        }
+        None => None,
+    };
+    let gateway = Gateway::new(control.snapshot(), access_log, GatewayMetrics::register(&mut metrics, traffic))
+        .with_tracer(tracer);
     stores.register_metrics(&mut metrics);
     stores.register_response_cache_metrics(&mut metrics);
     gantry_policies::traffic::circuit_breaker::register_metrics(&mut metrics);

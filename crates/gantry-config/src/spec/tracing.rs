@@ -39,7 +39,8 @@ pub struct TraceExporterSpec {
     /// `grpc` (the `TraceService/Export` call) or `http` (POST of protobuf).
     #[serde(default)]
     pub protocol: OtlpProtocol,
-    /// `http://host:4317` for gRPC; for HTTP the full URL, usually `http://host:4318/v1/traces`.
+    /// `http://host:4317` for gRPC (clear text, h2c); for HTTP the full URL, usually
+    /// `http://host:4318/v1/traces` (`https://` for TLS).
     pub endpoint: String,
     /// Headers sent with every export (an API key of a hosted backend). Shown as `***`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -140,6 +141,11 @@ pub(crate) fn validate_tracing(tracing: &TracingSpec, path: &FieldPath, errors: 
     };
     if !is_url {
         errors.push(exporter.key("endpoint"), format!("`{endpoint}` is not an http:// or https:// URL"));
+    } else if tracing.exporter.protocol == OtlpProtocol::Grpc && endpoint.starts_with("https://") {
+        errors.push(
+            exporter.key("endpoint"),
+            "OTLP/gRPC is sent in clear text (h2c); for TLS use `protocol: http` with an https:// URL",
+        );
     }
     for (name, value) in &tracing.exporter.headers {
         // RFC 9110 token characters; values are visible ASCII, spaces and tabs.
@@ -219,6 +225,7 @@ mod tests {
         let cases = [
             ("{exporter: {endpoint: 'localhost:4317'}}", "node.tracing.exporter.endpoint"),
             ("{exporter: {endpoint: 'http://x:4317', protocol: thrift}}", "node.tracing.exporter"),
+            ("{exporter: {endpoint: 'https://x:4317'}}", "node.tracing.exporter.endpoint"),
             ("{exporter: {endpoint: 'http://x:4317', timeout: 0s}}", "node.tracing.exporter.timeout"),
             ("{exporter: {endpoint: 'http://x:4317', headers: {'bad name': v}}}", "node.tracing.exporter.headers"),
             ("{exporter: {endpoint: 'http://x:4317'}, sampler: {ratio: 1.5}}", "node.tracing.sampler.ratio"),
