@@ -43,6 +43,7 @@ use crate::transform::request_headers::RequestHeaders;
 use crate::transform::response_headers::ResponseHeaders;
 use crate::transform::script::Script;
 use crate::transform::xml_to_json::XmlToJson;
+use crate::transform::xslt::Xslt;
 use crate::validate::json_schema::JsonSchemaPolicy;
 use crate::validate::json_threat_protection::JsonThreatProtection;
 use crate::validate::openapi_validation::OpenApiValidation;
@@ -80,6 +81,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<Jolt>(),
         RegisteredPolicy::of::<JsonToXml>(),
         RegisteredPolicy::of::<XmlToJson>(),
+        RegisteredPolicy::of::<Xslt>(),
         RegisteredPolicy::of::<Script>(),
         RegisteredPolicy::of::<JsonThreatProtection>(),
         RegisteredPolicy::of::<XmlThreatProtection>(),

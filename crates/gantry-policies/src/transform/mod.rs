@@ -12,5 +12,6 @@ pub mod response_headers;
 pub mod script;
 mod xml_json;
 pub mod xml_to_json;
+pub mod xslt;
 
 pub use header_ops::HeaderOpsConfig;
