@@ -12,6 +12,10 @@
 # Request metrics are on in every scenario (the default) except plain_no_metrics
 # (node.metrics.enabled: false); access_log adds the JSON access log to a file, and
 # key_auth_consumer_metrics is key_auth with per-consumer metrics (node.metrics.consumer_label).
+# tracing_unsampled and tracing_sampled turn on node.tracing (OTLP/HTTP to the nginx upstream,
+# which answers POST /v1/traces with 200): sampler ratio 0 without parent-based sampling (each
+# request's traceparent is read and passed on under a new span id, nothing is recorded) or ratio 1 (every request is recorded and its spans
+# exported; the exporter thread's instructions are counted too).
 # Starts its own nginx upstream (96-byte JSON) on 127.0.0.1:19101 and Gantry on :19150,
 # loads it with wrk for 5 s on 10 keep-alive connections, prints instructions ÷ requests.
 # Needs valgrind, nginx and wrk (bench/setup.sh installs the last two); jwt_rs256* need openssl.
@@ -32,6 +36,9 @@ http {
   access_log off;
   server {
     listen 127.0.0.1:19101;
+    location = /v1/traces {
+      return 200;
+    }
     location / {
       default_type application/json;
       return 200 '{"message":"hello","items":[1,2,3],"ok":true,"padding":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}';
@@ -73,6 +80,11 @@ case $scenario in
               public_key: |
 $(sed 's/^/                /' "$work/jwt.pub")"
     header=(-H "Authorization: Bearer $signing_input.$signature") ;;
+  tracing_unsampled)
+    node_extra="  tracing: {exporter: {protocol: http, endpoint: 'http://127.0.0.1:19101/v1/traces'}, sampler: {ratio: 0, parent_based: false}}"
+    header=(-H "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01") ;;
+  tracing_sampled)
+    node_extra="  tracing: {exporter: {protocol: http, endpoint: 'http://127.0.0.1:19101/v1/traces'}, sampler: {ratio: 1}}" ;;
   rate_limit_memory)
     policies="    policies:
       - rate_limit: {limit: 1000000000, window: 1h, key: [ip]}" ;;
@@ -82,7 +94,7 @@ $(sed 's/^/                /' "$work/jwt.pub")"
     redis: {urls: ['redis://127.0.0.1:19160']}"
     policies="    policies:
       - rate_limit: {limit: 1000000000, window: 1h, key: [ip], store: redis}" ;;
-  *) echo "unknown scenario $scenario: plain, plain_no_metrics, access_log, key_auth, key_auth_consumer_metrics, jwt_rs256, jwt_rs256_uncached, rate_limit_memory or rate_limit_redis" >&2; exit 2 ;;
+  *) echo "unknown scenario $scenario: plain, plain_no_metrics, access_log, key_auth, key_auth_consumer_metrics, jwt_rs256, jwt_rs256_uncached, rate_limit_memory, rate_limit_redis, tracing_unsampled or tracing_sampled" >&2; exit 2 ;;
 esac
 cat > "$work/gantry.yaml" <<YAML
 node:

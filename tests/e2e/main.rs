@@ -18,7 +18,7 @@ mod reload;
 mod routing;
 mod shutdown;
 mod support;
-mod tracing;
 mod tls;
+mod tracing;
 mod upstreams;
 mod websocket;

@@ -337,3 +337,42 @@ async fn a_receiver_that_is_down_or_refusing_never_slows_requests_and_drops_are_
     // 30 requests of 4 spans; at most 8 wait in the queue and 8 in the stalled export.
     assert!(queue_full >= 30 * 4 - 16, "{text}");
 }
+
+/// The example of `docs/tracing.md`, checked by `gantry validate` and then run as written but
+/// for its addresses, so the guide cannot drift from what the gateway does.
+#[tokio::test]
+async fn the_tracing_guide_example_is_valid_and_exports_a_callers_sampled_trace() {
+    let guide = include_str!("../../docs/tracing.md");
+    let blocks: Vec<&str> = guide.split("```yaml\n").skip(1).filter_map(|rest| rest.split("```").next()).collect();
+    assert_eq!(blocks.len(), 1, "docs/tracing.md has one example");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tracing.yaml");
+    std::fs::write(&path, blocks[0]).expect("write example");
+    let output = std::process::Command::new(crate::support::gantry_binary())
+        .arg("validate")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run gantry validate");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let upstream = EchoUpstream::start("orders").await;
+    let receiver = OtlpReceiver::start().await;
+    let yaml = blocks[0]
+        .replace("0.0.0.0:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9180", "127.0.0.1:0")
+        .replace("http://127.0.0.1:4317", &receiver.grpc_endpoint())
+        .replace("127.0.0.1:9001", &upstream.addr().to_string());
+    let gateway = start_gateway(&yaml);
+    let traceparent = format!("00-{TRACE}-{CALLER_SPAN}-01");
+    let response = TestClient::default()
+        .request(Method::GET, &gateway.url("/orders/7"), &[("traceparent", &traceparent)], "")
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
+    let spans = spans_of(&receiver, TRACE, 2).await;
+    let server = by_kind(&spans, SERVER)[0];
+    assert_eq!(server.resource_attribute("service.name").as_deref(), Some("edge-gateway"));
+    assert_eq!(server.resource_attribute("deployment.environment.name").as_deref(), Some("production"));
+    let export = receiver.exports().into_iter().next().expect("one export");
+    assert!(export.headers.contains(&("x-scope-orgid".to_owned(), "team-a".to_owned())), "{:?}", export.headers);
+}
