@@ -41,7 +41,9 @@ use crate::transform::json_to_xml::JsonToXml;
 use crate::transform::proxy_rewrite::ProxyRewrite;
 use crate::transform::request_headers::RequestHeaders;
 use crate::transform::response_headers::ResponseHeaders;
+use crate::transform::rest_to_soap::RestToSoap;
 use crate::transform::script::Script;
+use crate::transform::soap_to_rest::SoapToRest;
 use crate::transform::xml_to_json::XmlToJson;
 use crate::transform::xslt::Xslt;
 use crate::validate::json_schema::JsonSchemaPolicy;
@@ -82,6 +84,8 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<JsonToXml>(),
         RegisteredPolicy::of::<XmlToJson>(),
         RegisteredPolicy::of::<Xslt>(),
+        RegisteredPolicy::of::<RestToSoap>(),
+        RegisteredPolicy::of::<SoapToRest>(),
         RegisteredPolicy::of::<Script>(),
         RegisteredPolicy::of::<JsonThreatProtection>(),
         RegisteredPolicy::of::<XmlThreatProtection>(),

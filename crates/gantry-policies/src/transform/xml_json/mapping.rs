@@ -216,7 +216,13 @@ pub(crate) fn json_to_xml(value: &Value, mapping: &Mapping) -> Result<String, St
     Ok(out)
 }
 
-fn write_element(out: &mut String, name: &str, value: &Value, mapping: &Mapping, depth: usize) -> Result<(), String> {
+pub(crate) fn write_element(
+    out: &mut String,
+    name: &str,
+    value: &Value,
+    mapping: &Mapping,
+    depth: usize,
+) -> Result<(), String> {
     if depth > MAX_DEPTH {
         return Err(format!("the value nests more than {MAX_DEPTH} deep"));
     }
