@@ -42,3 +42,6 @@ mod user_agent;
 mod xml_json;
 mod xml_threat_protection;
 mod xsd;
+// The policy exists only in a gateway built with `--features xslt` (libxslt).
+#[cfg(feature = "xslt")]
+mod xslt;
