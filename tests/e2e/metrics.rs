@@ -104,7 +104,7 @@ async fn counts_requests_durations_and_bytes_per_route_and_status_class_and_trie
             format!("gantry_upstream_failures_total{{{endpoint},reason=\"connect\"}} 0"),
             "gantry_config_generation 1".into(),
             "gantry_config_reload_failures_total 0".into(),
-            "gantry_access_log_dropped_total 0".into(),
+            "gantry_access_log_dropped_total{sink=\"file\"} 0".into(),
         ],
     )
     .await;

@@ -121,9 +121,7 @@ fn validate_node(node: &NodeSpec, path: &FieldPath, errors: &mut ConfigErrors) {
         errors.push(path.key("worker_threads"), "must be at least 1 (leave it out for one per core)");
     }
     if let Some(log) = &node.access_log {
-        if log.queue_capacity == 0 {
-            errors.push(path.key("access_log").key("queue_capacity"), "must be at least 1");
-        }
+        log.validate(&path.key("access_log"), errors);
     }
     validate_metrics(&node.metrics, &path.key("metrics"), errors);
     if let Some(tracing) = &node.tracing {

@@ -320,6 +320,7 @@ fn compile_route(
     });
     errors.into_result(CompiledRoute {
         id,
+        service: route.service.as_deref().map(Arc::from),
         conditions: Conditions { methods, headers, query },
         priority: route.priority,
         order,

@@ -110,6 +110,7 @@ impl Gateway {
         let version = request.version();
         let is_grpc = is_grpc_request(&request);
 
+        let logged_facts = self.access_log.as_ref().map(|log| log.request_facts(request.uri(), request.headers()));
         let on_upgrade = is_upgrade_request(&request).then(|| hyper::upgrade::on(&mut request));
         let mut trace =
             self.tracer.as_ref().map(|tracer| tracer.start_request(&request, connection.client, connection.is_tls));
@@ -150,12 +151,16 @@ impl Gateway {
             };
             route.pipeline.selected(exchange).run_log(&record);
         }
-        if let Some(log) = &self.access_log {
+        if let (Some(log), Some(facts)) = (&self.access_log, logged_facts) {
+            let trace = facts.trace;
             log.emit(AccessRecord {
                 // Wall-clock time of arrival, read only when a log needs it.
                 time: SystemTime::now().checked_sub(duration).unwrap_or(SystemTime::UNIX_EPOCH),
                 request_id,
+                trace_id: trace.map(|context| context.trace_id),
+                span_id: trace.map(|context| context.span_id),
                 route_id,
+                service_id: served.route.as_ref().and_then(|route| route.service.clone()),
                 consumer_id: served
                     .exchange
                     .as_ref()
@@ -164,10 +169,16 @@ impl Gateway {
                 method,
                 uri,
                 version,
+                host: facts.host,
+                user_agent: facts.user_agent,
                 status: status.as_u16(),
+                bytes_received: facts.bytes_received,
+                bytes_sent: http_body::Body::size_hint(served.response.body()).exact(),
                 duration,
                 upstream_addr: served.upstream,
                 upstream_duration: served.upstream_duration,
+                request_headers: facts.headers,
+                response_headers: log.response_headers(served.response.headers()),
             });
         }
         let response =

@@ -15,6 +15,8 @@ use crate::upstream::CompiledUpstream;
 pub struct CompiledRoute {
     /// The route id.
     pub id: Arc<str>,
+    /// The service the route belongs to, if any.
+    pub service: Option<Arc<str>>,
     /// Conditions beyond host and path.
     pub conditions: Conditions,
     /// Higher wins among routes matching the same path.

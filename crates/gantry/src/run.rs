@@ -138,10 +138,7 @@ async fn serve(node: NodeSpec, source: ConfigSource, loaded: LoadedConfig, watch
         demo::serve(address).await.map_err(|err| format!("cannot start the demo upstream on {address}: {err}"))?;
     }
     let access_log = match &node.access_log {
-        Some(spec) => Some(
-            AccessLog::start(&spec.path, spec.queue_capacity)
-                .map_err(|err| format!("cannot open the access log {}: {err}", spec.path.display()))?,
-        ),
+        Some(spec) => Some(AccessLog::start(spec).map_err(|err| format!("cannot start the access log: {err}"))?),
         None => None,
     };
 

@@ -3,12 +3,14 @@
 //! Every struct denies unknown fields, so a typo is an error with a path rather than a silently
 //! ignored setting. `node` settings need a restart; everything else reloads live.
 
+mod access_log;
 mod node;
 mod policy;
 mod route;
 mod tracing;
 mod upstream;
 
+pub use access_log::*;
 pub use node::*;
 pub use policy::*;
 pub use route::*;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{Duration, Secret};
+use crate::{AccessLogSpec, Duration, Secret};
 
 /// Settings of one gateway process.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -28,7 +28,8 @@ pub struct NodeSpec {
     /// scheduler, the fastest choice for a process pinned to one core.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_threads: Option<usize>,
-    /// The access log: one JSON line per request, written off the request path.
+    /// The access log: one structured record per request, written by its sinks off the
+    /// request path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogSpec>,
     /// Starts the built-in demo upstream on this address (`host:port`), for trying Gantry out.
@@ -242,21 +243,6 @@ fn default_max_headers() -> usize {
 
 fn default_header_read_timeout() -> Duration {
     Duration::from_secs(30)
-}
-
-/// Where and how the access log is written.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AccessLogSpec {
-    /// File the records are appended to; `-` for standard output.
-    pub path: PathBuf,
-    /// Records held while the writer catches up; past this they are dropped and counted.
-    #[serde(default = "default_queue_capacity")]
-    pub queue_capacity: usize,
-}
-
-fn default_queue_capacity() -> usize {
-    16 * 1024
 }
 
 /// Request metrics: per route, upstream endpoint and (when asked for) consumer, counted inline

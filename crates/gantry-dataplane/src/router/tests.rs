@@ -9,6 +9,7 @@ use crate::route::{Conditions, ValueCondition, ValueRule};
 fn route(id: &str, order: usize, conditions: Conditions, priority: i32) -> Arc<CompiledRoute> {
     Arc::new(CompiledRoute {
         id: id.into(),
+        service: None,
         conditions,
         priority,
         order,

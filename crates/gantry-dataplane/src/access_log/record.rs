@@ -1,0 +1,288 @@
+//! A record as JSON: the configured fields, in order, serialized on a sink's thread.
+
+use std::time::SystemTime;
+
+use gantry_config::{AccessLogField, AccessLogSpec};
+use http::{HeaderName, HeaderValue};
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+
+use super::{AccessRecord, Wants};
+
+/// Which fields a record shows, in which order, and which headers.
+#[derive(Debug)]
+pub struct RecordFormat {
+    fields: Vec<AccessLogField>,
+    pub(super) request_headers: Vec<HeaderName>,
+    pub(super) response_headers: Vec<HeaderName>,
+    pub(super) wants: Wants,
+}
+
+impl RecordFormat {
+    /// The format `spec` asks for.
+    pub fn new(spec: &AccessLogSpec) -> Result<Self, String> {
+        let names = |names: &[String]| -> Result<Vec<HeaderName>, String> {
+            names
+                .iter()
+                .map(|name| {
+                    HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("`{name}` is not a header name"))
+                })
+                .collect()
+        };
+        Ok(Self {
+            fields: spec.fields.clone(),
+            request_headers: names(&spec.request_headers)?,
+            response_headers: names(&spec.response_headers)?,
+            wants: Wants::of(&spec.fields),
+        })
+    }
+
+    /// Appends `record` as one JSON object (no newline) to `out`.
+    pub fn write_json(&self, record: &AccessRecord, out: &mut Vec<u8>) {
+        let view = View { format: self, record };
+        // Writing to a `Vec` cannot fail, and every value here serializes.
+        if serde_json::to_writer(&mut *out, &view).is_err() {
+            out.extend_from_slice(b"{}");
+        }
+    }
+
+    /// `record` as one JSON object.
+    pub fn to_json(&self, record: &AccessRecord) -> String {
+        let mut out = Vec::with_capacity(256);
+        self.write_json(record, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+struct View<'a> {
+    format: &'a RecordFormat,
+    record: &'a AccessRecord,
+}
+
+fn millis(duration: std::time::Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+impl Serialize for View<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use AccessLogField::*;
+        let record = self.record;
+        let mut map = serializer.serialize_map(None)?;
+        for field in &self.format.fields {
+            match field {
+                Time => map.serialize_entry("time", &Text(Rfc3339(record.time)))?,
+                RequestId => map.serialize_entry("request_id", &*record.request_id)?,
+                TraceId => {
+                    if let Some(id) = &record.trace_id {
+                        map.serialize_entry("trace_id", &Text(Hex(id)))?;
+                    }
+                }
+                SpanId => {
+                    if let Some(id) = &record.span_id {
+                        map.serialize_entry("span_id", &Text(Hex(id)))?;
+                    }
+                }
+                Route => optional(&mut map, "route", record.route_id.as_deref())?,
+                Service => optional(&mut map, "service", record.service_id.as_deref())?,
+                Consumer => optional(&mut map, "consumer", record.consumer_id.as_deref())?,
+                Client => map.serialize_entry("client_ip", &Text(record.client.ip()))?,
+                Method => map.serialize_entry("method", record.method.as_str())?,
+                Uri => map.serialize_entry("uri", &Text(&record.uri))?,
+                Path => map.serialize_entry("path", record.uri.path())?,
+                Query => optional(&mut map, "query", record.uri.query())?,
+                Protocol => map.serialize_entry("protocol", protocol_name(record.version))?,
+                Host => {
+                    if let Some(host) = &record.host {
+                        map.serialize_entry("host", &String::from_utf8_lossy(host.as_bytes()))?;
+                    }
+                }
+                UserAgent => {
+                    if let Some(agent) = &record.user_agent {
+                        map.serialize_entry("user_agent", &String::from_utf8_lossy(agent.as_bytes()))?;
+                    }
+                }
+                Status => map.serialize_entry("status", &record.status)?,
+                BytesReceived => {
+                    if let Some(bytes) = record.bytes_received {
+                        map.serialize_entry("bytes_received", &bytes)?;
+                    }
+                }
+                BytesSent => {
+                    if let Some(bytes) = record.bytes_sent {
+                        map.serialize_entry("bytes_sent", &bytes)?;
+                    }
+                }
+                Duration => map.serialize_entry("duration_ms", &millis(record.duration))?,
+                Upstream => optional(&mut map, "upstream", record.upstream_addr.as_deref())?,
+                UpstreamDuration => {
+                    if let Some(upstream) = record.upstream_duration {
+                        map.serialize_entry("upstream_duration_ms", &millis(upstream))?;
+                    }
+                }
+                GatewayOverhead => {
+                    let overhead = record.duration.saturating_sub(record.upstream_duration.unwrap_or_default());
+                    map.serialize_entry("gateway_overhead_ms", &millis(overhead))?;
+                }
+            }
+        }
+        if !self.format.request_headers.is_empty() {
+            map.serialize_entry("request_headers", &Headers(&record.request_headers))?;
+        }
+        if !self.format.response_headers.is_empty() {
+            map.serialize_entry("response_headers", &Headers(&record.response_headers))?;
+        }
+        map.end()
+    }
+}
+
+fn optional<M: SerializeMap>(map: &mut M, key: &str, value: Option<&str>) -> Result<(), M::Error> {
+    match value {
+        Some(value) => map.serialize_entry(key, value),
+        None => Ok(()),
+    }
+}
+
+/// Headers as one object; the values of a repeated header joined with `, `.
+struct Headers<'a>(&'a [(HeaderName, HeaderValue)]);
+
+impl Serialize for Headers<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        let mut index = 0;
+        while index < self.0.len() {
+            let name = &self.0[index].0;
+            let mut value = String::from_utf8_lossy(self.0[index].1.as_bytes()).into_owned();
+            index += 1;
+            // Values of one name are next to each other: they were picked name by name.
+            while index < self.0.len() && self.0[index].0 == *name {
+                value.push_str(", ");
+                value.push_str(&String::from_utf8_lossy(self.0[index].1.as_bytes()));
+                index += 1;
+            }
+            map.serialize_entry(name.as_str(), &value)?;
+        }
+        map.end()
+    }
+}
+
+/// Serializes a value through its `Display`, without an intermediate `String`.
+pub(super) struct Text<T>(pub(super) T);
+
+impl<T: std::fmt::Display> Serialize for Text<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+/// Bytes as lowercase hex digits.
+pub(super) struct Hex<'a>(pub(super) &'a [u8]);
+
+impl std::fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A time shown as RFC 3339 UTC with milliseconds.
+pub(super) struct Rfc3339(pub(super) SystemTime);
+
+impl std::fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let civil = Civil::of(self.0);
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            civil.year, civil.month, civil.day, civil.hour, civil.minute, civil.second, civil.millis
+        )
+    }
+}
+
+/// A UTC calendar time.
+pub(super) struct Civil {
+    pub(super) year: i64,
+    pub(super) month: u32,
+    pub(super) day: u32,
+    pub(super) hour: u64,
+    pub(super) minute: u64,
+    pub(super) second: u64,
+    pub(super) millis: u32,
+}
+
+impl Civil {
+    pub(super) fn of(time: SystemTime) -> Self {
+        let since_epoch = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let seconds = since_epoch.as_secs();
+        let (days, rest) = (seconds / 86_400, seconds % 86_400);
+        let (year, month, day) = civil_from_days(days as i64);
+        Self {
+            year,
+            month,
+            day,
+            hour: rest / 3600,
+            minute: (rest % 3600) / 60,
+            second: rest % 60,
+            millis: since_epoch.subsec_millis(),
+        }
+    }
+}
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Days since 1970-01-01 of `time`, UTC.
+pub(super) fn day_number(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs() / 86_400
+}
+
+/// `pattern` with `%Y`, `%m`, `%d`, `%H` and `%%` replaced for `time` (UTC); the config
+/// validation refuses other conversions.
+pub(super) fn format_date_pattern(pattern: &str, time: SystemTime) -> String {
+    let civil = Civil::of(time);
+    let mut out = String::with_capacity(pattern.len() + 8);
+    let mut chars = pattern.chars();
+    while let Some(char) = chars.next() {
+        if char != '%' {
+            out.push(char);
+            continue;
+        }
+        match chars.next() {
+            Some('Y') => out.push_str(&format!("{:04}", civil.year)),
+            Some('m') => out.push_str(&format!("{:02}", civil.month)),
+            Some('d') => out.push_str(&format!("{:02}", civil.day)),
+            Some('H') => out.push_str(&format!("{:02}", civil.hour)),
+            Some(other) => {
+                out.push('%');
+                if other != '%' {
+                    out.push(other);
+                }
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+pub(super) fn protocol_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP",
+    }
+}

@@ -1,0 +1,344 @@
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use gantry_config::{AccessLogSpec, FileSinkSpec, HttpBatchFormat, RotateSpec, SinkQueueSpec};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use prometheus_client::registry::Registry;
+
+use super::file::{numbered, FileSink};
+use super::record::{format_date_pattern, Rfc3339};
+use super::sink::{Outcome, Sink};
+use super::*;
+
+/// An access log spec written in JSON (which is also YAML).
+fn spec(json: &str) -> AccessLogSpec {
+    serde_json::from_str(json).expect("access log spec")
+}
+
+fn format_of(json: &str) -> RecordFormat {
+    RecordFormat::new(&spec(json)).expect("format")
+}
+
+fn record() -> AccessRecord {
+    AccessRecord {
+        time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+        request_id: "r1".into(),
+        trace_id: None,
+        span_id: None,
+        route_id: Some("demo".into()),
+        service_id: None,
+        consumer_id: None,
+        client: "127.0.0.1:5000".parse().expect("addr"),
+        method: Method::GET,
+        uri: "/demo/hello?x=1".parse().expect("uri"),
+        version: http::Version::HTTP_11,
+        host: Some(HeaderValue::from_static("example.com")),
+        user_agent: Some(HeaderValue::from_static("curl/8")),
+        status: 200,
+        bytes_received: Some(11),
+        bytes_sent: Some(42),
+        duration: Duration::from_micros(1500),
+        upstream_addr: Some("127.0.0.1:8081".into()),
+        upstream_duration: Some(Duration::from_millis(1)),
+        request_headers: Vec::new(),
+        response_headers: Vec::new(),
+    }
+}
+
+fn json(format: &RecordFormat, record: &AccessRecord) -> serde_json::Value {
+    serde_json::from_str(&format.to_json(record)).expect("one JSON object")
+}
+
+/// The top-level keys of `format`'s JSON for `record`, in the order written.
+fn keys_in_order(format: &RecordFormat, record: &AccessRecord) -> Vec<String> {
+    let text = format.to_json(record);
+    let value = json(format, record);
+    let mut keys: Vec<(usize, String)> = value
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(|key| (text.find(&format!("\"{key}\":")).expect("key in text"), key.clone()))
+        .collect();
+    keys.sort();
+    keys.into_iter().map(|(_, key)| key).collect()
+}
+
+#[test]
+fn formats_timestamps_as_rfc3339_utc_and_index_patterns_by_date() {
+    let time = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+    assert_eq!(Rfc3339(time).to_string(), "2023-11-14T22:13:20.123Z");
+    assert_eq!(format_date_pattern("gantry-%Y.%m.%d", time), "gantry-2023.11.14");
+    assert_eq!(format_date_pattern("g-%H%%", time), "g-22%");
+}
+
+#[test]
+fn the_default_fields_are_the_fields_written_before_they_could_be_chosen() {
+    let format = format_of(r#"{"path": "/dev/null"}"#);
+    let value = json(&format, &record());
+    let keys = keys_in_order(&format, &record());
+    assert_eq!(
+        keys,
+        [
+            "time",
+            "request_id",
+            "route",
+            "client_ip",
+            "method",
+            "uri",
+            "protocol",
+            "status",
+            "duration_ms",
+            "upstream",
+            "upstream_duration_ms"
+        ]
+    );
+    assert_eq!(value["duration_ms"], 1.5);
+    assert_eq!(value["uri"], "/demo/hello?x=1");
+    assert_eq!(value["time"], "2023-11-14T22:13:20.123Z");
+}
+
+#[test]
+fn writes_the_chosen_fields_in_order_with_trace_context_and_headers() {
+    let format = format_of(
+        r#"{"path": "/dev/null", "fields": ["status", "trace_id", "span_id", "path", "query", "host", "user_agent",
+            "bytes_received", "bytes_sent", "gateway_overhead", "service", "consumer"],
+            "request_headers": ["x-tenant", "accept"], "response_headers": ["content-type"]}"#,
+    );
+    let mut record = record();
+    let mut headers = HeaderMap::new();
+    headers.insert("traceparent", HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+    let context = trace_context(&headers).expect("valid traceparent");
+    record.trace_id = Some(context.trace_id);
+    record.span_id = Some(context.span_id);
+    record.request_headers = vec![
+        (HeaderName::from_static("x-tenant"), HeaderValue::from_static("acme")),
+        (HeaderName::from_static("accept"), HeaderValue::from_static("a/b")),
+        (HeaderName::from_static("accept"), HeaderValue::from_static("c/d")),
+    ];
+    let value = json(&format, &record);
+    let keys = keys_in_order(&format, &record);
+    assert_eq!(
+        keys,
+        [
+            "status",
+            "trace_id",
+            "span_id",
+            "path",
+            "query",
+            "host",
+            "user_agent",
+            "bytes_received",
+            "bytes_sent",
+            "gateway_overhead_ms",
+            "request_headers",
+            "response_headers"
+        ],
+        "absent service and consumer are left out: {value}"
+    );
+    assert_eq!(value["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(value["span_id"], "b7ad6b7169203331");
+    assert_eq!(value["path"], "/demo/hello");
+    assert_eq!(value["query"], "x=1");
+    assert_eq!(value["host"], "example.com");
+    assert_eq!(value["bytes_sent"], 42);
+    assert_eq!(value["gateway_overhead_ms"], 0.5);
+    assert_eq!(value["request_headers"], serde_json::json!({"x-tenant": "acme", "accept": "a/b, c/d"}));
+    assert_eq!(value["response_headers"], serde_json::json!({}));
+}
+
+#[test]
+fn takes_from_the_request_head_only_what_the_fields_log() {
+    let log = AccessLog::start(&spec(
+        r#"{"path": "/dev/null", "fields": ["trace_id", "host"], "request_headers": ["x-tenant"]}"#,
+    ))
+    .expect("start");
+    let mut headers = HeaderMap::new();
+    headers.insert("traceparent", HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+    headers.insert("host", HeaderValue::from_static("api.example.com"));
+    headers.insert("user-agent", HeaderValue::from_static("curl/8"));
+    headers.insert("content-length", HeaderValue::from_static("12"));
+    headers.insert("x-tenant", HeaderValue::from_static("acme"));
+    headers.insert("x-other", HeaderValue::from_static("no"));
+    let facts = log.request_facts(&"/a".parse().expect("uri"), &headers);
+    assert!(facts.trace.is_some());
+    assert_eq!(facts.host, Some(HeaderValue::from_static("api.example.com")));
+    assert_eq!(facts.user_agent, None, "not a chosen field");
+    assert_eq!(facts.bytes_received, None, "not a chosen field");
+    assert_eq!(facts.headers, vec![(HeaderName::from_static("x-tenant"), HeaderValue::from_static("acme"))]);
+    // HTTP/2 gives the authority in the URI.
+    let facts = log.request_facts(&"https://h2.example.com/a".parse().expect("uri"), &headers);
+    assert_eq!(facts.host, Some(HeaderValue::from_static("h2.example.com")));
+}
+
+#[test]
+fn counts_records_dropped_on_a_full_queue_per_sink() {
+    let log = AccessLog::start(&spec(
+        r#"{"sinks": [{"file": {"name": "small", "path": "/dev/null", "queue": {"capacity": 1, "flush_interval": "1s"}}},
+                      {"file": {"name": "large", "path": "/dev/null", "queue": {"capacity": 100000}}}]}"#,
+    ))
+    .expect("start");
+    // The sinks poll every 20 ms: a burst far larger than one queue cannot all fit.
+    for _ in 0..10_000 {
+        log.emit(record());
+    }
+    let dropped = log.dropped();
+    assert!(dropped > 0, "a full queue drops records");
+    let mut registry = Registry::default();
+    log.register_metrics(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    let line = format!("gantry_access_log_dropped_total{{sink=\"small\"}} {dropped}");
+    assert!(text.lines().any(|own| own == line), "{text}");
+    assert!(text.lines().any(|own| own == "gantry_access_log_dropped_total{sink=\"large\"} 0"), "{text}");
+}
+
+fn rotating_sink(dir: &Path, rotate: RotateSpec) -> FileSink {
+    let spec = FileSinkSpec {
+        name: None,
+        path: dir.join("access.log"),
+        rotate: Some(rotate),
+        queue: SinkQueueSpec::default(),
+    };
+    FileSink::open(&spec, Arc::new(format_of(r#"{"path": "-", "fields": ["request_id"]}"#))).expect("open")
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn rotates_by_size_without_splitting_lines_and_keeps_the_newest_files() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut sink = rotating_sink(dir.path(), RotateSpec { max_bytes: Some(60), daily: false, keep: 2 });
+    // Each line is `{"request_id":"rNN"}\n`, 21 bytes: two fit in 60 bytes, three do not.
+    for round in 0..4 {
+        let batch: Vec<Arc<AccessRecord>> = (0..3)
+            .map(|index| {
+                let mut record = record();
+                record.request_id = format!("r{round}{index}").into();
+                Arc::new(record)
+            })
+            .collect();
+        assert_eq!(sink.write(&batch).await, Outcome::written(3));
+    }
+    let current = dir.path().join("access.log");
+    let newest = lines(&current);
+    let first_rotated = lines(&numbered(&current, 1));
+    let second_rotated = lines(&numbered(&current, 2));
+    assert!(!numbered(&current, 3).exists(), "keep: 2");
+    let all: Vec<String> = second_rotated.iter().chain(&first_rotated).chain(&newest).cloned().collect();
+    for line in &all {
+        let value: serde_json::Value = serde_json::from_str(line).expect("a complete JSON line");
+        assert!(value["request_id"].is_string());
+    }
+    for file in [&newest, &first_rotated, &second_rotated] {
+        assert!(file.len() <= 2 && !file.is_empty(), "{file:?}");
+    }
+    // The newest six records, in order, across the kept files.
+    let expected: Vec<String> =
+        ["r20", "r21", "r22", "r30", "r31", "r32"].iter().map(|id| format!(r#"{{"request_id":"{id}"}}"#)).collect();
+    assert_eq!(all, expected);
+}
+
+#[tokio::test]
+async fn a_file_moved_away_from_outside_is_reopened_at_its_path() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut sink = rotating_sink(dir.path(), RotateSpec { max_bytes: Some(1 << 20), daily: true, keep: 1 });
+    let current = dir.path().join("access.log");
+    assert_eq!(sink.write(&[Arc::new(record())]).await, Outcome::written(1));
+    std::fs::rename(&current, dir.path().join("moved.log")).expect("move");
+    assert_eq!(sink.write(&[Arc::new(record())]).await, Outcome::written(1));
+    assert_eq!(lines(&current).len(), 1, "a new file at the path");
+    assert_eq!(lines(&dir.path().join("moved.log")).len(), 1);
+}
+
+#[test]
+fn encodes_http_batches_as_json_lines_or_one_array() {
+    let format = format_of(r#"{"path": "-", "fields": ["request_id", "status"]}"#);
+    let batch = vec![Arc::new(record()), Arc::new(record())];
+    let (content_type, body) = super::http_sink::encode_batch(&format, HttpBatchFormat::Ndjson, &batch);
+    assert_eq!(content_type, "application/x-ndjson");
+    assert_eq!(&body[..], b"{\"request_id\":\"r1\",\"status\":200}\n{\"request_id\":\"r1\",\"status\":200}\n");
+    let (content_type, body) = super::http_sink::encode_batch(&format, HttpBatchFormat::JsonArray, &batch);
+    assert_eq!(content_type, "application/json");
+    let array: Vec<serde_json::Value> = serde_json::from_slice(&body).expect("array");
+    assert_eq!(array.len(), 2);
+}
+
+#[test]
+fn encodes_bulk_actions_into_the_index_of_each_records_day() {
+    let format = format_of(r#"{"path": "-", "fields": ["request_id"]}"#);
+    let mut next_day = record();
+    next_day.time += Duration::from_secs(86_400);
+    let body = super::elasticsearch::encode_bulk(&format, "gantry-%Y.%m.%d", &[Arc::new(record()), Arc::new(next_day)]);
+    let text = String::from_utf8(body).expect("utf8");
+    assert_eq!(
+        text,
+        "{\"create\":{\"_index\":\"gantry-2023.11.14\"}}\n{\"request_id\":\"r1\"}\n{\"create\":{\"_index\":\"gantry-2023.11.15\"}}\n{\"request_id\":\"r1\"}\n"
+    );
+}
+
+#[test]
+fn reads_bulk_answers_item_by_item() {
+    let read = super::elasticsearch::read_bulk_answer;
+    let ok = br#"{"took":3,"errors":false,"items":[{"create":{"status":201}},{"create":{"status":201}}]}"#;
+    assert_eq!(read(ok, 2).expect("answer").0, Outcome::written(2));
+    let partial = br#"{"took":3,"errors":true,"items":[{"create":{"status":201}},{"create":{"status":400,"error":{"type":"mapper_parsing_exception","reason":"bad"}}},{"create":{"status":429,"error":{"type":"es_rejected_execution_exception"}}}]}"#;
+    let (outcome, reason) = read(partial, 3).expect("answer");
+    assert_eq!(outcome, Outcome { written: 1, failed: 2 });
+    assert!(reason.is_some_and(|reason| reason.contains("mapper_parsing_exception")));
+    assert!(read(b"not json", 1).is_err());
+}
+
+#[test]
+fn formats_rfc5424_messages_with_the_record_as_message() {
+    let format = format_of(r#"{"path": "-", "fields": ["request_id", "status"]}"#);
+    let header = super::syslog::Header {
+        facility: 16,
+        hostname: "gw1".to_owned(),
+        app_name: "gantry".to_owned(),
+        proc_id: "42".to_owned(),
+    };
+    let mut out = Vec::new();
+    header.write_message(&format, &record(), &mut out);
+    assert_eq!(
+        String::from_utf8(out).expect("utf8"),
+        "<134>1 2023-11-14T22:13:20.123Z gw1 gantry 42 access - {\"request_id\":\"r1\",\"status\":200}"
+    );
+    let mut failed = record();
+    failed.status = 502;
+    let mut out = Vec::new();
+    header.write_message(&format, &failed, &mut out);
+    assert!(out.starts_with(b"<132>1 "), "5xx is a warning");
+}
+
+#[test]
+fn encodes_otlp_log_records_as_the_otlp_json_encoding() {
+    let format = format_of(r#"{"path": "-", "fields": ["request_id", "status"]}"#);
+    let mut traced = record();
+    traced.trace_id = Some([0xab; 16]);
+    traced.span_id = Some([0xcd; 8]);
+    let body = super::otlp::encode_logs(&format, "edge", &[Arc::new(traced), Arc::new(record())]);
+    let value: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let resource = &value["resourceLogs"][0];
+    assert_eq!(resource["resource"]["attributes"][0]["key"], "service.name");
+    assert_eq!(resource["resource"]["attributes"][0]["value"]["stringValue"], "edge");
+    let records = resource["scopeLogs"][0]["logRecords"].as_array().expect("records");
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0]["timeUnixNano"], "1700000000123000000");
+    assert_eq!(records[0]["traceId"], "ab".repeat(16));
+    assert_eq!(records[0]["spanId"], "cd".repeat(8));
+    assert_eq!(records[0]["severityNumber"], 9);
+    assert_eq!(records[0]["body"]["stringValue"], "{\"request_id\":\"r1\",\"status\":200}");
+    assert!(records[1].get("traceId").is_none());
+    let status = records[0]["attributes"]
+        .as_array()
+        .expect("attributes")
+        .iter()
+        .find(|attribute| attribute["key"] == "http.response.status_code")
+        .expect("status attribute");
+    assert_eq!(status["value"]["intValue"], "200");
+    assert_eq!(super::otlp::rejected_records(br#"{"partialSuccess":{"rejectedLogRecords":"2"}}"#), 2);
+    assert_eq!(super::otlp::rejected_records(b"{}"), 0);
+}
