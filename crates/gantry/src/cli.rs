@@ -109,6 +109,33 @@ pub enum ImportSource {
     /// Routes from an OpenAPI 3.0 or 3.1 document: one per path with its methods, all checked
     /// against the document by `openapi_validation`.
     Openapi(ImportOpenApiArgs),
+    /// Routes from a WSDL 1.1 document: one per operation of a SOAP service, a REST/JSON
+    /// `POST` that `rest_to_soap` turns into the SOAP call.
+    Wsdl(ImportWsdlArgs),
+}
+
+/// Options of `gantry import wsdl`.
+#[derive(Debug, Args)]
+pub struct ImportWsdlArgs {
+    /// The WSDL 1.1 document.
+    pub file: PathBuf,
+    /// Id of the upstream, and first part of each route id; by default made from the service's
+    /// name.
+    #[arg(long, value_name = "ID")]
+    pub upstream: Option<String>,
+    /// Path the routes start with (`/prefix/operation-name`); by default `/` and the upstream id.
+    #[arg(long, value_name = "PATH")]
+    pub prefix: Option<String>,
+    /// Where the service is served (`http://host:port/path`), instead of its `soap:address`.
+    #[arg(long, value_name = "URL")]
+    pub address: Option<String>,
+    /// The SOAP version of the binding to use where a service has ports of both (`1.1`,
+    /// `1.2`); by default each service's first SOAP port.
+    #[arg(long, value_name = "VERSION")]
+    pub soap_version: Option<String>,
+    /// Write the configuration to FILE instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 /// Options of `gantry import openapi`.

@@ -42,9 +42,9 @@ pub fn import_openapi(args: &ImportOpenApiArgs) -> ExitCode {
 
 /// Where the API is served: an upstream's one endpoint and its scheme.
 #[derive(Debug, PartialEq, Eq)]
-struct UpstreamTarget {
-    endpoint: String,
-    is_https: bool,
+pub(crate) struct UpstreamTarget {
+    pub(crate) endpoint: String,
+    pub(crate) is_https: bool,
 }
 
 fn render_import(args: &ImportOpenApiArgs) -> Result<String, String> {
@@ -113,13 +113,13 @@ fn render_import(args: &ImportOpenApiArgs) -> Result<String, String> {
 }
 
 /// A YAML double-quoted scalar (JSON's string syntax is one).
-fn quote(text: &str) -> String {
+pub(crate) fn quote(text: &str) -> String {
     serde_json::Value::from(text).to_string()
 }
 
 /// Lower-case letters and digits of `text`, runs of anything else as one `-`, at most `max`
 /// characters; `None` when nothing is left.
-fn slug(text: &str, max: usize) -> Option<String> {
+pub(crate) fn slug(text: &str, max: usize) -> Option<String> {
     let mut slug = String::new();
     for c in text.chars() {
         if c.is_ascii_alphanumeric() {
@@ -136,7 +136,7 @@ fn slug(text: &str, max: usize) -> Option<String> {
 /// `http://host:port` or `https://host` as an endpoint. A document's server URL may have a
 /// path (the base path, which routes keep); `--upstream` may not, as routes forward the
 /// request's own path.
-fn parse_upstream_url(url: &str, path_allowed: bool) -> Result<UpstreamTarget, String> {
+pub(crate) fn parse_upstream_url(url: &str, path_allowed: bool) -> Result<UpstreamTarget, String> {
     let uri: http::Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
     let is_https = match uri.scheme_str() {
         Some("http") => false,

@@ -3,6 +3,7 @@
 mod cli;
 mod demo;
 mod import;
+mod import_wsdl;
 mod run;
 
 use std::process::ExitCode;
@@ -20,6 +21,7 @@ fn main() -> ExitCode {
         cli::Command::Run(args) => run::run(args),
         cli::Command::Validate(args) => run::validate(args),
         cli::Command::Import(cli::ImportSource::Openapi(args)) => import::import_openapi(&args),
+        cli::Command::Import(cli::ImportSource::Wsdl(args)) => import_wsdl::import_wsdl(&args),
         cli::Command::Version => {
             println!("gantry {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
