@@ -40,6 +40,22 @@ if ! grep -qs "\"version\": \"$saml_idp\"" target/test-tools/saml-idp/node_modul
   npm install --prefix target/test-tools/saml-idp --no-package-lock --no-audit --no-fund
 fi
 
+# Python packages the SOAP tests run (pinned): the spyne service and the zeep client, in a
+# virtual environment in target/test-tools/spyne where the tests look. Python 3.13 removed
+# `cgi`, which spyne 2.14 imports: legacy-cgi puts it back there; spyne_service.py patches
+# the six spyne bundles for Python 3.12 and later.
+soap_packages=(spyne==2.14.0 lxml==6.2.0 zeep==4.3.3 'legacy-cgi==2.6.4; python_version >= "3.13"')
+if ! target/test-tools/spyne/bin/python -c 'import lxml, zeep, spyne; assert spyne.__version__ == "2.14.0"' 2>/dev/null; then
+  # Debian ships venv's ensurepip in python3-venv.
+  if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends python3 python3-venv
+  fi
+  echo "installing: ${soap_packages[*]}"
+  rm -rf target/test-tools/spyne
+  python3 -m venv target/test-tools/spyne
+  target/test-tools/spyne/bin/pip install --quiet --disable-pip-version-check "${soap_packages[@]}"
+fi
+
 echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -19,6 +19,7 @@ pub mod promtool;
 pub mod raw;
 pub mod redis;
 pub mod saml;
+pub mod soap;
 pub mod streaming;
 pub mod tls_client;
 pub mod tls_upstream;

@@ -37,6 +37,7 @@ mod response_headers;
 mod saml;
 mod scopes;
 mod script;
+mod soap;
 mod traffic_split;
 mod user_agent;
 mod xml_json;
