@@ -206,6 +206,12 @@ int gx_transform(xsltStylesheetPtr style, const char *input, int input_len, cons
         status = GX_NOT_WELL_FORMED;
         goto done;
     }
+    /* Without a DTD no entity can be declared: no expansion ("billion laughs"), no XXE. */
+    if (doc->intSubset != NULL || doc->extSubset != NULL) {
+        gx_error(NULL, "documents with a DTD (<!DOCTYPE ...>) are refused");
+        status = GX_NOT_WELL_FORMED;
+        goto done;
+    }
     ctxt = xsltNewTransformContext(style, doc);
     if (ctxt == NULL) {
         status = GX_TRANSFORM_FAILED;

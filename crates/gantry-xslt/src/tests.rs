@@ -249,3 +249,29 @@ fn serves_many_threads_with_one_stylesheet() {
         thread.join().expect("no thread panicked");
     }
 }
+
+#[test]
+fn refuses_documents_with_a_dtd() {
+    let echo = compile(
+        r#"<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform">
+             <xsl:output method="text"/><xsl:template match="/"><xsl:value-of select="."/></xsl:template></xsl:stylesheet>"#,
+    );
+    let mut laughs = String::from("<!DOCTYPE a [<!ENTITY l0 \"ha\">");
+    for level in 1..=30 {
+        let previous = format!("&l{};", level - 1);
+        laughs.push_str(&format!("<!ENTITY l{level} \"{}\">", previous.repeat(10)));
+    }
+    laughs.push_str("]><a>&l30;</a>");
+    let started = std::time::Instant::now();
+    // libxml2 stops this one while parsing; the DTD check below refuses every other.
+    assert!(matches!(echo.transform(laughs.as_bytes(), &[], LIMITS), Err(Error::NotWellFormed(_))));
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    let Err(Error::NotWellFormed(reason)) = echo.transform(br#"<!DOCTYPE a [<!ENTITY x "y">]><a>&x;</a>"#, &[], LIMITS)
+    else {
+        panic!("a document with a DTD is refused")
+    };
+    assert!(reason.contains("DTD"), "{reason}");
+    let Err(Error::NotWellFormed(_)) = echo.transform(b"<!DOCTYPE a SYSTEM \"a.dtd\"><a/>", &[], LIMITS) else {
+        panic!("an external DTD is refused too")
+    };
+}
