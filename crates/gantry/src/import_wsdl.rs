@@ -202,6 +202,66 @@ mod tests {
         assert_eq!(endpoint_path("http://10.0.0.1:8000/soap11", None, described), "/soap11");
     }
 
+    /// One service with a SOAP 1.1 and a SOAP 1.2 port, as WCF describes its services.
+    const TWO_BINDINGS: &str = r#"<definitions xmlns="http://schemas.xmlsoap.org/wsdl/" xmlns:s11="http://schemas.xmlsoap.org/wsdl/soap/" xmlns:s12="http://schemas.xmlsoap.org/wsdl/soap12/" xmlns:t="urn:t" name="Billing Service" targetNamespace="urn:t">
+  <message name="PayIn"><part name="amount" type="xsd:int"/></message>
+  <portType name="P"><operation name="PayInvoice"><input message="t:PayIn"/></operation></portType>
+  <binding name="B11" type="t:P"><s11:binding style="rpc"/><operation name="PayInvoice"><s11:operation soapAction="urn:t#pay"/></operation></binding>
+  <binding name="B12" type="t:P"><s12:binding style="rpc"/><operation name="PayInvoice"><s12:operation soapAction="urn:t#pay"/></operation></binding>
+  <service name="Billing">
+    <port name="P11" binding="t:B11"><s11:address location="https://billing.example.com/soap"/></port>
+    <port name="P12" binding="t:B12"><s12:address location="https://billing.example.com/soap12"/></port>
+  </service>
+</definitions>"#;
+
+    fn import(arguments: &[&str]) -> Result<String, String> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("billing.wsdl");
+        std::fs::write(&file, TWO_BINDINGS).expect("write the WSDL");
+        let file = file.to_str().expect("UTF-8 path").to_owned();
+        let args = [&["gantry", "import", "wsdl", file.as_str()], arguments].concat();
+        let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(args).expect("valid arguments");
+        let Some(crate::cli::Command::Import(crate::cli::ImportSource::Wsdl(args))) = cli.command else {
+            panic!("import wsdl")
+        };
+        render_import(&args)
+    }
+
+    #[test]
+    fn writes_one_route_per_operation_of_the_chosen_binding() {
+        let yaml = import(&[]).expect("imported");
+        assert!(
+            yaml.contains("  - id: billing-service\n    endpoints: [\"billing.example.com:443\"]\n    scheme: https"),
+            "{yaml}"
+        );
+        assert!(
+            yaml.contains("  - id: billing-service-pay-invoice\n    paths: [\"/billing-service/pay-invoice\"]"),
+            "{yaml}"
+        );
+        assert!(yaml.contains("soap_version: \"1.1\""), "the first port: {yaml}");
+        assert!(yaml.contains("element_form: unqualified\n          field_order: [\"amount\"]"), "{yaml}");
+
+        let yaml = import(&[
+            "--soap-version",
+            "1.2",
+            "--upstream",
+            "pay",
+            "--prefix",
+            "/api/",
+            "--address",
+            "http://10.0.0.5:8080",
+        ])
+        .expect("imported");
+        assert!(yaml.contains("  - id: pay\n    endpoints: [\"10.0.0.5:8080\"]\nroutes:"), "{yaml}");
+        assert!(yaml.contains("  - id: pay-pay-invoice\n    paths: [\"/api/pay-invoice\"]"), "{yaml}");
+        assert!(yaml.contains("soap_version: \"1.2\""), "{yaml}");
+        assert!(yaml.contains("path: \"/soap12\""), "the WSDL's path when --address has none: {yaml}");
+
+        assert!(import(&["--soap-version", "2"]).expect_err("no such version").contains("1.1 or 1.2"));
+        assert!(import(&["--upstream", "a b"]).expect_err("not an id").contains("--upstream a b"));
+        assert!(import(&["--prefix", "api"]).expect_err("not a path").contains("--prefix api"));
+    }
+
     #[test]
     fn keeps_route_ids_unique_and_short() {
         let taken = vec!["a-add".to_owned()];
