@@ -122,7 +122,7 @@ impl SyslogSink {
             let _ = write!(self.frames, "{} ", self.message.len());
             self.frames.extend_from_slice(&self.message);
         }
-        if self.tcp.as_ref().is_some_and(|stream| peer_has_closed(stream)) {
+        if self.tcp.as_ref().is_some_and(peer_has_closed) {
             // Written now, the batch would vanish into a connection the server already closed:
             // the write succeeds locally and the peer answers with a reset.
             self.tcp = None;
