@@ -128,7 +128,8 @@ fn answers_malformed_and_failing_request_bodies_with_problems() {
     assert_eq!(problem_type(&sent.answer), "invalid-xml");
     let xxe = r#"<!DOCTYPE order [<!ENTITY x SYSTEM "file:///etc/passwd">]><order>&x;</order>"#;
     let sent = send(&policy, "application/xml", &[], xxe);
-    assert_eq!((sent.status, problem_type(&sent.answer).as_str()), (400, "invalid-xml"));
+    assert_eq!(sent.status, 400, "a body with a DTD is refused: {}", sent.body);
+    assert_eq!(problem_type(&sent.answer), "invalid-xml");
 
     let terminating = r#"<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform">
   <xsl:template match="/"><xsl:message terminate="yes">no <xsl:value-of select="name(/*)"/></xsl:message></xsl:template>
