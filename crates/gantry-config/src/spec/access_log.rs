@@ -779,6 +779,21 @@ mod tests {
     }
 
     #[test]
+    fn the_examples_of_the_access_log_guide_are_valid() {
+        let guide = include_str!("../../../../docs/access-log.md");
+        let mut examples = 0;
+        for block in guide.split("```yaml\n").skip(1) {
+            let yaml = block.split("```").next().unwrap_or_default();
+            let spec = crate::load_str(yaml).unwrap_or_else(|errors| panic!("{errors}\n{yaml}"));
+            let errors = crate::validate::validate_spec(&spec);
+            assert!(errors.is_empty(), "{errors}\n{yaml}");
+            assert!(spec.node.and_then(|node| node.access_log).is_some(), "{yaml}");
+            examples += 1;
+        }
+        assert!(examples >= 8, "{examples}");
+    }
+
+    #[test]
     fn index_patterns_take_date_conversions_only() {
         assert!(check_index_pattern("gantry-%Y.%m.%d").is_ok());
         assert!(check_index_pattern("logs-%H%%").is_ok());
