@@ -5,7 +5,7 @@
 //! declared: no XXE, no billion laughs), because which element is the Envelope, the Body or a
 //! Fault depends on namespace URIs, not on the prefixes a sender picked. The element inside the
 //! Body is then converted by the same mapping `xml_to_json` uses, and its names are reduced to
-//! local names ([`simplify`]), since prefixes are the sender's choice and REST clients should
+//! local names (`simplify`), since prefixes are the sender's choice and REST clients should
 //! not depend on them. [`wsdl`] reads WSDL 1.1 documents for `gantry import wsdl`.
 
 pub mod wsdl;
