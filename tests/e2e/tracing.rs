@@ -217,14 +217,22 @@ async fn ratio_zero_exports_nothing_but_still_propagates_the_context() {
         ),
         &upstream,
     );
-    let (status, seen) = get(&gateway, "/api/quiet", &[("traceparent", &format!("00-{TRACE}-{CALLER_SPAN}-01"))]).await;
+    let traceparent = format!("00-{TRACE}-{CALLER_SPAN}-01");
+    let (status, seen) = get(&gateway, "/api/quiet", &[("traceparent", &traceparent)]).await;
     assert_eq!(status, StatusCode::OK);
-    let (trace_id, parent, flags) = traceparent_parts(&seen["traceparent"]);
-    assert_eq!((trace_id.as_str(), flags.as_str()), (TRACE, "00"), "the trace goes on, marked as not sampled");
-    assert_ne!(parent, CALLER_SPAN);
+    assert_eq!(
+        seen["traceparent"].as_str(),
+        Some(traceparent.as_str()),
+        "with no span of its own recorded, the gateway passes the caller's context on as it came"
+    );
     let (_, seen) = get(&gateway, "/api/quiet", &[]).await;
-    let (_, _, flags) = traceparent_parts(&seen["traceparent"]);
-    assert_eq!(flags, "00");
+    let (trace_id, _, flags) = traceparent_parts(&seen["traceparent"]);
+    assert_eq!(flags, "00", "a trace starting here goes on, marked as not sampled");
+    assert_ne!(trace_id, TRACE);
+    let (_, seen) = get(&gateway, "/api/quiet", &[("b3", &format!("{TRACE}-{CALLER_SPAN}-1"))]).await;
+    let (trace_id, parent, flags) = traceparent_parts(&seen["traceparent"]);
+    assert_eq!((trace_id.as_str(), parent.as_str(), flags.as_str()), (TRACE, CALLER_SPAN, "00"));
+    assert_eq!(seen["b3"], format!("{TRACE}-{CALLER_SPAN}-0"));
 
     // Ten export intervals: a sampled span would have been sent by now.
     tokio::time::sleep(Duration::from_millis(500)).await;

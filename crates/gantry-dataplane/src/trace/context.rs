@@ -134,30 +134,48 @@ fn b3_trace_id(text: &[u8]) -> Option<TraceId> {
 }
 
 fn lower_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
-    if text.iter().any(u8::is_ascii_uppercase) {
-        return None;
-    }
-    any_hex(text)
+    decode_hex(text, &LOWER_HEX_DIGITS)
 }
 
 fn any_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+    decode_hex(text, &HEX_DIGITS)
+}
+
+/// Not a hex digit, in the tables below.
+const NOT_HEX: u8 = 0xff;
+
+/// The value of each byte as a hex digit: a table lookup per character keeps parsing a
+/// `traceparent` to a few hundred instructions.
+const HEX_DIGITS: [u8; 256] = digit_table(true);
+/// The same without upper-case digits, which W3C Trace Context does not allow.
+const LOWER_HEX_DIGITS: [u8; 256] = digit_table(false);
+
+const fn digit_table(upper: bool) -> [u8; 256] {
+    let mut table = [NOT_HEX; 256];
+    let mut digit = 0;
+    while digit < 16 {
+        table[b"0123456789abcdef"[digit] as usize] = digit as u8;
+        if upper {
+            table[b"0123456789ABCDEF"[digit] as usize] = digit as u8;
+        }
+        digit += 1;
+    }
+    table
+}
+
+fn decode_hex<const N: usize>(text: &[u8], digits: &[u8; 256]) -> Option<[u8; N]> {
     if text.len() != N * 2 {
         return None;
     }
     let mut out = [0; N];
+    let mut invalid = 0;
     for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        *byte = (hex_digit(pair[0])? << 4) | hex_digit(pair[1])?;
+        let (high, low) = (digits[usize::from(pair[0])], digits[usize::from(pair[1])]);
+        invalid |= high | low;
+        *byte = (high << 4) | (low & 0xf);
     }
-    Some(out)
-}
-
-fn hex_digit(digit: u8) -> Option<u8> {
-    match digit {
-        b'0'..=b'9' => Some(digit - b'0'),
-        b'a'..=b'f' => Some(digit - b'a' + 10),
-        b'A'..=b'F' => Some(digit - b'A' + 10),
-        _ => None,
-    }
+    // Digits are below 16, so a single `NOT_HEX` leaves the high bits set.
+    (invalid & 0xf0 == 0).then_some(out)
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -317,7 +335,8 @@ mod tests {
         let version_ff = format!("ff-{TRACE}-{SPAN}-01");
         let too_long_v0 = format!("00-{TRACE}-{SPAN}-01-extra");
         let short = format!("00-{TRACE}-{SPAN}-1");
-        for bad in [zero_trace, zero_span, upper, version_ff, too_long_v0, short, "garbage".to_owned()] {
+        let not_hex = format!("00-{TRACE}-00f067aa0ba902bg-01");
+        for bad in [zero_trace, zero_span, upper, version_ff, too_long_v0, short, not_hex, "garbage".to_owned()] {
             assert_eq!(parse_traceparent(bad.as_bytes()), None, "{bad}");
         }
     }

@@ -4,7 +4,8 @@
 //!
 //! Runs per request, only when tracing is configured: without `node.tracing` the gateway holds
 //! no [`Tracer`] and nothing here runs. An unsampled request reads the caller's context and
-//! writes `traceparent` for the upstream, nothing more. A sampled one records plain values
+//! passes it to the upstream (writing `traceparent` only for a new trace or a B3 caller),
+//! nothing more. A sampled one records plain values
 //! ([`record`]) and hands them to a bounded queue; the exporter thread ([`export`]) builds the
 //! OTLP messages and sends them, so export never makes a request wait.
 
@@ -149,13 +150,19 @@ impl RequestTrace {
     }
 
     /// Writes the context for the upstream into `headers`: under the upstream call's client
-    /// span when sampled (start it first), else under the server span's id.
+    /// span when sampled (start it first). An unsampled request passes the caller's W3C
+    /// context on as it came, since no span of the gateway is recorded for the upstream's to
+    /// hang from; a new trace, or one that came as B3, gets its `traceparent` written.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        let parent = self
-            .recorder
-            .as_ref()
-            .and_then(|recorder| recorder.upstream.as_ref())
-            .map_or(&self.span_id, |upstream| &upstream.span_id);
-        context::inject(headers, &self.trace_id, parent, self.is_sampled(), self.parent.map(|parent| parent.format));
+        let format = self.parent.map(|parent| parent.format);
+        let upstream_parent = match &self.recorder {
+            Some(recorder) => recorder.upstream.as_ref().map_or(&self.span_id, |upstream| &upstream.span_id),
+            None => match &self.parent {
+                Some(parent) if parent.format == Format::W3c => return,
+                Some(parent) => &parent.span_id,
+                None => &self.span_id,
+            },
+        };
+        context::inject(headers, &self.trace_id, upstream_parent, self.is_sampled(), format);
     }
 }
