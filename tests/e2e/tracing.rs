@@ -384,3 +384,44 @@ async fn the_tracing_guide_example_is_valid_and_exports_a_callers_sampled_trace(
     let export = receiver.exports().into_iter().next().expect("one export");
     assert!(export.headers.contains(&("x-scope-orgid".to_owned(), "team-a".to_owned())), "{:?}", export.headers);
 }
+
+#[tokio::test]
+async fn access_log_records_carry_the_gateways_server_span() {
+    let upstream = EchoUpstream::start("traced").await;
+    let receiver = OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log_path = dir.path().join("access.log");
+    let gateway = start_gateway(&format!(
+        "node:
+  listeners:
+    - address: 127.0.0.1:0
+  access_log: {{path: {log}}}
+  tracing: {{exporter: {{endpoint: '{endpoint}'}}, batch: {{interval: 100ms}}}}
+upstreams:
+  - id: echo
+    endpoints: [{addr}]
+routes:
+  - id: api
+    paths: [/api/*]
+    upstream: echo
+",
+        log = log_path.display(),
+        endpoint = receiver.grpc_endpoint(),
+        addr = upstream.addr()
+    ));
+    let traceparent = format!("00-{TRACE}-{CALLER_SPAN}-01");
+    let response = TestClient::default()
+        .request(Method::GET, &gateway.url("/api/logged"), &[("traceparent", &traceparent)], "")
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
+    let spans = spans_of(&receiver, TRACE, 2).await;
+    let server = by_kind(&spans, SERVER)[0];
+    let record: serde_json::Value = eventually("an access log record", || {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let record = text.lines().next().map(|line| serde_json::from_str(line).expect("a JSON record"));
+        async move { record }
+    })
+    .await;
+    assert_eq!(record["trace_id"], TRACE);
+    assert_eq!(record["span_id"], server.span_id().as_str(), "the record names the gateway's span, not the caller's");
+}

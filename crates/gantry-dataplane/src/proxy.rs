@@ -16,7 +16,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use crate::access_log::{AccessLog, AccessRecord};
+use crate::access_log::{AccessLog, AccessRecord, TraceContext};
 use crate::body::{apply_response_body_action, discard, ClientResponseBody, GatewayBody, HoldingBody, LimitedBody};
 use crate::forward::{forward_traced, ForwardError, ForwardRequest};
 use crate::headers::{add_forwarded, remove_hop_by_hop, request_id, ClientForwarding, X_REQUEST_ID};
@@ -130,6 +130,10 @@ impl Gateway {
             None => self.metrics.traffic().count_unmatched(status),
         }
         let route_id = served.route.as_ref().map(|route| route.id.clone());
+        let gateway_trace = trace.as_ref().map(|trace| {
+            let (trace_id, span_id) = trace.log_context();
+            TraceContext { trace_id, span_id }
+        });
         if let (Some(tracer), Some(trace)) = (&self.tracer, trace) {
             if trace.is_sampled() {
                 let consumer = served.exchange.as_ref().and_then(|exchange| exchange.consumer().map(|c| c.id.clone()));
@@ -152,7 +156,8 @@ impl Gateway {
             route.pipeline.selected(exchange).run_log(&record);
         }
         if let (Some(log), Some(facts)) = (&self.access_log, logged_facts) {
-            let trace = facts.trace;
+            // The gateway's own span when it traces requests, else the caller's traceparent.
+            let trace = gateway_trace.or(facts.trace);
             log.emit(AccessRecord {
                 // Wall-clock time of arrival, read only when a log needs it.
                 time: SystemTime::now().checked_sub(duration).unwrap_or(SystemTime::UNIX_EPOCH),

@@ -139,6 +139,15 @@ impl RequestTrace {
         &self.span_id
     }
 
+    /// The trace and span an access log record names: the server span when sampled, else the
+    /// span the upstream sees as its parent (the caller's, or a new one for a new trace).
+    pub fn log_context(&self) -> (TraceId, SpanId) {
+        match (&self.recorder, &self.parent) {
+            (None, Some(parent)) => (self.trace_id, parent.span_id),
+            _ => (self.trace_id, self.span_id),
+        }
+    }
+
     /// Whether the spans are recorded and exported.
     pub fn is_sampled(&self) -> bool {
         self.recorder.is_some()
