@@ -15,13 +15,14 @@ use receivers::{bulk_answer, parse_rfc5424, HttpReceiver, IndexedDocument, TcpSy
 
 const KEY: &str = "access-log-admin-key";
 
-/// A gateway with the admin API, one route `/api/*` to `upstream`, and `access_log` (YAML
-/// lines indented under `node.access_log`).
+/// A gateway with the admin API, the routes `/api/*` (of service `shop`) and `/status/*` (the
+/// echo upstream answers `/status/<code>` with that status) to `upstream`, and `access_log`
+/// (YAML lines indented under `node.access_log`).
 fn gateway_logging(upstream: &EchoUpstream, access_log: &str) -> GatewayProcess {
     start_gateway(&with_admin(
         KEY,
         &format!(
-            "  access_log:\n{access_log}upstreams:\n  - id: up\n    endpoints: [{addr}]\nservices:\n  - id: shop\n    upstream: up\nroutes:\n  - id: api\n    paths: [/api/*]\n    service: shop\n",
+            "  access_log:\n{access_log}upstreams:\n  - id: up\n    endpoints: [{addr}]\nservices:\n  - id: shop\n    upstream: up\nroutes:\n  - id: api\n    paths: [/api/*]\n    service: shop\n  - id: status\n    paths: [/status/*]\n    upstream: up\n",
             addr = upstream.addr()
         ),
     ))
@@ -287,7 +288,7 @@ async fn syslog_sinks_send_rfc5424_messages_over_udp_and_octet_counted_tcp() {
     let client = TestClient::default();
     let mut sent = Vec::new();
     for index in 0..5 {
-        let path = if index == 4 { "/api/status/503".to_owned() } else { format!("/api/m{index}") };
+        let path = if index == 4 { "/status/503".to_owned() } else { format!("/api/m{index}") };
         let response = client.get(&gateway.url(&path)).await;
         sent.push((path, response.header("x-request-id").expect("request id").to_owned()));
         // One message per batch, so the TCP server's closes fall between batches.
@@ -320,6 +321,8 @@ async fn syslog_sinks_send_rfc5424_messages_over_udp_and_octet_counted_tcp() {
             assert!(parsed.timestamp.ends_with('Z'));
         }
     }
+    assert_eq!(sent[4].0, "/status/503");
+    assert!(udp.messages()[4].starts_with("<132>1 "), "a 5xx is a warning: {}", udp.messages()[4]);
     assert!(tcp.connections() >= 3, "the sink connected again after each close: {}", tcp.connections());
     assert_eq!(metric(&gateway, "gantry_access_log_failed_total{sink=\"tcp\"}").await, 0);
 }
@@ -386,4 +389,101 @@ async fn a_stalled_or_down_http_sink_costs_requests_no_latency_drops_and_counts_
     })
     .await;
     assert_eq!(recovered["status"], 200);
+}
+
+#[tokio::test]
+async fn otlp_sinks_export_log_records_as_protobuf_or_json_with_the_trace_context() {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use prost::Message;
+
+    let upstream = EchoUpstream::start("exported").await;
+    let protobuf = HttpReceiver::start().await;
+    let json = HttpReceiver::start().await;
+    let gateway = gateway_logging(
+        &upstream,
+        &format!(
+            "    fields: [request_id, path, status]\n    sinks:\n      - otlp: {{url: '{protobuf}', service_name: edge, queue: {{flush_interval: 50ms}}}}\n      - otlp: {{name: otlp-json, url: '{json}', encoding: json, queue: {{flush_interval: 50ms}}}}\n",
+            protobuf = protobuf.url("/v1/logs"),
+            json = json.url("/v1/logs")
+        ),
+    );
+    let client = TestClient::default();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    client.request(Method::GET, &gateway.url("/api/traced"), &[("traceparent", traceparent)], "").await;
+    client.get(&gateway.url("/status/503")).await;
+
+    let exports = eventually("two protobuf log records", || {
+        let received = protobuf.received();
+        async move {
+            let count: usize = received
+                .iter()
+                .map(|export| {
+                    let request = ExportLogsServiceRequest::decode(export.body.as_ref()).expect("protobuf export");
+                    request.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len()).sum::<usize>()
+                })
+                .sum();
+            (count >= 2).then_some(received)
+        }
+    })
+    .await;
+    let mut records = Vec::new();
+    for export in &exports {
+        assert_eq!(export.path, "/v1/logs");
+        assert_eq!(export.content_type.as_deref(), Some("application/x-protobuf"));
+        let request = ExportLogsServiceRequest::decode(export.body.as_ref()).expect("protobuf export");
+        for resource in request.resource_logs {
+            let service = resource.resource.expect("resource").attributes;
+            assert_eq!(service[0].key, "service.name");
+            assert_eq!(
+                service[0].value.as_ref().and_then(|v| v.value.clone()),
+                Some(Value::StringValue("edge".into()))
+            );
+            for scope in resource.scope_logs {
+                assert_eq!(scope.scope.expect("scope").name, "gantry.access_log");
+                records.extend(scope.log_records);
+            }
+        }
+    }
+    let body = |record: &opentelemetry_proto::tonic::logs::v1::LogRecord| -> serde_json::Value {
+        match record.body.as_ref().and_then(|body| body.value.clone()) {
+            Some(Value::StringValue(text)) => serde_json::from_str(&text).expect("the body is the JSON record"),
+            other => panic!("body {other:?}"),
+        }
+    };
+    let traced = records.iter().find(|record| body(record)["path"] == "/api/traced").expect("the traced request");
+    assert_eq!(hex(&traced.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(hex(&traced.span_id), "00f067aa0ba902b7");
+    assert_eq!(traced.severity_number, 9);
+    let failed = records.iter().find(|record| body(record)["status"] == 503).expect("the 503");
+    assert!(failed.trace_id.is_empty());
+    assert_eq!(failed.severity_text, "WARN");
+    let route = failed.attributes.iter().find(|a| a.key == "http.route").and_then(|a| a.value.clone());
+    assert_eq!(route.and_then(|v| v.value), Some(Value::StringValue("status".into())));
+
+    let exports = eventually("two JSON log records", || {
+        let received = json.received();
+        async move {
+            let records: Vec<serde_json::Value> = received
+                .iter()
+                .flat_map(|export| {
+                    let request: serde_json::Value = serde_json::from_slice(&export.body).expect("JSON export");
+                    request["resourceLogs"][0]["scopeLogs"][0]["logRecords"].as_array().cloned().unwrap_or_default()
+                })
+                .collect();
+            (records.len() >= 2).then_some((received, records))
+        }
+    })
+    .await;
+    assert!(exports.0.iter().all(|export| export.content_type.as_deref() == Some("application/json")));
+    let traced = exports.1.iter().find(|record| record["traceId"].is_string()).expect("a traced record");
+    assert_eq!(traced["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(traced["spanId"], "00f067aa0ba902b7");
+    assert!(traced["timeUnixNano"].as_str().is_some_and(|nanos| nanos.parse::<u64>().is_ok()), "{traced}");
+    assert_eq!(metric(&gateway, "gantry_access_log_written_total{sink=\"otlp\"}").await, 2);
+    assert_eq!(metric(&gateway, "gantry_access_log_written_total{sink=\"otlp-json\"}").await, 2);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }

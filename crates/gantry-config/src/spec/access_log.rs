@@ -221,7 +221,7 @@ pub enum AccessLogSinkSpec {
     Elasticsearch(ElasticsearchSinkSpec),
     /// RFC 5424 syslog messages over UDP or TCP.
     Syslog(SyslogSinkSpec),
-    /// OpenTelemetry log records, OTLP/HTTP JSON.
+    /// OpenTelemetry log records over OTLP/HTTP.
     Otlp(OtlpSinkSpec),
 }
 
@@ -645,7 +645,7 @@ impl SyslogFacility {
     }
 }
 
-/// OpenTelemetry log records, sent as OTLP/HTTP JSON.
+/// OpenTelemetry log records, sent over OTLP/HTTP.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpSinkSpec {
@@ -657,6 +657,10 @@ pub struct OtlpSinkSpec {
     /// The `service.name` resource attribute.
     #[serde(default = "default_app_name")]
     pub service_name: String,
+    /// `protobuf` (`application/x-protobuf`, what every collector takes) or `json`
+    /// (`application/json`, the OTLP JSON encoding).
+    #[serde(default)]
+    pub encoding: OtlpEncoding,
     /// Longest one attempt may take, connecting included.
     #[serde(default = "default_timeout")]
     pub timeout: Duration,
@@ -669,6 +673,17 @@ pub struct OtlpSinkSpec {
     /// Queue and batches.
     #[serde(default)]
     pub queue: SinkQueueSpec,
+}
+
+/// How an `otlp` sink encodes its export requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpEncoding {
+    /// Binary protobuf.
+    #[default]
+    Protobuf,
+    /// The OTLP JSON encoding.
+    Json,
 }
 
 /// RFC 9110 token characters.

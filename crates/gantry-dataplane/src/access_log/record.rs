@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use gantry_config::{AccessLogField, AccessLogSpec};
+use gantry_config::{AccessLogField, AccessLogSinkSpec, AccessLogSpec};
 use http::{HeaderName, HeaderValue};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
@@ -33,7 +33,12 @@ impl RecordFormat {
             fields: spec.fields.clone(),
             request_headers: names(&spec.request_headers)?,
             response_headers: names(&spec.response_headers)?,
-            wants: Wants::of(&spec.fields),
+            wants: Wants {
+                // OTLP log records carry the trace context whatever the fields.
+                trace: Wants::of(&spec.fields).trace
+                    || spec.all_sinks().iter().any(|sink| matches!(sink, AccessLogSinkSpec::Otlp(_))),
+                ..Wants::of(&spec.fields)
+            },
         })
     }
 

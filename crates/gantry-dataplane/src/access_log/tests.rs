@@ -319,7 +319,7 @@ fn encodes_otlp_log_records_as_the_otlp_json_encoding() {
     let mut traced = record();
     traced.trace_id = Some([0xab; 16]);
     traced.span_id = Some([0xcd; 8]);
-    let body = super::otlp::encode_logs(&format, "edge", &[Arc::new(traced), Arc::new(record())]);
+    let body = super::otlp::encode_json(&format, "edge", &[Arc::new(traced), Arc::new(record())]);
     let value: serde_json::Value = serde_json::from_slice(&body).expect("json");
     let resource = &value["resourceLogs"][0];
     assert_eq!(resource["resource"]["attributes"][0]["key"], "service.name");
@@ -339,6 +339,46 @@ fn encodes_otlp_log_records_as_the_otlp_json_encoding() {
         .find(|attribute| attribute["key"] == "http.response.status_code")
         .expect("status attribute");
     assert_eq!(status["value"]["intValue"], "200");
-    assert_eq!(super::otlp::rejected_records(br#"{"partialSuccess":{"rejectedLogRecords":"2"}}"#), 2);
-    assert_eq!(super::otlp::rejected_records(b"{}"), 0);
+    let json = gantry_config::OtlpEncoding::Json;
+    assert_eq!(super::otlp::rejected_records(json, br#"{"partialSuccess":{"rejectedLogRecords":"2"}}"#), 2);
+    assert_eq!(super::otlp::rejected_records(json, b"{}"), 0);
+}
+
+#[test]
+fn encodes_otlp_log_records_as_protobuf_export_requests() {
+    use opentelemetry_proto::tonic::collector::logs::v1::{
+        ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+    };
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use prost::Message;
+
+    let format = format_of(r#"{"path": "-", "fields": ["request_id", "status"]}"#);
+    let mut traced = record();
+    traced.trace_id = Some([0xab; 16]);
+    traced.span_id = Some([0xcd; 8]);
+    traced.status = 503;
+    let body = super::otlp::encode_protobuf(&format, "edge", &[Arc::new(traced), Arc::new(record())]);
+    let request = ExportLogsServiceRequest::decode(body.as_slice()).expect("an ExportLogsServiceRequest");
+    let resource = &request.resource_logs[0];
+    let service = &resource.resource.as_ref().expect("resource").attributes[0];
+    assert_eq!(service.key, "service.name");
+    assert_eq!(service.value.as_ref().and_then(|v| v.value.clone()), Some(Value::StringValue("edge".into())));
+    let records = &resource.scope_logs[0].log_records;
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0].time_unix_nano, 1_700_000_000_123_000_000);
+    assert_eq!(records[0].trace_id, vec![0xab; 16]);
+    assert_eq!(records[0].span_id, vec![0xcd; 8]);
+    assert_eq!((records[0].severity_number, records[0].severity_text.as_str()), (13, "WARN"));
+    let body = records[0].body.as_ref().and_then(|body| body.value.clone());
+    assert_eq!(body, Some(Value::StringValue("{\"request_id\":\"r1\",\"status\":503}".into())));
+    let status = records[0].attributes.iter().find(|a| a.key == "http.response.status_code").expect("status");
+    assert_eq!(status.value.as_ref().and_then(|v| v.value.clone()), Some(Value::IntValue(503)));
+    assert!(records[1].trace_id.is_empty() && records[1].span_id.is_empty());
+
+    let protobuf = gantry_config::OtlpEncoding::Protobuf;
+    let partial = ExportLogsServiceResponse {
+        partial_success: Some(ExportLogsPartialSuccess { rejected_log_records: 1, error_message: "no".into() }),
+    };
+    assert_eq!(super::otlp::rejected_records(protobuf, &partial.encode_to_vec()), 1);
+    assert_eq!(super::otlp::rejected_records(protobuf, b""), 0);
 }
