@@ -134,9 +134,11 @@ pub enum AccessLogField {
     Time,
     /// `request_id`: the request id (`X-Request-Id`).
     RequestId,
-    /// `trace_id`: the W3C trace id, 32 hex digits, from the request's trace context.
+    /// `trace_id`: the W3C trace id, 32 hex digits: the gateway's trace when it traces
+    /// requests, else the one of the client's `traceparent`.
     TraceId,
-    /// `span_id`: the W3C parent span id, 16 hex digits, from the request's trace context.
+    /// `span_id`: the W3C span id, 16 hex digits: the gateway's server span when it traces
+    /// requests, else the caller's span from `traceparent`.
     SpanId,
     /// `route`: the matched route.
     Route,

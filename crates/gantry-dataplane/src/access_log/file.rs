@@ -134,6 +134,16 @@ impl Sink for FileSink {
     }
 }
 
+#[cfg(test)]
+impl FileSink {
+    /// Makes the open file look first written on `day` (days since 1970-01-01, UTC).
+    pub(super) fn pretend_written_on(&mut self, day: u64) {
+        if let Some(open) = self.file.as_mut() {
+            open.day = day;
+        }
+    }
+}
+
 /// `<path>.<number>`.
 pub(super) fn numbered(path: &Path, number: usize) -> PathBuf {
     let mut name = path.as_os_str().to_owned();

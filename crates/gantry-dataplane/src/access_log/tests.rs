@@ -242,6 +242,23 @@ async fn rotates_by_size_without_splitting_lines_and_keeps_the_newest_files() {
 }
 
 #[tokio::test]
+async fn rotates_daily_on_the_first_record_of_a_new_day() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut sink = rotating_sink(dir.path(), RotateSpec { max_bytes: None, daily: true, keep: 3 });
+    let current = dir.path().join("access.log");
+    assert_eq!(sink.write(&[Arc::new(record()), Arc::new(record())]).await, Outcome::written(2));
+    assert!(!numbered(&current, 1).exists(), "the same day: no rotation");
+    let today = super::record::day_number(SystemTime::now());
+    sink.pretend_written_on(today - 1);
+    assert_eq!(sink.write(&[Arc::new(record())]).await, Outcome::written(1));
+    assert_eq!(lines(&numbered(&current, 1)).len(), 2, "yesterday's file");
+    assert_eq!(lines(&current).len(), 1, "today's file");
+    assert_eq!(sink.write(&[Arc::new(record())]).await, Outcome::written(1));
+    assert!(!numbered(&current, 2).exists(), "one rotation a day");
+    assert_eq!(lines(&current).len(), 2);
+}
+
+#[tokio::test]
 async fn a_file_moved_away_from_outside_is_reopened_at_its_path() {
     let dir = tempfile::tempdir().expect("dir");
     let mut sink = rotating_sink(dir.path(), RotateSpec { max_bytes: Some(1 << 20), daily: true, keep: 1 });

@@ -11,13 +11,13 @@ pub struct TraceContext {
     pub span_id: [u8; 8],
 }
 
-/// The trace context an access log record carries: the one place a record's `trace_id` and
-/// `span_id` come from.
+/// The caller's trace context, for an access log record: the trace id and parent span id of
+/// the client's W3C `traceparent` header, parsed strictly: a missing, repeated or malformed
+/// header gives `None`, never an error.
 ///
-/// Today that is the client's W3C `traceparent` header (its trace id and parent span id),
-/// parsed strictly: a missing, repeated or malformed header gives `None`, never an error.
-/// When the gateway traces requests itself, this is the function to change so records carry
-/// the gateway's own span context instead.
+/// This is where a record's `trace_id` and `span_id` come from unless the gateway traces the
+/// request itself (`node.tracing`); then the request handler gives the record the gateway's
+/// own span instead.
 pub fn trace_context(headers: &HeaderMap) -> Option<TraceContext> {
     let mut values = headers.get_all("traceparent").iter();
     let value = values.next()?;
