@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the build or the tests need: `command:package` pairs. libxslt1-dev and
 # pkg-config build gantry-xslt, the engine of the `xslt` policy (the `xslt` feature, on here).
+# etcd-server is the etcd member the cluster-mode tests run.
 needed=()
 for pair in cc:gcc curl:curl /usr/sbin/slapd:slapd ldapsearch:ldap-utils redis-server:redis-server promtool:prometheus \
-  xslt-config:libxslt1-dev pkg-config:pkg-config; do
+  xslt-config:libxslt1-dev pkg-config:pkg-config etcd:etcd-server; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || needed+=("${pair#*:}")
 done
 if ((${#needed[@]})); then

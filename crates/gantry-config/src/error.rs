@@ -132,6 +132,11 @@ pub enum Origin {
         /// Resource kind and id, e.g. `routes/orders`.
         resource: String,
     },
+    /// A key in etcd (cluster mode).
+    Etcd {
+        /// The key, e.g. `/gantry/config/routes/orders`.
+        key: String,
+    },
 }
 
 impl fmt::Display for Origin {
@@ -140,6 +145,7 @@ impl fmt::Display for Origin {
             Origin::File { path, line, column } => write!(f, "{}:{line}:{column}", path.display()),
             Origin::Embedded { line, column } => write!(f, "<embedded default>:{line}:{column}"),
             Origin::Admin { resource } => write!(f, "admin API {resource}"),
+            Origin::Etcd { key } => write!(f, "etcd key {key}"),
         }
     }
 }

@@ -13,6 +13,9 @@ pub fn validate_spec(spec: &GatewaySpec) -> ConfigErrors {
     let root = FieldPath::root();
     if let Some(node) = &spec.node {
         validate_node(node, &root.key("node"), &mut errors);
+        if node.cluster.is_some() {
+            refuse_resources_beside_a_cluster(spec, &mut errors);
+        }
     }
     let upstream_ids = unique_ids(spec.upstreams.iter().map(|u| u.id.as_str()), "upstreams", &mut errors);
     let service_ids = unique_ids(spec.services.iter().map(|s| s.id.as_str()), "services", &mut errors);
@@ -126,6 +129,31 @@ fn validate_node(node: &NodeSpec, path: &FieldPath, errors: &mut ConfigErrors) {
     validate_metrics(&node.metrics, &path.key("metrics"), errors);
     if let Some(tracing) = &node.tracing {
         crate::spec::validate_tracing(tracing, &path.key("tracing"), errors);
+    }
+    if let Some(cluster) = &node.cluster {
+        cluster.validate(&path.key("cluster"), errors);
+    }
+}
+
+/// In cluster mode etcd holds the resources; a file holding some too would leave two sources
+/// of truth, one of which every other node ignores.
+fn refuse_resources_beside_a_cluster(spec: &GatewaySpec, errors: &mut ConfigErrors) {
+    let lists = [
+        ("routes", spec.routes.is_empty()),
+        ("services", spec.services.is_empty()),
+        ("upstreams", spec.upstreams.is_empty()),
+        ("consumers", spec.consumers.is_empty()),
+        ("consumer_groups", spec.consumer_groups.is_empty()),
+        ("policy_sets", spec.policy_sets.is_empty()),
+        ("global_policies", spec.global_policies.is_empty()),
+    ];
+    for (kind, empty) in lists {
+        if !empty {
+            errors.push(
+                FieldPath::root().key(kind),
+                "with `node.cluster`, resources live in etcd: write them through the admin API of any node, and keep only `node` in the file",
+            );
+        }
     }
 }
 

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use gantry_config::{ConfigErrors, ConfigSource, GatewaySpec, LoadedConfig, NodeSpec};
 use gantry_dataplane::metrics::TrafficMetrics;
-use gantry_dataplane::snapshot::{SnapshotHandle, empty_handle};
-use gantry_dataplane::upstream::UpstreamStates;
+use gantry_dataplane::snapshot::{empty_handle, SnapshotHandle};
 use gantry_dataplane::upstream::health::HealthCheckers;
+use gantry_dataplane::upstream::UpstreamStates;
 use gantry_state::Stores;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -139,6 +139,16 @@ impl ControlPlane {
         self.outcomes.failures.load(Ordering::Relaxed)
     }
 
+    /// Whether the latest change was rejected (the running configuration is older than it).
+    pub fn last_reload_failed(&self) -> bool {
+        self.outcomes.last_failed.load(Ordering::Relaxed)
+    }
+
+    /// The request metrics routes and endpoints count into.
+    pub fn traffic_metrics(&self) -> &TrafficMetrics {
+        &self.metrics
+    }
+
     /// Re-reads the source and applies it.
     pub fn reload_from_source(&self) -> Result<u64, ReloadError> {
         let source = self.source.as_ref().ok_or(ReloadError::NoSource)?;
@@ -240,6 +250,12 @@ impl ControlPlane {
             "configuration applied"
         );
         Ok(generation)
+    }
+
+    /// Counts and logs a configuration refused before it reached [`Self::apply_change`] (one
+    /// that could not even be read, such as bad JSON in etcd).
+    pub fn record_rejected(&self, errors: &ConfigErrors) {
+        self.record_rejection(errors);
     }
 
     fn record_rejection(&self, errors: &ConfigErrors) {

@@ -29,8 +29,30 @@ pub enum Command {
     /// Write configuration from another description of an API.
     #[command(subcommand)]
     Import(ImportSource),
+    /// Show a running gateway's status (`GET /status` of its admin API) as tables.
+    Status(StatusArgs),
     /// Print the version.
     Version,
+}
+
+/// Options of `gantry status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The admin API: `host:port` or a URL.
+    #[arg(long, env = "GANTRY_ADMIN", default_value = "127.0.0.1:9180")]
+    pub admin: String,
+    /// The admin API key.
+    #[arg(long, env = "GANTRY_ADMIN_KEY", hide_env_values = true)]
+    pub key: String,
+    /// Show the N routes with the most requests.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+    /// Redraw every SECONDS, like `top`, until interrupted.
+    #[arg(long, value_name = "SECONDS")]
+    pub watch: Option<u64>,
+    /// Print the status document as JSON instead of tables.
+    #[arg(long, conflicts_with = "watch")]
+    pub json: bool,
 }
 
 /// Options of `gantry run`.

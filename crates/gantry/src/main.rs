@@ -5,6 +5,7 @@ mod demo;
 mod import;
 mod import_wsdl;
 mod run;
+mod status;
 
 use std::process::ExitCode;
 
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
         cli::Command::Validate(args) => run::validate(args),
         cli::Command::Import(cli::ImportSource::Openapi(args)) => import::import_openapi(&args),
         cli::Command::Import(cli::ImportSource::Wsdl(args)) => import_wsdl::import_wsdl(&args),
+        cli::Command::Status(args) => status::status(&args),
         cli::Command::Version => {
             println!("gantry {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use gantry_config::{AdminSpec, ConfigErrors, ConfigSource, LoadedConfig, NodeSpec, Secret};
 use gantry_controlplane::admin::auth::generate_api_key;
 use gantry_controlplane::admin::{AdminServer, AdminState};
+use gantry_controlplane::cluster::Cluster;
 use gantry_controlplane::{compile_snapshot, ControlPlane};
 use gantry_dataplane::access_log::AccessLog;
 use gantry_dataplane::listener::{bind, ListenerSettings, Server};
@@ -126,12 +127,26 @@ async fn serve(node: NodeSpec, source: ConfigSource, loaded: LoadedConfig, watch
     let connecting = stores.clone();
     tokio::spawn(async move { connecting.connect().await });
     let traffic = Arc::new(TrafficMetrics::new(&node.metrics));
+    let cluster = match &node.cluster {
+        Some(spec) => Some(Arc::new(Cluster::new(spec)?)),
+        None => None,
+    };
+    // In cluster mode the file holds only node settings; reloading it would apply an empty
+    // configuration, so the control plane gets no source and etcd is the only one.
+    let reload_source = if cluster.is_some() { None } else { Some(source.clone()) };
     let control = Arc::new(
-        ControlPlane::new(Some(source.clone()), loaded.spec.node.clone())
+        ControlPlane::new(reload_source, loaded.spec.node.clone())
             .with_stores(stores.clone())
             .with_metrics(traffic.clone()),
     );
-    control.apply_loaded(&loaded).map_err(|err| err.to_string())?;
+    let _etcd_sync = match &cluster {
+        // Not ready (`GET /ready` 503) until the first read from etcd is applied.
+        Some(cluster) => Some(AbortOnDrop(tokio::spawn(cluster.clone().sync(control.clone())))),
+        None => {
+            control.apply_loaded(&loaded).map_err(|err| err.to_string())?;
+            None
+        }
+    };
 
     if let Some(address) = &node.demo_upstream {
         let address: SocketAddr = address.parse().map_err(|_| format!("bad demo_upstream address {address}"))?;
@@ -203,12 +218,25 @@ async fn serve(node: NodeSpec, source: ConfigSource, loaded: LoadedConfig, watch
         None
     };
     let admin = match &node.admin {
-        Some(spec) => Some(start_admin(spec, &node, control.clone(), metrics.clone()).await?),
+        Some(spec) => Some(start_admin(spec, &node, control.clone(), metrics.clone(), cluster.clone()).await?),
         None => None,
     };
+    let _announcement = cluster.as_ref().map(|cluster| {
+        let description = NodeDescription {
+            id: cluster.node_id().to_owned(),
+            listeners: server.local_addrs().iter().map(ToString::to_string).collect(),
+            admin: admin.as_ref().map(|admin| admin.local_addr().to_string()),
+            started_at: format!("{:.3}", jiff::Timestamp::now()),
+        };
+        let (snapshot, link) = (control.snapshot(), cluster.clone());
+        AbortOnDrop(tokio::spawn(cluster.clone().announce(move || description.describe(&snapshot, &link))))
+    });
     spawn_sighup_reload(control.clone());
 
     wait_for_shutdown_signal().await;
+    if let Some(cluster) = &cluster {
+        cluster.withdraw().await;
+    }
     if let Some(admin) = admin {
         // No configuration changes while draining.
         admin.shutdown().await;
@@ -231,6 +259,7 @@ async fn start_admin(
     node: &NodeSpec,
     control: Arc<ControlPlane>,
     metrics: Arc<prometheus_client::registry::Registry>,
+    cluster: Option<Arc<Cluster>>,
 ) -> Result<AdminServer, String> {
     let address: SocketAddr = spec.address.parse().map_err(|_| format!("bad admin address {}", spec.address))?;
     let api_key = match &spec.api_key {
@@ -244,11 +273,46 @@ async fn start_admin(
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|err| format!("cannot listen for the admin API on {address}: {err}"))?;
-    let server = AdminServer::start(listener, AdminState::new(control, node.clone(), api_key, metrics))
-        .map_err(|err| format!("cannot start the admin API on {address}: {err}"))?;
+    let mut state = AdminState::new(control, node.clone(), api_key, metrics);
+    if let Some(cluster) = cluster {
+        state = state.with_cluster(cluster);
+    }
+    let server =
+        AdminServer::start(listener, state).map_err(|err| format!("cannot start the admin API on {address}: {err}"))?;
     let addr = server.local_addr();
     tracing::info!(address = %addr, "admin API started");
     Ok(server)
+}
+
+/// Aborts a background task when dropped, so it ends with `serve`.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What this node tells the cluster about itself (`GET /cluster`).
+struct NodeDescription {
+    id: String,
+    listeners: Vec<String>,
+    admin: Option<String>,
+    started_at: String,
+}
+
+impl NodeDescription {
+    fn describe(&self, snapshot: &gantry_dataplane::snapshot::SnapshotHandle, cluster: &Cluster) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "version": env!("CARGO_PKG_VERSION"),
+            "started_at": self.started_at,
+            "listeners": self.listeners,
+            "admin": self.admin,
+            "generation": snapshot.load().generation,
+            "revision": cluster.sync_state().revision,
+        })
+    }
 }
 
 fn spawn_sighup_reload(control: Arc<ControlPlane>) {

@@ -4,6 +4,7 @@
 //! ignored setting. `node` settings need a restart; everything else reloads live.
 
 mod access_log;
+mod cluster;
 mod node;
 mod policy;
 mod route;
@@ -11,6 +12,7 @@ mod tracing;
 mod upstream;
 
 pub use access_log::*;
+pub use cluster::*;
 pub use node::*;
 pub use policy::*;
 pub use route::*;

@@ -46,6 +46,10 @@ pub struct NodeSpec {
     /// OTLP. Absent: no trace headers are read or written and no span is made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<super::TracingSpec>,
+    /// Cluster mode: the configuration lives in etcd and is shared by every node. Absent: the
+    /// configuration files are the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<super::ClusterSpec>,
 }
 
 impl Default for NodeSpec {
@@ -61,6 +65,7 @@ impl Default for NodeSpec {
             stores: None,
             metrics: MetricsSpec::default(),
             tracing: None,
+            cluster: None,
         }
     }
 }

@@ -83,6 +83,8 @@ struct Shared {
     api_key_name: String,
     openapi: serde_json::Value,
     metrics: Arc<prometheus_client::registry::Registry>,
+    started: jiff::Timestamp,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl AdminState {
@@ -100,7 +102,18 @@ impl AdminState {
         let audit = audit::AuditLog::for_source(control.source(), audit_file);
         let api_key_name = node.admin.as_ref().map_or_else(|| "admin".to_owned(), |admin| admin.api_key_name.clone());
         let openapi = openapi::openapi_document();
-        Self(Arc::new(Shared { control, api_key, node, persistence, audit, api_key_name, openapi, metrics }))
+        Self(Arc::new(Shared {
+            control,
+            api_key,
+            node,
+            persistence,
+            audit,
+            api_key_name,
+            openapi,
+            metrics,
+            started: jiff::Timestamp::now(),
+            cluster: None,
+        }))
     }
 
     /// The metrics `GET /metrics` exposes.
@@ -142,6 +155,27 @@ impl AdminState {
         &self.0.api_key_name
     }
 
+    /// The same state for a node in cluster mode: writes go to etcd through `cluster`, and
+    /// nothing is saved to the node's own file. Call it before the state is shared.
+    #[must_use]
+    pub fn with_cluster(mut self, cluster: Arc<crate::cluster::Cluster>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.0) {
+            shared.persistence = Persistence::Memory;
+            shared.cluster = Some(cluster);
+        }
+        self
+    }
+
+    /// The cluster this node belongs to, in cluster mode.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.0.cluster.as_ref()
+    }
+
+    /// When the admin API, and so the gateway, started.
+    pub fn started(&self) -> jiff::Timestamp {
+        self.0.started
+    }
+
     /// The OpenAPI document, built once.
     pub fn openapi(&self) -> &serde_json::Value {
         &self.0.openapi
@@ -171,6 +205,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", problems_for_other_methods(get(status::metrics)))
         .route("/cache/{route}", problems_for_other_methods(delete(cache::purge)))
         .route("/audit", problems_for_other_methods(get(audit::list)))
+        .route("/status", problems_for_other_methods(get(status::status)))
+        .route("/cluster", problems_for_other_methods(get(status::cluster)))
         .fallback(endpoint_not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_api_key))

@@ -142,6 +142,36 @@ pub fn openapi_document() -> Value {
             }
         }}),
     );
+    paths.insert(
+        "/status".to_owned(),
+        json!({"get": {
+            "summary": "A summary of the gateway for a person or `gantry status`: version and uptime, the configuration serving and rejected reloads, requests per route by status class with latency quantiles (estimated from the metrics' histogram buckets), and each upstream endpoint's availability, load, tries and failures",
+            "operationId": "getStatus",
+            "tags": ["meta"],
+            "parameters": [
+                {"name": "top", "in": "query", "required": false, "description": "Only the N routes with the most requests, busiest first (all routes in configuration order without it)", "schema": {"type": "integer", "minimum": 0}}
+            ],
+            "responses": {
+                "200": {"description": "The summary", "content": {"application/json": {"schema": {"type": "object", "required": ["version", "uptime_seconds", "config", "routes", "upstreams"]}}}},
+                "400": problem_ref(),
+                "401": problem_ref()
+            }
+        }}),
+    );
+    paths.insert(
+        "/cluster".to_owned(),
+        json!({"get": {
+            "summary": "Cluster mode: this node's id and link to etcd (connected, the revision its configuration was read at, the last error), and every live node as it describes itself (id, version, start time, listeners, admin address, generation, revision)",
+            "operationId": "getCluster",
+            "tags": ["meta"],
+            "responses": {
+                "200": {"description": "The cluster", "content": {"application/json": {"schema": {"type": "object", "required": ["node_id", "etcd", "nodes"]}}}},
+                "401": problem_ref(),
+                "404": problem_ref(),
+                "503": problem_ref()
+            }
+        }}),
+    );
     generator.subschema_for::<ProblemDocument>();
     let schemas = generator.take_definitions(true);
     let problem_types: Vec<Value> = ProblemType::ALL
@@ -321,6 +351,8 @@ mod tests {
             ("/openapi.json", &["get"][..]),
             ("/metrics", &["get"][..]),
             ("/audit", &["get"][..]),
+            ("/status", &["get"][..]),
+            ("/cluster", &["get"][..]),
         ] {
             for verb in verbs {
                 assert!(paths[path].get(*verb).is_some(), "{verb} {path}");

@@ -48,6 +48,8 @@ pub enum ProblemType {
     InvalidQuery,
     /// `store-unavailable` (503).
     StoreUnavailable,
+    /// `conflict` (409).
+    Conflict,
 }
 
 /// Where problem `type` URIs of the admin API start.
@@ -55,7 +57,7 @@ pub const PROBLEM_TYPE_BASE: &str = "https://gantry.dev/problems/admin/";
 
 impl ProblemType {
     /// Every problem type, for documentation and the tests that keep the docs complete.
-    pub const ALL: [ProblemType; 16] = [
+    pub const ALL: [ProblemType; 17] = [
         ProblemType::Unauthorized,
         ProblemType::EndpointNotFound,
         ProblemType::MethodNotAllowed,
@@ -72,6 +74,7 @@ impl ProblemType {
         ProblemType::Internal,
         ProblemType::InvalidQuery,
         ProblemType::StoreUnavailable,
+        ProblemType::Conflict,
     ];
 
     /// The stable code, the last segment of the `type` URI.
@@ -93,6 +96,7 @@ impl ProblemType {
             ProblemType::Internal => "internal",
             ProblemType::InvalidQuery => "invalid-query",
             ProblemType::StoreUnavailable => "store-unavailable",
+            ProblemType::Conflict => "conflict",
         }
     }
 
@@ -107,7 +111,7 @@ impl ProblemType {
             ProblemType::Unauthorized => StatusCode::UNAUTHORIZED,
             ProblemType::EndpointNotFound | ProblemType::ResourceNotFound => StatusCode::NOT_FOUND,
             ProblemType::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ProblemType::ResourceExists | ProblemType::ResourceInUse => StatusCode::CONFLICT,
+            ProblemType::ResourceExists | ProblemType::ResourceInUse | ProblemType::Conflict => StatusCode::CONFLICT,
             ProblemType::IdMismatch
             | ProblemType::MalformedBody
             | ProblemType::InvalidConfig
@@ -138,6 +142,7 @@ impl ProblemType {
             ProblemType::Internal => "Internal error",
             ProblemType::InvalidQuery => "Query parameters not understood",
             ProblemType::StoreUnavailable => "A store could not be reached",
+            ProblemType::Conflict => "The configuration changed meanwhile",
         }
     }
 
@@ -213,9 +218,16 @@ impl ProblemType {
                  changed."
             }
             ProblemType::StoreUnavailable => {
-                "The store the endpoint works on (Redis, for `DELETE /cache/{route}`) did not \
-                 answer or failed; the detail says how. Some entries may already be gone: send \
-                 the request again once the store is back."
+                "The store the endpoint works on (Redis, for `DELETE /cache/{route}`; etcd, for \
+                 writes and `GET /cluster` in cluster mode) did not answer or failed; the detail \
+                 says how. A purge may have removed some entries already; a configuration write \
+                 was not applied. Send the request again once the store is back."
+            }
+            ProblemType::Conflict => {
+                "Cluster mode: another node changed the configuration in etcd between this node \
+                 reading it and writing the change, so the write was refused rather than losing \
+                 either update. Nothing changed. Read the resource again and retry; the node \
+                 catches up with etcd within moments."
             }
         }
     }
@@ -364,6 +376,12 @@ pub enum AdminError {
         /// The store's failure.
         reason: String,
     },
+    /// The configuration changed under the write (cluster mode).
+    #[error("{reason}")]
+    Conflict {
+        /// What changed.
+        reason: String,
+    },
 }
 
 /// The singular noun for a resource kind, for messages.
@@ -398,6 +416,7 @@ impl AdminError {
             AdminError::Internal { .. } => ProblemType::Internal,
             AdminError::InvalidQuery { .. } => ProblemType::InvalidQuery,
             AdminError::StoreUnavailable { .. } => ProblemType::StoreUnavailable,
+            AdminError::Conflict { .. } => ProblemType::Conflict,
         }
     }
 

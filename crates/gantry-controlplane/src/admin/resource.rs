@@ -176,7 +176,10 @@ fn commit(
             audited = Some((audit::masked_diff(&old, &new, &new_shown), candidate != *applied));
             Ok(candidate)
         },
-        |_| persistence.save(edit_documents).map_err(Into::into),
+        |candidate| match state.cluster() {
+            Some(cluster) => cluster.save_blocking(candidate),
+            None => persistence.save(edit_documents).map_err(Into::into),
+        },
     );
     match outcome {
         Ok(generation) => {
@@ -194,6 +197,12 @@ fn commit(
                 }
             }
             Err(AdminError::InvalidConfig(errors))
+        }
+        Err(ReloadError::NotSaved(err)) if err.is::<crate::cluster::WriteConflict>() => {
+            Err(AdminError::Conflict { reason: err.to_string() })
+        }
+        Err(ReloadError::NotSaved(err)) if err.is::<crate::cluster::etcd::EtcdError>() => {
+            Err(AdminError::StoreUnavailable { reason: format!("the change was not applied: {err}") })
         }
         Err(ReloadError::NotSaved(err)) => Err(AdminError::NotSaved { reason: err.to_string() }),
         Err(other) => Err(AdminError::Internal { reason: other.to_string() }),

@@ -1,7 +1,11 @@
-//! Read-only endpoints about the gateway as a whole: the probes, the effective configuration
-//! and the OpenAPI document.
+//! Read-only endpoints about the gateway as a whole: the probes, the status summary, the
+//! effective configuration and the OpenAPI document.
 
-use axum::extract::State;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use gantry_config::GatewaySpec;
@@ -62,4 +66,120 @@ pub async fn config(State(state): State<AdminState>) -> Result<Response, AdminEr
 /// `GET /openapi.json`.
 pub async fn openapi(State(state): State<AdminState>) -> Json<serde_json::Value> {
     Json(state.openapi().clone())
+}
+
+/// `GET /status` query: `top=N` keeps the N routes with the most requests.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusQuery {
+    top: Option<usize>,
+}
+
+/// `GET /status`: one page that sums the gateway up for a person or `gantry status`: version
+/// and uptime, the configuration serving and how reloads went, requests per route with their
+/// latency, and every upstream endpoint's health and load. Everything is read from the
+/// counters `/metrics` exposes, so it costs the request path nothing more.
+pub async fn status(
+    State(state): State<AdminState>,
+    query: Result<Query<StatusQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, AdminError> {
+    let Query(query) = query.map_err(|rejection| AdminError::InvalidQuery { reason: rejection.body_text() })?;
+    let control = state.control();
+    let snapshot = control.snapshot().load_full();
+    let traffic = control.traffic_metrics();
+    let now = Instant::now();
+
+    let mut routes: Vec<serde_json::Value> = snapshot
+        .routes
+        .iter()
+        .map(|route| {
+            let mut entry =
+                json!({"id": &*route.id, "upstream": route.upstream.as_ref().map(|upstream| &*upstream.id)});
+            if let Some(metrics) = &route.metrics {
+                let (bytes_in, bytes_out) = metrics.series.body_bytes();
+                entry["traffic"] = json!({
+                    "summary": metrics.series.summary(),
+                    "overhead": metrics.series.overhead(),
+                    "request_body_bytes": bytes_in,
+                    "response_body_bytes": bytes_out,
+                });
+            }
+            entry
+        })
+        .collect();
+    if let Some(top) = query.top {
+        let requests = |route: &serde_json::Value| route["traffic"]["summary"]["requests"].as_u64().unwrap_or(0);
+        routes.sort_by_key(|route| std::cmp::Reverse(requests(route)));
+        routes.truncate(top);
+    }
+    let upstreams: Vec<serde_json::Value> = snapshot
+        .upstreams
+        .iter()
+        .map(|upstream| {
+            let endpoints: Vec<serde_json::Value> = upstream
+                .endpoints
+                .iter()
+                .map(|endpoint| {
+                    let state = &endpoint.state;
+                    let mut entry = json!({
+                        "address": &*endpoint.address,
+                        "available": state.is_available(now),
+                        "healthy": state.healthy.load(Ordering::Relaxed),
+                        "consecutive_failures": state.consecutive_failures.load(Ordering::Relaxed),
+                        "in_flight": state.in_flight.load(Ordering::Relaxed),
+                    });
+                    if let Some(metrics) = &endpoint.metrics {
+                        entry["tries"] = json!(metrics.summary());
+                        entry["failures"] = json!(metrics.failures());
+                    }
+                    entry
+                })
+                .collect();
+            let available = upstream.endpoints.iter().filter(|endpoint| endpoint.state.is_available(now)).count();
+            json!({
+                "id": &*upstream.id,
+                "endpoints_available": available,
+                "endpoints_total": upstream.endpoints.len(),
+                "endpoints": endpoints,
+            })
+        })
+        .collect();
+    let started = state.started();
+    let uptime = jiff::Timestamp::now().duration_since(started);
+    Ok(Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_at": format!("{started:.3}"),
+        "uptime_seconds": uptime.as_secs(),
+        "config": {
+            "generation": snapshot.generation,
+            "routes": snapshot.routes.len(),
+            "upstreams": snapshot.upstreams.len(),
+            "reload_failures": control.reload_failures(),
+            "last_reload_failed": control.last_reload_failed(),
+        },
+        "requests_counted": traffic.is_enabled(),
+        "unmatched": traffic.unmatched(),
+        "routes": routes,
+        "upstreams": upstreams,
+    })))
+}
+
+/// `GET /cluster`: in cluster mode, this node's link to etcd and every node now listed there,
+/// each as it describes itself (id, version, start time, the configuration generation and
+/// etcd revision it runs). A node leaves the list when it shuts down, or `node_ttl` after it
+/// stops renewing its lease. 404 `endpoint-not-found` on a node not in cluster mode; 503
+/// `store-unavailable` while etcd cannot be reached.
+pub async fn cluster(State(state): State<AdminState>) -> Result<Json<serde_json::Value>, AdminError> {
+    let Some(cluster) = state.cluster() else {
+        return Err(AdminError::EndpointNotFound { path: "/cluster (this node is not in cluster mode)".into() });
+    };
+    let nodes = cluster
+        .nodes()
+        .await
+        .map_err(|err| AdminError::StoreUnavailable { reason: format!("etcd cannot be reached: {err}") })?;
+    Ok(Json(json!({
+        "node_id": cluster.node_id(),
+        "etcd": cluster.sync_state(),
+        "nodes": nodes,
+    })))
 }

@@ -84,6 +84,29 @@ impl LatencyHistogram {
         f64::from_bits(self.sum_bits.load(Ordering::Relaxed))
     }
 
+    /// The `quantile` (0 to 1) of the observations in seconds, interpolated linearly within
+    /// its bucket the way PromQL's `histogram_quantile` does; a quantile that falls in the
+    /// `+Inf` bucket is reported as the highest finite bound. `None` before any observation.
+    pub fn quantile(&self, quantile: f64) -> Option<f64> {
+        let counts: Vec<u64> = self.counts.iter().map(|count| count.load(Ordering::Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = quantile.clamp(0.0, 1.0) * total as f64;
+        let mut below = 0u64;
+        let mut lower = 0.0;
+        for (upper, count) in self.buckets.upper_seconds.iter().zip(&counts) {
+            if *count > 0 && (below + count) as f64 >= rank {
+                let within = (rank - below as f64) / *count as f64;
+                return Some(lower + (upper - lower) * within);
+            }
+            below += count;
+            lower = *upper;
+        }
+        Some(lower)
+    }
+
     /// `(upper bound in seconds, observations in that bucket alone)`, ending with `+Inf`: the
     /// form prometheus-client's encoder takes (it accumulates them itself).
     pub fn buckets(&self) -> Vec<(f64, u64)> {
@@ -122,6 +145,24 @@ mod tests {
         assert_eq!(histogram.buckets(), vec![(0.001, 2), (0.01, 1), (0.1, 0), (f64::INFINITY, 1)]);
         assert_eq!(histogram.count(), 4);
         assert!((histogram.sum() - 3.0085).abs() < 1e-9, "{}", histogram.sum());
+    }
+
+    #[test]
+    fn estimates_quantiles_by_interpolating_within_the_bucket_like_histogram_quantile() {
+        let histogram = LatencyHistogram::new(millis(&[10, 20, 40]));
+        assert_eq!(histogram.quantile(0.5), None);
+        for _ in 0..50 {
+            histogram.observe(Duration::from_millis(5));
+        }
+        for _ in 0..50 {
+            histogram.observe(Duration::from_millis(15));
+        }
+        let close = |found: Option<f64>, expected: f64| found.is_some_and(|value| (value - expected).abs() < 1e-9);
+        // Rank 50 of 100 ends the first bucket; rank 75 is halfway through the second.
+        assert!(close(histogram.quantile(0.5), 0.010), "{:?}", histogram.quantile(0.5));
+        assert!(close(histogram.quantile(0.75), 0.015), "{:?}", histogram.quantile(0.75));
+        histogram.observe(Duration::from_secs(9));
+        assert!(close(histogram.quantile(1.0), 0.040), "the +Inf bucket reports the highest bound");
     }
 
     #[test]

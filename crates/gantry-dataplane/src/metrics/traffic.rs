@@ -57,6 +57,47 @@ impl StatusCounts {
     fn get(&self, class: usize) -> u64 {
         self.0[class].load(Ordering::Relaxed)
     }
+
+    fn by_class(&self) -> BTreeMap<&'static str, u64> {
+        STATUS_CLASSES.iter().enumerate().map(|(index, class)| (*class, self.get(index))).collect()
+    }
+}
+
+/// Counted requests as the status page shows them.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RequestSummary {
+    /// Requests counted.
+    pub requests: u64,
+    /// Of which, by status class.
+    pub status_classes: BTreeMap<&'static str, u64>,
+    /// Time to the response head; `None` before the first request.
+    pub duration: Option<LatencySummary>,
+}
+
+/// A latency distribution in milliseconds, estimated from its histogram buckets.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct LatencySummary {
+    /// Mean (exact: from the sum).
+    pub mean_ms: f64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+}
+
+impl LatencySummary {
+    fn of(histogram: &LatencyHistogram) -> Option<Self> {
+        let count = histogram.count();
+        let millis = |quantile: f64| histogram.quantile(quantile).map(|seconds| seconds * 1000.0);
+        Some(Self {
+            mean_ms: histogram.sum() * 1000.0 / count as f64,
+            p50_ms: millis(0.5)?,
+            p90_ms: millis(0.9)?,
+            p99_ms: millis(0.99)?,
+        })
+    }
 }
 
 /// The series of one route (and its service), shared by every snapshot that has the route.
@@ -102,6 +143,26 @@ impl RouteSeries {
     /// Requests counted in `class` (`"2xx"`).
     pub fn requests(&self, class: &str) -> u64 {
         STATUS_CLASSES.iter().position(|own| *own == class).map_or(0, |index| self.requests.get(index))
+    }
+
+    /// The route's requests and latency so far.
+    pub fn summary(&self) -> RequestSummary {
+        let status_classes = self.requests.by_class();
+        RequestSummary {
+            requests: status_classes.values().sum(),
+            status_classes,
+            duration: LatencySummary::of(&self.duration),
+        }
+    }
+
+    /// The time the gateway itself spent on forwarded requests.
+    pub fn overhead(&self) -> Option<LatencySummary> {
+        LatencySummary::of(&self.overhead)
+    }
+
+    /// Request and response body bytes so far.
+    pub fn body_bytes(&self) -> (u64, u64) {
+        (self.request_body_bytes.load(Ordering::Relaxed), self.response_body_bytes.load(Ordering::Relaxed))
     }
 }
 
@@ -153,6 +214,24 @@ impl EndpointSeries {
     #[inline]
     pub fn record_failure(&self, failure: UpstreamFailure) {
         self.failures[failure as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The endpoint's answered tries so far.
+    pub fn summary(&self) -> RequestSummary {
+        let status_classes = self.responses.by_class();
+        RequestSummary {
+            requests: status_classes.values().sum(),
+            status_classes,
+            duration: LatencySummary::of(&self.duration),
+        }
+    }
+
+    /// Tries that got no response, by reason.
+    pub fn failures(&self) -> BTreeMap<&'static str, u64> {
+        UpstreamFailure::ALL
+            .iter()
+            .map(|failure| (failure.label(), self.failures[*failure as usize].load(Ordering::Relaxed)))
+            .collect()
     }
 }
 
@@ -444,6 +523,11 @@ impl TrafficMetrics {
         if self.enabled {
             self.unmatched.count(status);
         }
+    }
+
+    /// Requests no route matched, or refused before routing, by status class.
+    pub fn unmatched(&self) -> BTreeMap<&'static str, u64> {
+        self.unmatched.by_class()
     }
 
     fn live_routes(&self) -> Vec<Arc<RouteSeries>> {

@@ -194,7 +194,11 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// True when requests with `method` may be retried.
     pub fn allows_method(&self, method: &Method) -> bool {
-        if self.methods.is_empty() { method.is_idempotent() } else { self.methods.contains(method) }
+        if self.methods.is_empty() {
+            method.is_idempotent()
+        } else {
+            self.methods.contains(method)
+        }
     }
 
     /// The wait before retry number `retry` (1-based), with ±50 % jitter against herds.
