@@ -11,10 +11,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use gantry_config::{
-    ConfigErrors, FieldPath, GatewaySpec, HostHeaderSpec, PolicySpec, RouteSpec, UpstreamSpec, ValueMatchSpec,
-    validate::validate_spec,
+    validate::validate_spec, ConfigErrors, FieldPath, GatewaySpec, HostHeaderSpec, PolicySpec, RouteSpec, UpstreamSpec,
+    ValueMatchSpec,
 };
-use gantry_dataplane::Snapshot;
 use gantry_dataplane::metrics::traffic::{RouteMetrics, TrafficMetrics};
 use gantry_dataplane::pipeline::{ConsumerPolicies, Pipeline, PipelineEntry};
 use gantry_dataplane::route::{CompiledRoute, Conditions, PathRewrite, ValueCondition, ValueRule};
@@ -26,6 +25,7 @@ use gantry_dataplane::upstream::retry_budget::RetryBudgetSettings;
 use gantry_dataplane::upstream::{
     Balancer, CompiledUpstream, Endpoint, HostHeader, PassiveHealth, RetryPolicy, Timeouts, UpstreamStates,
 };
+use gantry_dataplane::Snapshot;
 use gantry_policy_api::{BuildContext, ConsumerDirectory, Stage};
 use gantry_state::Stores;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
