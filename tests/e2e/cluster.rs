@@ -232,6 +232,53 @@ async fn a_file_with_resources_beside_a_cluster_is_refused_with_the_field() {
     );
 }
 
+#[tokio::test]
+async fn configuration_written_around_the_admin_api_that_is_invalid_is_refused_and_named_by_key() {
+    let etcd = EtcdServer::start();
+    let redis = RedisServer::start();
+    let node = start_node("strict", &etcd, &redis);
+    wait_ready(&node).await;
+    let good = json!({"paths": ["/good"], "policies": [{"mock_response": {"status": 200, "body": "good"}}]});
+    assert_eq!(admin(&node, Method::PUT, "/routes/good", &good).await.status, StatusCode::CREATED);
+
+    // An upstream that does not exist, and a document that is not JSON, written straight into etcd.
+    let put = |key: &str, value: &str| json!({"key": base64(key), "value": base64(value)});
+    etcd.call(
+        "/v3/kv/put",
+        &put("/gantry-e2e/config/routes/broken", r#"{"id": "broken", "paths": ["/b"], "upstream": "nowhere"}"#),
+    );
+    let status = eventually("the node to report the invalid revision", || async {
+        let cluster = admin(&node, Method::GET, "/cluster", &Value::Null).await.json();
+        cluster["etcd"]["last_error"].as_str().map(str::to_owned)
+    })
+    .await;
+    assert!(status.contains("etcd key /gantry-e2e/config/routes/broken") && status.contains("nowhere"), "{status}");
+    etcd.call("/v3/kv/put", &put("/gantry-e2e/config/routes/garbled", "{not json"));
+    eventually("the node to name the garbled key", || async {
+        let cluster = admin(&node, Method::GET, "/cluster", &Value::Null).await.json();
+        cluster["etcd"]["last_error"].as_str()?.contains("/gantry-e2e/config/routes/garbled").then_some(())
+    })
+    .await;
+    let client = TestClient::default();
+    assert_eq!(client.get(&node.url("/good")).await.status, StatusCode::OK, "the running configuration keeps serving");
+    assert_eq!(client.get(&node.url("/b")).await.status, StatusCode::NOT_FOUND);
+    let status = admin(&node, Method::GET, "/status", &Value::Null).await.json();
+    assert!(status["config"]["reload_failures"].as_u64() >= Some(2), "{status:#}");
+
+    // Once the keys are repaired, the node applies the configuration again.
+    etcd.call("/v3/kv/deleterange", &json!({"key": base64("/gantry-e2e/config/routes/garbled")}));
+    etcd.call(
+        "/v3/kv/put",
+        &put(
+            "/gantry-e2e/config/routes/broken",
+            r#"{"id": "broken", "paths": ["/b"], "policies": [{"mock_response": {"status": 201}}]}"#,
+        ),
+    );
+    time_until_status(&node, "/b", StatusCode::CREATED).await;
+    let cluster = admin(&node, Method::GET, "/cluster", &Value::Null).await.json();
+    assert!(cluster["etcd"].get("last_error").is_none(), "{cluster:#}");
+}
+
 fn base64(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(text)

@@ -270,7 +270,10 @@ impl Cluster {
         .await;
         match outcome {
             Ok(Ok(generation)) => {
-                self.record(|sync| sync.revision = sync.revision.max(revision));
+                self.record(|sync| {
+                    sync.revision = sync.revision.max(revision);
+                    sync.last_error = None;
+                });
                 tracing::debug!(generation, revision, "configuration from etcd applied");
             }
             Ok(Err(errors)) => {
