@@ -15,7 +15,8 @@
 # tracing_unsampled and tracing_sampled turn on node.tracing (OTLP/HTTP to the nginx upstream,
 # which answers POST /v1/traces with 200): sampler ratio 0 without parent-based sampling (each
 # request's traceparent is read and passed on under a new span id, nothing is recorded) or ratio 1 (every request is recorded and its spans
-# exported; the exporter thread's instructions are counted too).
+# exported; the exporter thread's instructions are counted too). plain_traceparent is plain with
+# the same traceparent header as tracing_unsampled, tracing off: what the header itself costs.
 # Starts its own nginx upstream (96-byte JSON) on 127.0.0.1:19101 and Gantry on :19150,
 # loads it with wrk for 5 s on 10 keep-alive connections, prints instructions ÷ requests.
 # Needs valgrind, nginx and wrk (bench/setup.sh installs the last two); jwt_rs256* need openssl.
@@ -49,6 +50,8 @@ NGINX
 node_extra="" consumers="" policies="" header=()
 case $scenario in
   plain) ;;
+  plain_traceparent)
+    header=(-H "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01") ;;
   plain_no_metrics)
     node_extra="  metrics: {enabled: false}" ;;
   access_log)
@@ -94,7 +97,7 @@ $(sed 's/^/                /' "$work/jwt.pub")"
     redis: {urls: ['redis://127.0.0.1:19160']}"
     policies="    policies:
       - rate_limit: {limit: 1000000000, window: 1h, key: [ip], store: redis}" ;;
-  *) echo "unknown scenario $scenario: plain, plain_no_metrics, access_log, key_auth, key_auth_consumer_metrics, jwt_rs256, jwt_rs256_uncached, rate_limit_memory, rate_limit_redis, tracing_unsampled or tracing_sampled" >&2; exit 2 ;;
+  *) echo "unknown scenario $scenario: plain, plain_traceparent, plain_no_metrics, access_log, key_auth, key_auth_consumer_metrics, jwt_rs256, jwt_rs256_uncached, rate_limit_memory, rate_limit_redis, tracing_unsampled or tracing_sampled" >&2; exit 2 ;;
 esac
 cat > "$work/gantry.yaml" <<YAML
 node:
