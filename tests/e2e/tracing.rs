@@ -302,6 +302,9 @@ async fn a_receiver_that_is_down_or_refusing_never_slows_requests_and_drops_are_
         text.lines().any(|line| line.starts_with("gantry_tracing_export_failures_total ") && !line.ends_with(" 0")),
         "{text}"
     );
+    if let Err(problems) = gantry_testkit::promtool::check_metrics(&text) {
+        panic!("promtool check metrics refused the exposition: {problems}\n{text}");
+    }
 
     // A receiver that refuses every export.
     let receiver = OtlpReceiver::start().await;
