@@ -144,18 +144,6 @@ impl AccessLog {
         Ok(Self { queues: queues.into(), format, counters })
     }
 
-    /// One `file` sink (`-`: `stdout`) with the default fields, as `node.access_log.path`.
-    pub fn to_path(path: &std::path::Path, queue_capacity: usize) -> Result<Self, String> {
-        Self::start(&AccessLogSpec {
-            path: Some(path.to_owned()),
-            queue_capacity,
-            fields: gantry_config::default_fields(),
-            request_headers: Vec::new(),
-            response_headers: Vec::new(),
-            sinks: Vec::new(),
-        })
-    }
-
     /// Takes what the record needs from a request head: only what the fields log.
     pub fn request_facts(&self, uri: &Uri, headers: &HeaderMap) -> RequestFacts {
         let wants = &self.format.wants;

@@ -399,3 +399,61 @@ fn encodes_otlp_log_records_as_protobuf_export_requests() {
     assert_eq!(super::otlp::rejected_records(protobuf, &partial.encode_to_vec()), 1);
     assert_eq!(super::otlp::rejected_records(protobuf, b""), 0);
 }
+
+/// A local HTTP server answering with `statuses` in turn (the last one again once they run
+/// out), counting the requests it got.
+async fn scripted_server(statuses: Vec<u16>) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/logs", listener.local_addr().expect("addr"));
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    let statuses = Arc::new(statuses);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (counted, statuses) = (counted.clone(), statuses.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_request: http::Request<hyper::body::Incoming>| {
+                    let index = counted.fetch_add(1, Ordering::SeqCst);
+                    let status = statuses[index.min(statuses.len() - 1)];
+                    let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")));
+                    *response.status_mut() = http::StatusCode::from_u16(status).expect("status");
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    });
+    (url, count)
+}
+
+fn poster(url: &str, attempts: u32) -> super::http_sink::Poster {
+    let retries = gantry_config::SinkRetrySpec {
+        attempts,
+        backoff: gantry_config::Duration::from_millis(5),
+        max_backoff: gantry_config::Duration::from_millis(20),
+    };
+    super::http_sink::Poster::new("test", url, Duration::from_secs(2), &retries, &Default::default()).expect("poster")
+}
+
+#[tokio::test]
+async fn posts_retry_server_errors_and_429_with_backoff_but_not_refusals() {
+    use super::http_sink::PostError;
+    use std::sync::atomic::Ordering;
+
+    let (url, count) = scripted_server(vec![503, 429, 200]).await;
+    let answer = poster(&url, 3).post(None, "application/json", bytes::Bytes::from_static(b"[]")).await;
+    assert!(answer.is_ok(), "{answer:?}");
+    assert_eq!(count.load(Ordering::SeqCst), 3, "two retries, then success");
+
+    let (url, count) = scripted_server(vec![400]).await;
+    let answer = poster(&url, 3).post(None, "application/json", bytes::Bytes::from_static(b"[]")).await;
+    assert!(matches!(answer, Err(PostError::Refused(status, _)) if status == 400), "{answer:?}");
+    assert_eq!(count.load(Ordering::SeqCst), 1, "a refusal is not retried");
+
+    let (url, count) = scripted_server(vec![500]).await;
+    let answer = poster(&url, 2).post(None, "application/json", bytes::Bytes::from_static(b"[]")).await;
+    assert!(matches!(answer, Err(PostError::Unavailable(_))), "{answer:?}");
+    assert_eq!(count.load(Ordering::SeqCst), 3, "the first attempt and two retries");
+}
