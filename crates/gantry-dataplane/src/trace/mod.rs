@@ -6,7 +6,7 @@
 //! no [`Tracer`] and nothing here runs. An unsampled request reads the caller's context and
 //! passes it to the upstream (writing `traceparent` only for a new trace or a B3 caller),
 //! nothing more. A sampled one records plain values
-//! ([`record`]) and hands them to a bounded queue; the exporter thread ([`export`]) builds the
+//! ([`record`]) and hands them to a bounded queue; the exporter thread (`export`) builds the
 //! OTLP messages and sends them, so export never makes a request wait.
 
 pub mod context;
