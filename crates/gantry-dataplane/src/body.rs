@@ -39,8 +39,19 @@ pub enum GatewayBody {
     Teed(crate::mirror::TeeBody),
     /// Made by the gateway (a policy response, a problem document).
     Full(Full<Bytes>),
+    /// Made by a policy chunk by chunk while it is sent (`ai_proxy` translating a stream).
+    Chunks(PolicyChunks),
     /// No body.
     Empty,
+}
+
+/// A body a policy makes while it is sent.
+pub struct PolicyChunks(pub gantry_policy_api::subrequest::ChunkStream);
+
+impl std::fmt::Debug for PolicyChunks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PolicyChunks")
+    }
 }
 
 impl GatewayBody {
@@ -64,6 +75,12 @@ impl Body for GatewayBody {
             GatewayBody::Observed(body) => Pin::new(body).poll_frame(cx),
             GatewayBody::Teed(body) => Pin::new(body).poll_frame(cx),
             GatewayBody::Full(body) => Pin::new(body).poll_frame(cx).map_err(|never| match never {}),
+            GatewayBody::Chunks(chunks) => match futures_util::Stream::poll_next(chunks.0.as_mut(), cx) {
+                Poll::Ready(Some(Ok(data))) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                Poll::Ready(Some(Err(reason))) => Poll::Ready(Some(Err(reason.into()))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
             GatewayBody::Empty => Poll::Ready(None),
         }
     }
@@ -76,6 +93,7 @@ impl Body for GatewayBody {
             GatewayBody::Observed(body) => body.is_end_stream(),
             GatewayBody::Teed(body) => body.is_end_stream(),
             GatewayBody::Full(body) => body.is_end_stream(),
+            GatewayBody::Chunks(_) => false,
             GatewayBody::Empty => true,
         }
     }
@@ -88,6 +106,7 @@ impl Body for GatewayBody {
             GatewayBody::Observed(body) => body.size_hint(),
             GatewayBody::Teed(body) => body.size_hint(),
             GatewayBody::Full(body) => body.size_hint(),
+            GatewayBody::Chunks(_) => SizeHint::default(),
             GatewayBody::Empty => SizeHint::with_exact(0),
         }
     }

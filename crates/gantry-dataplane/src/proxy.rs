@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use gantry_policy_api::problem::problem_response;
+use gantry_policy_api::response_body::take_streamed_body;
 use gantry_policy_api::subrequest;
 use gantry_policy_api::{ClientCertificate, Exchange, ForwardOutcome, LogRecord, PolicyResponse, RequestBody};
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, UPGRADE};
@@ -557,8 +558,12 @@ fn respond_with(
     spans: Option<&mut SpanRecorder>,
 ) -> Served {
     let (mut head, body) = response.into_parts();
+    let body = match take_streamed_body(&mut exchange) {
+        Some(chunks) => GatewayBody::Chunks(crate::body::PolicyChunks(chunks)),
+        None => GatewayBody::full(body),
+    };
     route.pipeline.selected(&exchange).run_response(&mut head, &mut exchange, None, spans);
-    let body = apply_response_body_action(&mut exchange, GatewayBody::full(body));
+    let body = apply_response_body_action(&mut exchange, body);
     Served {
         response: Response::from_parts(head, body),
         route: Some(route.clone()),

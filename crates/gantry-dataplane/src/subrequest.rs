@@ -7,7 +7,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use gantry_policy_api::subrequest::{Subrequest, SubrequestError, SubrequestFuture, SubrequestSender};
+use gantry_policy_api::subrequest::{
+    ChunkStream, StreamingFuture, StreamingSubrequest, Subrequest, SubrequestError, SubrequestFuture, SubrequestSender,
+};
 use http::uri::PathAndQuery;
 use http::HeaderValue;
 
@@ -44,18 +46,71 @@ impl SnapshotSubrequests {
     }
 }
 
-impl SubrequestSender for SnapshotSubrequests {
-    fn send(&self, request: Subrequest) -> SubrequestFuture {
-        let Subrequest { upstream, mut head, max_body_bytes } = request;
-        let Some(compiled) = self.snapshot.upstream(&upstream).cloned() else {
-            return Box::pin(std::future::ready(Err(SubrequestError::UnknownUpstream(upstream))));
-        };
+impl SnapshotSubrequests {
+    /// Completes the head as for a forwarded request; its path and query.
+    fn prepare(&self, head: &mut http::request::Parts) -> PathAndQuery {
         let path_and_query = head.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         remove_hop_by_hop(&mut head.headers, false);
         add_forwarded(&mut head.headers, &self.forwarding, self.host.as_deref());
         if let Some(request_id) = &self.request_id {
             head.headers.insert(&X_REQUEST_ID, request_id.clone());
         }
+        path_and_query
+    }
+}
+
+impl SubrequestSender for SnapshotSubrequests {
+    fn open(&self, request: StreamingSubrequest) -> StreamingFuture {
+        let StreamingSubrequest { upstream, mut head, body } = request;
+        let Some(compiled) = self.snapshot.upstream(&upstream).cloned() else {
+            return Box::pin(std::future::ready(Err(SubrequestError::UnknownUpstream(upstream))));
+        };
+        let path_and_query = self.prepare(&mut head);
+        head.headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let client = self.client;
+        let host = self.host.clone();
+        Box::pin(async move {
+            let request = ForwardRequest {
+                parts: head,
+                body: GatewayBody::full(body),
+                path_and_query,
+                client,
+                original_host: host.as_deref(),
+                body_limit: None,
+            };
+            let forwarded =
+                forward(&compiled, request).await.map_err(|err| SubrequestError::Failed(err.to_string()))?;
+            let (mut parts, body) = forwarded.response.into_parts();
+            remove_hop_by_hop(&mut parts.headers, false);
+            // The endpoint counts the exchange in flight until the stream is dropped.
+            let in_flight = forwarded.in_flight;
+            let chunks = futures_util::stream::unfold((body, Some(in_flight)), |(mut body, in_flight)| async move {
+                in_flight.as_ref()?;
+                loop {
+                    match http_body_util::BodyExt::frame(&mut body).await {
+                        None => return None,
+                        Some(Ok(frame)) => {
+                            if let Ok(data) = frame.into_data() {
+                                return Some((Ok(data), (body, in_flight)));
+                            }
+                        }
+                        Some(Err(err)) => {
+                            return Some((Err(format!("the upstream's body broke off: {err}")), (body, None)));
+                        }
+                    }
+                }
+            });
+            let chunks: ChunkStream = Box::pin(chunks);
+            Ok(http::Response::from_parts(parts, chunks))
+        })
+    }
+
+    fn send(&self, request: Subrequest) -> SubrequestFuture {
+        let Subrequest { upstream, mut head, max_body_bytes } = request;
+        let Some(compiled) = self.snapshot.upstream(&upstream).cloned() else {
+            return Box::pin(std::future::ready(Err(SubrequestError::UnknownUpstream(upstream))));
+        };
+        let path_and_query = self.prepare(&mut head);
         let client = self.client;
         let host = self.host.clone();
         Box::pin(async move {

@@ -92,6 +92,21 @@ pub fn replace_response_body(exchange: &mut Exchange, body: Bytes) {
     exchange.extensions.insert(Slot::new(ResponseBodyAction::Replace(body)));
 }
 
+/// A body a request hook answers with that is still being made: the hook's response head goes
+/// out at once and the body follows chunk by chunk (`ai_proxy` translating a provider's event
+/// stream as it arrives). The response's own bytes are ignored.
+pub fn stream_response_body(exchange: &mut Exchange, body: crate::subrequest::ChunkStream) {
+    exchange.extensions.insert(Slot::new(StreamedBody(body)));
+}
+
+/// The streamed body a request hook answered with, if any; for the data plane.
+pub fn take_streamed_body(exchange: &mut Exchange) -> Option<crate::subrequest::ChunkStream> {
+    exchange.extensions.remove::<Slot<StreamedBody>>().and_then(|slot| slot.take()).map(|streamed| streamed.0)
+}
+
+/// Kept apart from [`ResponseBodyAction`] so a response hook observing the body does not drop it.
+struct StreamedBody(crate::subrequest::ChunkStream);
+
 /// What response hooks asked for the body, if anything; for the data plane.
 pub fn take_response_body_action(exchange: &mut Exchange) -> Option<ResponseBodyAction> {
     exchange.extensions.remove::<Slot<ResponseBodyAction>>().and_then(|slot| slot.take())

@@ -46,10 +46,41 @@ pub type SubrequestResult = Result<http::Response<Bytes>, SubrequestError>;
 /// dropping it abandons the exchange.
 pub type SubrequestFuture = Pin<Box<dyn Future<Output = SubrequestResult> + Send + 'static>>;
 
+/// A response body handed on chunk by chunk as the upstream sends it; an `Err` item ends it
+/// with the reason it broke off.
+pub type ChunkStream = futures_util::stream::BoxStream<'static, Result<Bytes, String>>;
+
+/// One request with a body whose response is handed over as soon as its head arrived, the
+/// body following as it streams (`ai_proxy`: a provider's server-sent events passed on one by
+/// one).
+#[derive(Debug)]
+pub struct StreamingSubrequest {
+    /// Id of the upstream, checked against the configuration by the policy when it was built.
+    pub upstream: Arc<str>,
+    /// Method, URI (path and query only) and headers, completed by the data plane as for
+    /// [`Subrequest::head`]; `content-length` is set from `body`.
+    pub head: http::request::Parts,
+    /// The whole request body.
+    pub body: Bytes,
+}
+
+/// The head of a streaming subrequest's response with its body still arriving.
+pub type StreamingResult = Result<http::Response<ChunkStream>, SubrequestError>;
+
+/// A streaming subrequest on its way to its response head.
+pub type StreamingFuture = Pin<Box<dyn Future<Output = StreamingResult> + Send + 'static>>;
+
 /// Sends subrequests for one client request; implemented by the data plane (and by tests).
 pub trait SubrequestSender: Send + Sync + 'static {
     /// Sends `request` and reads its whole response.
     fn send(&self, request: Subrequest) -> SubrequestFuture;
+
+    /// Sends `request` with its body; the response comes as soon as its head does. A sender
+    /// that cannot stream (a test double) refuses.
+    fn open(&self, request: StreamingSubrequest) -> StreamingFuture {
+        let reason = format!("streaming subrequests to `{}` are not supported here", request.upstream);
+        Box::pin(std::future::ready(Err(SubrequestError::Failed(reason))))
+    }
 }
 
 /// The handle a request hook finds in [`Exchange::extensions`].
@@ -66,6 +97,11 @@ impl Subrequests {
     /// Sends `request`; see [`SubrequestSender::send`].
     pub fn send(&self, request: Subrequest) -> SubrequestFuture {
         self.0.send(request)
+    }
+
+    /// Sends `request`; see [`SubrequestSender::open`].
+    pub fn open(&self, request: StreamingSubrequest) -> StreamingFuture {
+        self.0.open(request)
     }
 }
 
