@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod ai;
 pub mod forward;
 pub mod identity;
 pub mod ingress;

@@ -11,6 +11,7 @@ use gantry_policy_api::RegisteredPolicy;
 use crate::access::acl::Acl;
 use crate::access::allowed_hours::AllowedHours;
 use crate::access::scopes::Scopes;
+use crate::ai::ai_proxy::AiProxy;
 use crate::forward::aggregate::Aggregate;
 use crate::forward::mock_response::MockResponse;
 use crate::forward::request_mirror::RequestMirror;
@@ -97,6 +98,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<ResponseCache>(),
         RegisteredPolicy::of::<MockResponse>(),
         RegisteredPolicy::of::<Aggregate>(),
+        RegisteredPolicy::of::<AiProxy>(),
     ]
 });
 

@@ -180,14 +180,24 @@ fn purpose(docs: &str) -> String {
     paragraph[..end].replace('|', "\\|")
 }
 
-/// The index table as generated from the registry. Policies live in `src/<stage>/`, so the
-/// stage names the md file's folder.
+/// The folder of a policy's md file: `src/<stage>/`, except the AI gateway's policies, which
+/// share their provider translations in `src/ai/`.
+fn folder(policy: &RegisteredPolicy) -> &'static str {
+    if policy.name.starts_with("ai_") {
+        "ai"
+    } else {
+        policy.stage.name()
+    }
+}
+
+/// The index table as generated from the registry.
 fn generated_index() -> String {
     let mut table = String::from("| Policy | Stage | Purpose |\n| --- | --- | --- |\n");
     for policy in all() {
         table.push_str(&format!(
-            "| [`{name}`](../../crates/gantry-policies/src/{stage}/{name}.md) | `{stage}` | {purpose} |\n",
+            "| [`{name}`](../../crates/gantry-policies/src/{folder}/{name}.md) | `{stage}` | {purpose} |\n",
             name = policy.name,
+            folder = folder(policy),
             stage = policy.stage.name(),
             purpose = purpose(policy.docs),
         ));
@@ -201,7 +211,7 @@ fn lists_every_registered_policy_in_the_docs_index() {
         // The link must lead to the very file the policy's docs are built from.
         let md = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
             "src/{}/{}.md",
-            policy.stage.name(),
+            folder(policy),
             policy.name
         ));
         let linked = std::fs::read_to_string(&md).unwrap_or_else(|err| panic!("{}: {err}", md.display()));

@@ -1,0 +1,336 @@
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use gantry_policy_api::response_body::take_streamed_body;
+use gantry_policy_api::subrequest::{
+    allow_subrequests, StreamingFuture, SubrequestError, SubrequestFuture, SubrequestSender,
+};
+use gantry_policy_api::testing::{build_identity_policy, build_identity_policy_error, exchange_from, request_parts};
+use gantry_policy_api::RegisteredPolicy;
+
+use super::*;
+
+fn entry() -> RegisteredPolicy {
+    RegisteredPolicy::of::<AiProxy>()
+}
+
+const CONFIG: &str =
+    "upstreams:\n  - id: first\n    endpoints: [127.0.0.1:1]\n  - id: second\n    endpoints: [127.0.0.1:2]\n";
+
+const TWO_TARGETS: &str = "models:
+  - name: chat
+    targets:
+      - {provider: anthropic, upstream: first, model: claude-sonnet-4-5, api_key: ant-key, weight: 1}
+      - {provider: openai, upstream: second, model: gpt-4o-mini, api_key: oai-key, weight: 0}
+";
+
+fn build(settings: &str) -> Arc<dyn Policy> {
+    build_identity_policy(entry(), settings, CONFIG).unwrap_or_else(|errors| panic!("settings refused: {errors}"))
+}
+
+/// What a stand-in provider answers: status, headers and body chunks.
+#[derive(Clone)]
+struct Answer {
+    status: u16,
+    headers: Vec<(&'static str, &'static str)>,
+    chunks: Vec<&'static str>,
+}
+
+fn answer(status: u16, body: &'static str) -> Answer {
+    Answer { status, headers: Vec::new(), chunks: vec![body] }
+}
+
+/// Answers each upstream as told (no answer: refused) and records what was sent.
+#[derive(Default)]
+struct StandIn {
+    answers: HashMap<&'static str, Answer>,
+    sent: Mutex<Vec<(String, http::request::Parts, Bytes)>>,
+}
+
+impl SubrequestSender for StandIn {
+    fn send(&self, _request: gantry_policy_api::subrequest::Subrequest) -> SubrequestFuture {
+        Box::pin(std::future::ready(Err(SubrequestError::Failed("not used".to_owned()))))
+    }
+
+    fn open(&self, request: StreamingSubrequest) -> StreamingFuture {
+        let answer = self.answers.get(&*request.upstream).cloned();
+        self.sent.lock().expect("lock").push((request.upstream.to_string(), request.head, request.body));
+        Box::pin(async move {
+            let answer =
+                answer.ok_or_else(|| SubrequestError::Failed("connecting to 127.0.0.1:1 failed: refused".into()))?;
+            let chunks: Vec<Result<Bytes, String>> =
+                answer.chunks.iter().map(|chunk| Ok(Bytes::from_static(chunk.as_bytes()))).collect();
+            let stream: ChunkStream = Box::pin(futures_util::stream::iter(chunks));
+            let mut response = http::Response::new(stream);
+            *response.status_mut() = StatusCode::from_u16(answer.status).expect("status");
+            for (name, value) in answer.headers {
+                response.headers_mut().insert(name, HeaderValue::from_static(value));
+            }
+            Ok(response)
+        })
+    }
+}
+
+fn stand_in(answers: &[(&'static str, Answer)]) -> Arc<StandIn> {
+    Arc::new(StandIn { answers: answers.iter().cloned().collect(), sent: Mutex::default() })
+}
+
+/// The response and, for a stream, its whole body.
+async fn run(
+    policy: &dyn Policy,
+    sender: Arc<StandIn>,
+    method: Method,
+    uri: &str,
+    body: &str,
+) -> (PolicyResponse, Bytes) {
+    let mut request = request_parts(http::Request::builder().method(method).uri(uri).body(()).expect("request"));
+    let mut exchange = exchange_from("10.0.0.1:5000");
+    allow_subrequests(&mut exchange, sender);
+    exchange.extensions.insert(RequestBody(Bytes::from(body.to_owned())));
+    let response = match policy.on_request(&mut request, &mut exchange).resolve().await {
+        Flow::Respond(response) => response,
+        Flow::Continue => panic!("ai_proxy always answers"),
+    };
+    let body = match take_streamed_body(&mut exchange) {
+        Some(chunks) => read_whole(chunks, usize::MAX).await.expect("the stream"),
+        None => response.body().clone(),
+    };
+    (response, body)
+}
+
+fn json_of(body: &[u8]) -> Value {
+    serde_json::from_slice(body).expect("JSON")
+}
+
+const CHAT: &str =
+    r#"{"model":"chat","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}]}"#;
+
+const ANTHROPIC_ANSWER: &str = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Hello!"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":3}}"#;
+
+#[tokio::test]
+async fn translates_a_chat_completion_to_anthropic_and_back() {
+    let policy = build(TWO_TARGETS);
+    let sender = stand_in(&[("first", answer(200, ANTHROPIC_ANSWER))]);
+    let (response, body) = run(&*policy, sender.clone(), Method::POST, "/v1/chat/completions", CHAT).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let completion = json_of(&body);
+    assert_eq!(completion["choices"][0]["message"]["content"], "Hello!");
+    assert_eq!(completion["usage"]["total_tokens"], 15);
+    let sent = sender.sent.lock().expect("lock");
+    let (upstream, head, body) = &sent[0];
+    assert_eq!(upstream, "first");
+    assert_eq!(head.uri, "/v1/messages");
+    assert_eq!(head.headers["x-api-key"], "ant-key");
+    assert_eq!(head.headers["anthropic-version"], "2023-06-01");
+    let sent_body = json_of(body);
+    assert_eq!(sent_body["system"], "Be brief.");
+    assert_eq!(sent_body["model"], "claude-sonnet-4-5");
+}
+
+#[tokio::test]
+async fn falls_back_on_429_and_keeps_the_target_out_for_its_retry_after() {
+    let policy = build(TWO_TARGETS);
+    let limited = Answer {
+        status: 429,
+        headers: vec![("retry-after", "30")],
+        chunks: vec![r#"{"type":"error","error":{"type":"rate_limit_error","message":"Rate limited"}}"#],
+    };
+    let openai_answer = r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"From OpenAI"},"finish_reason":"stop"}]}"#;
+    let sender = stand_in(&[("first", limited), ("second", answer(200, openai_answer))]);
+    let (response, body) = run(&*policy, sender.clone(), Method::POST, "/v1/chat/completions", CHAT).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(json_of(&body)["choices"][0]["message"]["content"], "From OpenAI");
+    {
+        let sent = sender.sent.lock().expect("lock");
+        assert_eq!(sent.iter().map(|(upstream, ..)| upstream.as_str()).collect::<Vec<_>>(), ["first", "second"]);
+        let (_, head, body) = &sent[1];
+        assert_eq!(head.uri, "/v1/chat/completions");
+        assert_eq!(head.headers["authorization"], "Bearer oai-key");
+        assert_eq!(json_of(body)["model"], "gpt-4o-mini");
+        assert_eq!(json_of(body)["messages"][0]["role"], "system", "OpenAI gets the messages as they came");
+    }
+    run(&*policy, sender.clone(), Method::POST, "/v1/chat/completions", CHAT).await;
+    let sent = sender.sent.lock().expect("lock");
+    assert_eq!(sent.len(), 3);
+    assert_eq!(sent[2].0, "second", "the target that asked for 30 s is not called again");
+}
+
+#[tokio::test]
+async fn the_last_error_is_the_answer_when_every_target_fails() {
+    let policy = build(TWO_TARGETS);
+    let overloaded = answer(529, r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#);
+    let sender = stand_in(&[("first", overloaded)]);
+    let (response, body) = run(&*policy, sender.clone(), Method::POST, "/v1/chat/completions", CHAT).await;
+    assert_eq!(sender.sent.lock().expect("lock").len(), 2, "the refused second target was tried");
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(json_of(&body)["error"]["type"], "server_error");
+    assert!(json_of(&body)["error"]["message"].as_str().expect("message").contains("refused"));
+
+    let sender = stand_in(&[
+        ("first", answer(500, "{}")),
+        ("second", answer(503, r#"{"error":{"message":"down","type":"server_error"}}"#)),
+    ]);
+    let (response, body) = run(&*policy, sender, Method::POST, "/v1/chat/completions", CHAT).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json_of(&body)["error"]["message"], "down");
+}
+
+#[tokio::test]
+async fn a_client_error_is_not_retried_elsewhere() {
+    let policy = build(TWO_TARGETS);
+    let invalid = answer(
+        400,
+        r#"{"type":"error","error":{"type":"invalid_request_error","message":"messages: at least one message is required"}}"#,
+    );
+    let sender = stand_in(&[("first", invalid), ("second", answer(200, "{}"))]);
+    let (response, body) = run(&*policy, sender.clone(), Method::POST, "/v1/chat/completions", CHAT).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        json_of(&body),
+        json!({"error": {"message": "messages: at least one message is required", "type": "invalid_request_error", "param": null, "code": null}})
+    );
+    assert_eq!(sender.sent.lock().expect("lock").len(), 1);
+}
+
+#[tokio::test]
+async fn streams_anthropic_events_as_openai_chunks_across_chunk_boundaries() {
+    let policy = build(TWO_TARGETS);
+    let stream = Answer {
+        status: 200,
+        headers: vec![("content-type", "text/event-stream")],
+        chunks: vec![
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_2\",\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hel",
+            "lo\"}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":2}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        ],
+    };
+    let sender = stand_in(&[("first", stream)]);
+    let request = r#"{"model":"chat","stream":true,"messages":[{"role":"user","content":"Hi"}]}"#;
+    let (response, body) = run(&*policy, sender.clone(), Method::POST, "/ai/v1/chat/completions", request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[CONTENT_TYPE], "text/event-stream");
+    let text = std::str::from_utf8(&body).expect("utf-8");
+    let events: Vec<&str> = text.split("\n\n").filter(|event| !event.is_empty()).collect();
+    assert_eq!(events.len(), 4, "{text}");
+    assert!(events[0].contains(r#""delta":{"content":"","role":"assistant"}"#), "{}", events[0]);
+    assert!(events[1].contains(r#""delta":{"content":"Hello"}"#), "{}", events[1]);
+    assert!(events[2].contains(r#""finish_reason":"length""#), "{}", events[2]);
+    assert_eq!(events[3], "data: [DONE]");
+    assert_eq!(sender.sent.lock().expect("lock")[0].1.headers[ACCEPT], "text/event-stream");
+}
+
+#[tokio::test]
+async fn lists_models_and_refuses_unknown_ones_and_paths() {
+    let policy = build(TWO_TARGETS);
+    let (response, body) = run(&*policy, stand_in(&[]), Method::GET, "/v1/models", "").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let list = json_of(&body);
+    assert_eq!(list["object"], "list");
+    assert_eq!(list["data"][0]["id"], "chat");
+    assert_eq!(list["data"][0]["object"], "model");
+
+    let unknown = r#"{"model":"gpt-5","messages":[]}"#;
+    let (response, body) = run(&*policy, stand_in(&[]), Method::POST, "/v1/chat/completions", unknown).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(json_of(&body)["error"]["code"], "model_not_found");
+
+    let (response, _) = run(&*policy, stand_in(&[]), Method::POST, "/v1/chat/completions", "not json").await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let (response, _) = run(&*policy, stand_in(&[]), Method::POST, "/v1/embeddings", CHAT).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let (response, _) = run(&*policy, stand_in(&[]), Method::GET, "/v1/chat/completions", "").await;
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[test]
+fn orders_targets_by_weight_with_zero_weights_last() {
+    let target = |upstream: &str, weight| CompiledTarget {
+        provider: Provider::Openai,
+        upstream: Arc::from(upstream),
+        model: String::new(),
+        auth: None,
+        path: String::new(),
+        weight,
+        default_max_tokens: 1,
+        cooling_until: AtomicU64::new(0),
+    };
+    let targets = [target("spare", 0), target("a", 1), target("b", 3)];
+    let names = |picks: &[u64]| {
+        let mut picks = picks.iter().copied();
+        order(&targets, |_| picks.next().expect("a pick"))
+            .iter()
+            .map(|target| target.upstream.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&[0, 0]), ["a", "b", "spare"]);
+    assert_eq!(names(&[1, 0]), ["b", "a", "spare"]);
+    assert_eq!(names(&[3, 0]), ["b", "a", "spare"]);
+    targets[2].cooling_until.store(u64::MAX, Ordering::Relaxed);
+    assert_eq!(names(&[0]), ["a", "spare"]);
+}
+
+#[test]
+fn refuses_bad_settings_with_field_paths() {
+    let cases = [
+        ("models: []", "models"),
+        ("timeout: 0s\nmodels: [{name: a, targets: [{provider: openai, upstream: first, model: m}]}]", "timeout"),
+        (
+            "max_request_bytes: 0\nmodels: [{name: a, targets: [{provider: openai, upstream: first, model: m}]}]",
+            "max_request_bytes",
+        ),
+        ("models: [{name: a, targets: []}]", "models[0].targets"),
+        (
+            "models: [{name: a, targets: [{provider: openai, upstream: first, model: m, weight: 0}]}]",
+            "models[0].targets",
+        ),
+        (
+            "models: [{name: a, targets: [{provider: openai, upstream: nowhere, model: m}]}]",
+            "models[0].targets[0].upstream",
+        ),
+        (
+            "models: [{name: a, targets: [{provider: openai, upstream: first, model: ''}]}]",
+            "models[0].targets[0].model",
+        ),
+        (
+            "models: [{name: a, targets: [{provider: openai, upstream: first, model: m, base_path: v1}]}]",
+            "models[0].targets[0].base_path",
+        ),
+        (
+            "models: [{name: a, targets: [{provider: openai, upstream: first, model: m, auth_header: 'a b'}]}]",
+            "models[0].targets[0].auth_header",
+        ),
+        (
+            "models: [{name: a, targets: [{provider: openai, upstream: first, model: m, api_key: \"a\\nb\"}]}]",
+            "models[0].targets[0].api_key",
+        ),
+        (
+            "models: [{name: a, targets: [{provider: openai, upstream: first, model: m}]}, {name: a, targets: [{provider: openai, upstream: first, model: m}]}]",
+            "models[1].name",
+        ),
+        (
+            "models: [{name: a, targets: [{provider: cohere, upstream: first, model: m}]}]",
+            "models[0].targets[0].provider",
+        ),
+        (
+            "models: [{name: a, targets: [{provider: openai, upstream: first, model: m, colour: red}]}]",
+            "models[0].targets[0]",
+        ),
+    ];
+    for (settings, field) in cases {
+        let errors = build_identity_policy_error(entry(), settings, CONFIG);
+        let paths: Vec<String> = errors.0.iter().map(|error| error.path.to_string()).collect();
+        let wanted = format!("global_policies[0].ai_proxy.{field}");
+        assert!(paths.iter().any(|path| path.starts_with(&wanted)), "{settings}: {paths:?}, wanted {wanted}");
+    }
+}
+
+#[test]
+fn reads_retry_after_in_seconds_or_as_a_date() {
+    let mut headers = http::HeaderMap::new();
+    assert_eq!(retry_after(&headers), None);
+    headers.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+    assert_eq!(retry_after(&headers), Some(7));
+    let later = httpdate::fmt_http_date(std::time::SystemTime::now() + std::time::Duration::from_secs(100));
+    headers.insert(RETRY_AFTER, HeaderValue::from_str(&later).expect("header"));
+    assert!(retry_after(&headers).is_some_and(|seconds| (98..=100).contains(&seconds)));
+}
