@@ -57,6 +57,15 @@ if ! target/test-tools/spyne/bin/python -c 'import lxml, zeep, spyne; assert spy
   target/test-tools/spyne/bin/pip install --quiet --disable-pip-version-check "${soap_packages[@]}"
 fi
 
+# llmock (pinned), the LLM provider fake the ai_proxy tests run, in its own virtual
+# environment in target/test-tools/llmock where the tests look.
+if ! target/test-tools/llmock/bin/python -c 'import importlib.metadata as m; assert m.version("llmock") == "0.2.2"' 2>/dev/null; then
+  echo "installing: llmock==0.2.2"
+  rm -rf target/test-tools/llmock
+  python3 -m venv target/test-tools/llmock
+  target/test-tools/llmock/bin/pip install --quiet --disable-pip-version-check llmock==0.2.2
+fi
+
 echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -284,8 +284,12 @@ impl Gateway {
             );
             let upstream = chosen_upstream(&route, &snapshot, &exchange).cloned();
             crate::background::send_background_request(&route, upstream, &mut exchange, connection, host);
+            let body = match take_streamed_body(&mut exchange) {
+                Some(chunks) => GatewayBody::Chunks(crate::body::PolicyChunks(chunks)),
+                None => GatewayBody::full(body),
+            };
             return Served {
-                response: Response::from_parts(head, GatewayBody::full(body)),
+                response: Response::from_parts(head, body),
                 route: Some(route.clone()),
                 upstream: None,
                 upstream_duration: None,

@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod h2c;
 pub mod jwks;
 pub mod ldap;
+pub mod llmock;
 mod node;
 pub mod oidc;
 pub mod otlp;

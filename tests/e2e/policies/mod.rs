@@ -3,6 +3,7 @@
 
 mod acl;
 mod aggregate;
+mod ai_proxy;
 mod allowed_hours;
 mod any_auth;
 mod basic_auth;

@@ -1,0 +1,248 @@
+//! `ai_proxy` through a running gateway against llmock, a real fake of OpenAI's and
+//! Anthropic's APIs: a chat completion through each provider format; an Anthropic stream
+//! arriving as OpenAI chunks while llmock is still generating; fallback from targets answering
+//! 429 and 500 to the next; `key_auth` in front still refusing a request without a key.
+
+use std::time::{Duration, Instant};
+
+use gantry_testkit::client::TestClient;
+use gantry_testkit::llmock::Llmock;
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::support::{start_gateway, with_listener};
+
+const KEY: &str = "e2e-ai-team-key";
+
+/// The gateway in front of `openai` (llmock's `/v1`) and `anthropic` (its `/anthropic/v1`),
+/// behind `key_auth`; `models` is the `models` list of `ai_proxy`.
+fn config(upstreams: &[(&str, &Llmock)], models: &str) -> String {
+    let upstreams: String = upstreams
+        .iter()
+        .map(|(id, llmock)| format!("  - id: {id}\n    endpoints: [{}]\n    retries: {{attempts: 0}}\n", llmock.addr()))
+        .collect();
+    with_listener(&format!(
+        "upstreams:
+{upstreams}consumers:
+  - id: team
+    credentials:
+      key_auth: {{key: {KEY}}}
+routes:
+  - id: ai
+    paths: [/v1/chat/completions, /v1/models]
+    policies:
+      - key_auth: {{header: x-api-key}}
+      - ai_proxy:
+          timeout: 10s
+          models:
+{models}"
+    ))
+}
+
+fn chat(model: &str, stream: bool) -> String {
+    json!({
+        "model": model,
+        "stream": stream,
+        "messages": [
+            {"role": "system", "content": "Answer in one line."},
+            {"role": "user", "content": "Hi there"}
+        ]
+    })
+    .to_string()
+}
+
+async fn post(client: &TestClient, url: &str, body: String) -> gantry_testkit::client::TestResponse {
+    client.request(Method::POST, url, &[("x-api-key", KEY), ("content-type", "application/json")], body).await
+}
+
+#[tokio::test]
+async fn answers_chat_completions_through_openai_and_anthropic() {
+    let llmock = Llmock::start(&[("LLMOCK_RESPONSE_STYLE", "echo")]);
+    let models = "            - name: gpt
+              targets: [{provider: openai, upstream: llm, model: gpt-4o-mini, api_key: sk-test}]
+            - name: claude
+              targets: [{provider: anthropic, upstream: llm, model: claude-sonnet-4-5, api_key: sk-ant-test, base_path: /anthropic/v1}]
+";
+    let gateway = start_gateway(&config(&[("llm", &llmock)], models));
+    let client = TestClient::default();
+
+    let response = post(&client, &gateway.url("/v1/chat/completions"), chat("gpt", false)).await;
+    assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
+    let completion = response.json();
+    assert_eq!(completion["object"], "chat.completion");
+    assert_eq!(completion["model"], "gpt-4o-mini");
+    assert!(completion["choices"][0]["message"]["content"].as_str().expect("content").contains("Hi there"));
+
+    let response = post(&client, &gateway.url("/v1/chat/completions"), chat("claude", false)).await;
+    assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
+    let completion = response.json();
+    assert_eq!(completion["object"], "chat.completion", "Anthropic's answer comes back in OpenAI's shape");
+    assert_eq!(completion["model"], "claude-sonnet-4-5");
+    assert_eq!(completion["choices"][0]["message"]["role"], "assistant");
+    assert!(completion["choices"][0]["message"]["content"].as_str().expect("content").contains("Hi there"));
+    assert_eq!(completion["choices"][0]["finish_reason"], "stop");
+    let usage = &completion["usage"];
+    assert!(usage["completion_tokens"].as_u64().expect("tokens") > 0);
+    assert_eq!(
+        usage["total_tokens"].as_u64(),
+        Some(usage["prompt_tokens"].as_u64().unwrap_or(0) + usage["completion_tokens"].as_u64().unwrap_or(0))
+    );
+
+    let received = llmock.requests().await;
+    assert_eq!(received.len(), 2, "{received:?}");
+    assert_eq!(received[0]["path"], "/v1/chat/completions");
+    assert_eq!(received[0]["body"]["model"], "gpt-4o-mini");
+    assert_eq!(received[1]["path"], "/anthropic/v1/messages");
+    let sent: &Value = &received[1]["body"];
+    assert_eq!(sent["model"], "claude-sonnet-4-5");
+    assert_eq!(sent["system"], "Answer in one line.", "the system prompt moved to `system`");
+    assert_eq!(sent["max_tokens"], 4096, "Anthropic requires max_tokens");
+    assert_eq!(sent["messages"], json!([{"role": "user", "content": [{"type": "text", "text": "Hi there"}]}]));
+
+    let models = client.request(Method::GET, &gateway.url("/v1/models"), &[("x-api-key", KEY)], "").await.json();
+    let names: Vec<&str> =
+        models["data"].as_array().expect("data").iter().filter_map(|model| model["id"].as_str()).collect();
+    assert_eq!(names, ["gpt", "claude"]);
+}
+
+#[tokio::test]
+async fn streams_anthropic_events_as_openai_chunks_while_they_are_generated() {
+    const CHUNK_DELAY_MS: u64 = 300;
+    let llmock = Llmock::start(&[("LLMOCK_STREAM_CHUNK_DELAY_MS", "300")]);
+    let models = "            - name: claude
+              targets: [{provider: anthropic, upstream: llm, model: claude-sonnet-4-5, base_path: /anthropic/v1}]
+";
+    let gateway = start_gateway(&config(&[("llm", &llmock)], models));
+
+    let started = Instant::now();
+    let mut response = reqwest::Client::new()
+        .post(gateway.url("/v1/chat/completions"))
+        .header("x-api-key", KEY)
+        .header("content-type", "application/json")
+        .body(chat("claude", true))
+        .send()
+        .await
+        .expect("the stream's head");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut text = String::new();
+    let mut first_at = None;
+    while let Some(chunk) = response.chunk().await.expect("a chunk") {
+        if first_at.is_none() {
+            first_at = Some(started.elapsed());
+            // llmock journals a request once it has sent all of its answer.
+            let journal = llmock.requests().await;
+            assert!(
+                journal.iter().all(|request| request["completed"] != true),
+                "the first chunk came after llmock had finished: {journal:?}"
+            );
+        }
+        text.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+    }
+    let total = started.elapsed();
+    let first_at = first_at.expect("at least one chunk");
+    // llmock sends about nine events, CHUNK_DELAY_MS apart.
+    assert!(
+        first_at + Duration::from_millis(4 * CHUNK_DELAY_MS) < total,
+        "first chunk after {first_at:?}, the whole stream after {total:?}: the answer was buffered"
+    );
+
+    let journal = llmock.requests().await;
+    assert_eq!(journal.len(), 1);
+    assert_eq!(journal[0]["completed"], true);
+    assert_eq!(journal[0]["stream"], true);
+
+    let events: Vec<&str> = text.split("\n\n").filter(|event| !event.is_empty()).collect();
+    assert_eq!(events.last().copied(), Some("data: [DONE]"), "{text}");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|event| serde_json::from_str(event.strip_prefix("data: ").expect("a data event")).expect("JSON"))
+        .collect();
+    assert!(chunks.iter().all(|chunk| chunk["object"] == "chat.completion.chunk"), "{text}");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let content: String = chunks.iter().filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str()).collect();
+    assert!(content.len() > 5, "the text deltas were passed on: {text}");
+    assert_eq!(chunks.last().expect("chunks")["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
+async fn falls_back_from_targets_answering_429_and_500_to_the_next() {
+    // One request a minute per key: the key's first request (made here) uses it up, so the
+    // gateway's gets a real 429 with the real wait in Retry-After.
+    let limited = Llmock::start(&[("LLMOCK_RPM", "1")]);
+    let failing = Llmock::start(&[("LLMOCK_ERROR_RATE_500", "1.0")]);
+    let healthy = Llmock::start(&[]);
+    let used_up = reqwest::Client::new()
+        .post(format!("http://{}/anthropic/v1/messages", limited.addr()))
+        .header("x-api-key", "sk-ant-limited")
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]}))
+        .send()
+        .await
+        .expect("llmock answers");
+    assert_eq!(used_up.status(), StatusCode::OK);
+    // Weight 0 targets are tried after the weighted one, in the order listed.
+    let models = "            - name: chat
+              targets:
+                - {provider: anthropic, upstream: limited, model: claude-sonnet-4-5, api_key: sk-ant-limited, base_path: /anthropic/v1}
+                - {provider: openai, upstream: failing, model: gpt-4o, weight: 0}
+                - {provider: openai, upstream: healthy, model: gpt-4o-mini, weight: 0}
+";
+    let gateway =
+        start_gateway(&config(&[("limited", &limited), ("failing", &failing), ("healthy", &healthy)], models));
+    let client = TestClient::default();
+
+    let response = post(&client, &gateway.url("/v1/chat/completions"), chat("chat", false)).await;
+    assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
+    assert_eq!(response.json()["model"], "gpt-4o-mini");
+    let statuses = |journal: Vec<Value>| journal.iter().map(|request| request["status"].clone()).collect::<Vec<_>>();
+    assert_eq!(statuses(limited.requests().await), [json!(200), json!(429)]);
+    assert_eq!(statuses(failing.requests().await), [json!(500)]);
+    assert_eq!(statuses(healthy.requests().await), [json!(200)]);
+
+    // The 429 asked for a wait of up to a minute: the next request skips that target.
+    let response = post(&client, &gateway.url("/v1/chat/completions"), chat("chat", false)).await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(limited.requests().await.len(), 2, "the rate-limited target was not called again");
+    assert_eq!(statuses(healthy.requests().await), [json!(200), json!(200)]);
+}
+
+#[tokio::test]
+async fn the_last_provider_error_is_the_answer_when_every_target_fails() {
+    let failing = Llmock::start(&[("LLMOCK_ERROR_RATE_500", "1.0")]);
+    let models = "            - name: claude
+              targets: [{provider: anthropic, upstream: failing, model: claude-sonnet-4-5, base_path: /anthropic/v1}]
+";
+    let gateway = start_gateway(&config(&[("failing", &failing)], models));
+    let response = post(&TestClient::default(), &gateway.url("/v1/chat/completions"), chat("claude", false)).await;
+    assert_eq!(response.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let error = response.json();
+    assert_eq!(error["error"]["type"], "server_error", "{error}");
+    assert!(error["error"]["message"].is_string());
+}
+
+#[tokio::test]
+async fn key_auth_in_front_still_refuses_a_request_without_a_key() {
+    let llmock = Llmock::start(&[]);
+    let models = "            - name: gpt
+              targets: [{provider: openai, upstream: llm, model: gpt-4o-mini}]
+";
+    let gateway = start_gateway(&config(&[("llm", &llmock)], models));
+    let client = TestClient::default();
+    let response = client
+        .request(
+            Method::POST,
+            &gateway.url("/v1/chat/completions"),
+            &[("content-type", "application/json")],
+            chat("gpt", false),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+    let response = client
+        .request(Method::POST, &gateway.url("/v1/chat/completions"), &[("x-api-key", "wrong")], chat("gpt", false))
+        .await;
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+    assert!(llmock.requests().await.is_empty(), "no request reached the provider");
+    let response = post(&client, &gateway.url("/v1/chat/completions"), chat("gpt", false)).await;
+    assert_eq!(response.status, StatusCode::OK);
+}
