@@ -166,6 +166,51 @@ async fn streams_anthropic_events_as_openai_chunks_while_they_are_generated() {
 }
 
 #[tokio::test]
+async fn maps_tool_calls_through_anthropic_and_streams_openai_as_it_came() {
+    let llmock = Llmock::start(&[("LLMOCK_TOOL_MODE", "auto")]);
+    let models = "            - name: claude
+              targets: [{provider: anthropic, upstream: llm, model: claude-sonnet-4-5, base_path: /anthropic/v1}]
+            - name: gpt
+              targets: [{provider: openai, upstream: llm, model: gpt-4o-mini}]
+";
+    let gateway = start_gateway(&config(&[("llm", &llmock)], models));
+    let client = TestClient::default();
+    let with_tools = json!({
+        "model": "claude",
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [{"type": "function", "function": {
+            "name": "get_weather",
+            "description": "The weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+        }}]
+    });
+    let response = post(&client, &gateway.url("/v1/chat/completions"), with_tools.to_string()).await;
+    assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
+    let choice = &response.json()["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{choice}");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let arguments: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().expect("arguments")).expect("JSON arguments");
+    assert!(arguments.is_object());
+    let sent = &llmock.requests().await[0]["body"];
+    assert_eq!(sent["tools"][0]["name"], "get_weather");
+    assert_eq!(sent["tools"][0]["input_schema"]["required"], json!(["city"]));
+
+    let response = post(&client, &gateway.url("/v1/chat/completions"), chat("gpt", true)).await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(response.header("content-type"), Some("text/event-stream"));
+    let text = std::str::from_utf8(&response.body).expect("utf-8");
+    let events: Vec<&str> = text.split("\n\n").filter(|event| !event.is_empty()).collect();
+    assert_eq!(events.iter().filter(|event| **event == "data: [DONE]").count(), 1, "{text}");
+    assert_eq!(events.last().copied(), Some("data: [DONE]"));
+    let first: Value = serde_json::from_str(events[0].strip_prefix("data: ").expect("data")).expect("JSON");
+    assert_eq!(first["object"], "chat.completion.chunk");
+    assert_eq!(first["model"], "gpt-4o-mini");
+}
+
+#[tokio::test]
 async fn falls_back_from_targets_answering_429_and_500_to_the_next() {
     // One request a minute per key: the key's first request (made here) uses it up, so the
     // gateway's gets a real 429 with the real wait in Retry-After.

@@ -34,6 +34,10 @@ pub struct Config {
     /// is not streamed, its whole body); more than 0.
     #[serde(default = "default_timeout")]
     pub timeout: Duration,
+    /// Longest wait for the next bytes of a streamed answer; more than 0. A stream silent
+    /// for longer is broken off.
+    #[serde(default = "default_stream_idle_timeout")]
+    pub stream_idle_timeout: Duration,
     /// Largest client request body, in bytes.
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: u64,
@@ -96,6 +100,10 @@ fn default_timeout() -> Duration {
     Duration::from_secs(60)
 }
 
+fn default_stream_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
 fn default_max_request_bytes() -> u64 {
     1024 * 1024
 }
@@ -121,8 +129,10 @@ impl Validate for Config {
         if self.models.is_empty() {
             errors.push(path.key("models"), "list at least one model");
         }
-        if self.timeout.get().is_zero() {
-            errors.push(path.key("timeout"), "must be more than 0");
+        for (key, value) in [("timeout", self.timeout), ("stream_idle_timeout", self.stream_idle_timeout)] {
+            if value.get().is_zero() {
+                errors.push(path.key(key), "must be more than 0");
+            }
         }
         for (key, value) in
             [("max_request_bytes", self.max_request_bytes), ("max_response_bytes", self.max_response_bytes)]
@@ -203,6 +213,7 @@ impl PolicyFactory for AiProxy {
         Ok(Arc::new(CompiledAiProxy {
             models,
             timeout: config.timeout.get(),
+            stream_idle_timeout: config.stream_idle_timeout.get(),
             max_request_bytes: config.max_request_bytes,
             max_response_bytes: usize::try_from(config.max_response_bytes).unwrap_or(usize::MAX),
             created: super::openai::now(),
@@ -274,6 +285,7 @@ struct CompiledTarget {
 struct CompiledAiProxy {
     models: Vec<CompiledModel>,
     timeout: std::time::Duration,
+    stream_idle_timeout: std::time::Duration,
     max_request_bytes: u64,
     max_response_bytes: usize,
     created: u64,
@@ -495,9 +507,11 @@ impl CompiledAiProxy {
             let mut response = PolicyResponse::new(Bytes::new());
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
             response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            response
-                .extensions_mut()
-                .insert(StreamBody(Arc::new(std::sync::Mutex::new(Some(translate(chunks, translator))))));
+            response.extensions_mut().insert(StreamBody(Arc::new(std::sync::Mutex::new(Some(translate(
+                chunks,
+                translator,
+                self.stream_idle_timeout,
+            ))))));
             return Ok(response);
         }
         let whole = match tokio::time::timeout_at(deadline, read_whole(chunks, self.max_response_bytes)).await {
@@ -551,14 +565,18 @@ async fn read_whole(mut chunks: ChunkStream, limit: usize) -> Result<Bytes, Stri
 }
 
 /// The client's stream: each upstream chunk's complete events translated and sent on at once.
-fn translate(upstream: ChunkStream, translator: Box<dyn StreamTranslator>) -> ChunkStream {
+fn translate(upstream: ChunkStream, translator: Box<dyn StreamTranslator>, idle: std::time::Duration) -> ChunkStream {
     let state = (upstream, sse::Parser::default(), translator, false);
-    Box::pin(futures_util::stream::unfold(state, |(mut upstream, mut parser, mut translator, ended)| async move {
+    Box::pin(futures_util::stream::unfold(state, move |(mut upstream, mut parser, mut translator, ended)| async move {
         if ended {
             return None;
         }
         loop {
-            match upstream.next().await {
+            let Ok(next) = tokio::time::timeout(idle, upstream.next()).await else {
+                let reason = format!("the provider sent nothing for {idle:?}");
+                return Some((Err(reason), (upstream, parser, translator, true)));
+            };
+            match next {
                 Some(Ok(bytes)) => {
                     let out: Vec<u8> = parser
                         .feed(&bytes)

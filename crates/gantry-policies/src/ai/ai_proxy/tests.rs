@@ -275,6 +275,10 @@ fn refuses_bad_settings_with_field_paths() {
         ("models: []", "models"),
         ("timeout: 0s\nmodels: [{name: a, targets: [{provider: openai, upstream: first, model: m}]}]", "timeout"),
         (
+            "stream_idle_timeout: 0s\nmodels: [{name: a, targets: [{provider: openai, upstream: first, model: m}]}]",
+            "stream_idle_timeout",
+        ),
+        (
             "max_request_bytes: 0\nmodels: [{name: a, targets: [{provider: openai, upstream: first, model: m}]}]",
             "max_request_bytes",
         ),
@@ -333,4 +337,36 @@ fn reads_retry_after_in_seconds_or_as_a_date() {
     let later = httpdate::fmt_http_date(std::time::SystemTime::now() + std::time::Duration::from_secs(100));
     headers.insert(RETRY_AFTER, HeaderValue::from_str(&later).expect("header"));
     assert!(retry_after(&headers).is_some_and(|seconds| (98..=100).contains(&seconds)));
+}
+
+#[tokio::test]
+async fn passes_each_upstream_chunk_on_before_the_next_arrives_and_breaks_off_a_silent_stream() {
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<Result<Bytes, String>>();
+    let upstream: ChunkStream = Box::pin(futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    }));
+    let idle = std::time::Duration::from_millis(300);
+    let mut translated = translate(upstream, Box::<providers::openai::Passthrough>::default(), idle);
+    sender.send(Ok(Bytes::from_static(b"data: {\"n\":1}\n\n"))).expect("send");
+    assert_eq!(translated.next().await.expect("a chunk").expect("ok"), "data: {\"n\":1}\n\n");
+    sender.send(Ok(Bytes::from_static(b"data: {\"n\":2}\n"))).expect("send");
+    sender.send(Ok(Bytes::from_static(b"\n"))).expect("send");
+    assert_eq!(translated.next().await.expect("a chunk").expect("ok"), "data: {\"n\":2}\n\n");
+    let started = std::time::Instant::now();
+    let broken = translated.next().await.expect("an end").expect_err("broken off");
+    assert!(broken.contains("sent nothing"), "{broken}");
+    assert!(started.elapsed() >= idle);
+    assert!(translated.next().await.is_none());
+    drop(sender);
+}
+
+#[tokio::test]
+async fn a_stream_that_ends_cleanly_without_done_still_gets_it() {
+    let upstream: ChunkStream = Box::pin(futures_util::stream::iter([Ok(Bytes::from_static(b"data: {\"n\":1}\n\n"))]));
+    let translated: Vec<Result<Bytes, String>> =
+        translate(upstream, Box::<providers::openai::Passthrough>::default(), std::time::Duration::from_secs(5))
+            .collect()
+            .await;
+    let text: Vec<Bytes> = translated.into_iter().map(|chunk| chunk.expect("ok")).collect();
+    assert_eq!(text, [Bytes::from_static(b"data: {\"n\":1}\n\n"), Bytes::from_static(b"data: [DONE]\n\n")]);
 }
