@@ -209,11 +209,8 @@ fn generated_index() -> String {
 fn lists_every_registered_policy_in_the_docs_index() {
     for policy in all() {
         // The link must lead to the very file the policy's docs are built from.
-        let md = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
-            "src/{}/{}.md",
-            folder(policy),
-            policy.name
-        ));
+        let md =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("src/{}/{}.md", folder(policy), policy.name));
         let linked = std::fs::read_to_string(&md).unwrap_or_else(|err| panic!("{}: {err}", md.display()));
         assert_eq!(linked, policy.docs, "{}: the index would link to another file than its docs", policy.name);
         assert!(!purpose(policy.docs).is_empty(), "{}: the docs open without a purpose sentence", policy.name);
