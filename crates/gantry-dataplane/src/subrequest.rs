@@ -48,10 +48,12 @@ impl SnapshotSubrequests {
 
 impl SnapshotSubrequests {
     /// Completes the head as for a forwarded request; its path and query.
-    fn prepare(&self, head: &mut http::request::Parts) -> PathAndQuery {
+    fn prepare(&self, head: &mut http::request::Parts, forwarding_headers: bool) -> PathAndQuery {
         let path_and_query = head.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         remove_hop_by_hop(&mut head.headers, false);
-        add_forwarded(&mut head.headers, &self.forwarding, self.host.as_deref());
+        if forwarding_headers {
+            add_forwarded(&mut head.headers, &self.forwarding, self.host.as_deref());
+        }
         if let Some(request_id) = &self.request_id {
             head.headers.insert(&X_REQUEST_ID, request_id.clone());
         }
@@ -61,11 +63,11 @@ impl SnapshotSubrequests {
 
 impl SubrequestSender for SnapshotSubrequests {
     fn open(&self, request: StreamingSubrequest) -> StreamingFuture {
-        let StreamingSubrequest { upstream, mut head, body } = request;
+        let StreamingSubrequest { upstream, mut head, body, forwarding_headers } = request;
         let Some(compiled) = self.snapshot.upstream(&upstream).cloned() else {
             return Box::pin(std::future::ready(Err(SubrequestError::UnknownUpstream(upstream))));
         };
-        let path_and_query = self.prepare(&mut head);
+        let path_and_query = self.prepare(&mut head, forwarding_headers);
         head.headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         let client = self.client;
         let host = self.host.clone();
@@ -110,7 +112,7 @@ impl SubrequestSender for SnapshotSubrequests {
         let Some(compiled) = self.snapshot.upstream(&upstream).cloned() else {
             return Box::pin(std::future::ready(Err(SubrequestError::UnknownUpstream(upstream))));
         };
-        let path_and_query = self.prepare(&mut head);
+        let path_and_query = self.prepare(&mut head, true);
         let client = self.client;
         let host = self.host.clone();
         Box::pin(async move {

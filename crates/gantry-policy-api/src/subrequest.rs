@@ -58,10 +58,14 @@ pub struct StreamingSubrequest {
     /// Id of the upstream, checked against the configuration by the policy when it was built.
     pub upstream: Arc<str>,
     /// Method, URI (path and query only) and headers, completed by the data plane as for
-    /// [`Subrequest::head`]; `content-length` is set from `body`.
+    /// [`Subrequest::head`] (the forwarding headers only with `forwarding_headers`);
+    /// `content-length` is set from `body`.
     pub head: http::request::Parts,
     /// The whole request body.
     pub body: Bytes,
+    /// Whether the client's address goes along (`X-Forwarded-For`, `Forwarded`...), as on a
+    /// forwarded request; a third party's API (an LLM provider) has no need to learn it.
+    pub forwarding_headers: bool,
 }
 
 /// The head of a streaming subrequest's response with its body still arriving.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use gantry_testkit::client::TestClient;
 use gantry_testkit::llmock::Llmock;
+use gantry_testkit::EchoUpstream;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -290,4 +291,49 @@ async fn key_auth_in_front_still_refuses_a_request_without_a_key() {
     assert!(llmock.requests().await.is_empty(), "no request reached the provider");
     let response = post(&client, &gateway.url("/v1/chat/completions"), chat("gpt", false)).await;
     assert_eq!(response.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn providers_get_the_target_key_and_the_request_id_but_nothing_of_the_client() {
+    // An echo server in place of an OpenAI-compatible provider: its JSON answer, which
+    // describes the request it got, comes back to the client unchanged.
+    let echo = EchoUpstream::start("provider").await;
+    let gateway = start_gateway(&with_listener(&format!(
+        "upstreams:
+  - id: provider
+    endpoints: [{}]
+consumers:
+  - id: team
+    credentials:
+      key_auth: {{key: {KEY}}}
+routes:
+  - id: ai
+    paths: [/v1/chat/completions]
+    policies:
+      - key_auth: {{header: x-api-key, hide_credentials: false}}
+      - ai_proxy:
+          models:
+            - name: local
+              targets: [{{provider: openai, upstream: provider, model: llama, api_key: sk-target, base_path: /openai/v1}}]
+",
+        echo.addr()
+    )));
+    let response = TestClient::default()
+        .request(
+            Method::POST,
+            &gateway.url("/v1/chat/completions"),
+            &[("x-api-key", KEY), ("authorization", "Bearer client-token"), ("cookie", "session=1")],
+            chat("local", false),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
+    let seen = response.json();
+    assert_eq!(seen["path"], "/openai/v1/chat/completions", "{seen}");
+    let headers = &seen["headers"];
+    assert_eq!(headers["authorization"], "Bearer sk-target", "{headers}");
+    assert_eq!(headers["content-type"], "application/json");
+    assert!(headers["x-request-id"].is_string(), "{headers}");
+    for absent in ["x-api-key", "cookie", "x-forwarded-for", "forwarded", "x-forwarded-proto", "x-forwarded-host"] {
+        assert!(headers.get(absent).is_none(), "`{absent}` reached the provider: {headers}");
+    }
 }

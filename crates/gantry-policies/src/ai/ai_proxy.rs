@@ -463,7 +463,13 @@ impl CompiledAiProxy {
             .map_err(|err| Failure::Unanswered(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?
             .into_parts()
             .0;
-        let opened = sender.open(StreamingSubrequest { upstream: target.upstream.clone(), head, body });
+        let opened = sender.open(StreamingSubrequest {
+            upstream: target.upstream.clone(),
+            head,
+            body,
+            // Providers are third parties: they get the gateway's key, not the client's address.
+            forwarding_headers: false,
+        });
         let deadline = tokio::time::Instant::now() + self.timeout;
         let response = match tokio::time::timeout_at(deadline, opened).await {
             Err(_) => {
