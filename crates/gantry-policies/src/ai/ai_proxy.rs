@@ -338,6 +338,18 @@ fn order(targets: &[CompiledTarget], mut random: impl FnMut(u64) -> u64) -> Vec<
     ordered
 }
 
+/// Whole seconds until the first target that asked for a wait (`Retry-After`) may be called
+/// again, if any is waiting.
+fn seconds_until_one_is_back(targets: &[CompiledTarget]) -> Option<u64> {
+    let now = now_millis();
+    targets
+        .iter()
+        .map(|target| target.cooling_until.load(Ordering::Relaxed))
+        .filter(|&until| until > now)
+        .min()
+        .map(|until| (until - now).div_ceil(1000))
+}
+
 fn random_below(bound: u64) -> u64 {
     let mut bytes = [0u8; 8];
     if getrandom::fill(&mut bytes).is_err() {
@@ -429,12 +441,19 @@ impl CompiledAiProxy {
                 }
             }
         }
-        Flow::Respond(match last {
+        let mut response = match last {
             Failure::Unanswered(status, reason) => {
                 error_response(status, &format!("no provider answered: {reason}"), "server_error", None)
             }
             Failure::Answered(status, body) => json_response(status, &body),
-        })
+        };
+        let status = response.status();
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            if let Some(seconds) = seconds_until_one_is_back(&model.targets) {
+                response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+            }
+        }
+        Flow::Respond(response)
     }
 
     /// One try of one target: the client's answer, or why the next target is tried. Other

@@ -150,9 +150,40 @@ async fn falls_back_on_429_and_keeps_the_target_out_for_its_retry_after() {
         assert_eq!(json_of(body)["messages"][0]["role"], "system", "OpenAI gets the messages as they came");
     }
     run(&*policy, sender.clone(), Method::POST, "/v1/chat/completions", CHAT).await;
-    let sent = sender.sent.lock().expect("lock");
-    assert_eq!(sent.len(), 3);
-    assert_eq!(sent[2].0, "second", "the target that asked for 30 s is not called again");
+    {
+        let sent = sender.sent.lock().expect("lock");
+        assert_eq!(sent.len(), 3);
+        assert_eq!(sent[2].0, "second", "the target that asked for 30 s is not called again");
+    }
+
+    // With the other target down too, the client learns when to come back.
+    let down = stand_in(&[("second", answer(503, r#"{"error":{"message":"down","type":"server_error"}}"#))]);
+    let (response, _) = run(&*policy, down.clone(), Method::POST, "/v1/chat/completions", CHAT).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let wait: u64 = response.headers()[RETRY_AFTER].to_str().expect("text").parse().expect("seconds");
+    assert!((29..=30).contains(&wait), "{wait}");
+    assert_eq!(down.sent.lock().expect("lock").len(), 1, "only the target not cooling off was tried");
+}
+
+#[tokio::test]
+async fn answers_503_with_retry_after_when_every_target_is_cooling_off() {
+    let policy = build(TWO_TARGETS);
+    let limited = |seconds| Answer {
+        status: 429,
+        headers: vec![("retry-after", seconds)],
+        chunks: vec![r#"{"type":"error","error":{"type":"rate_limit_error","message":"Rate limited"}}"#],
+    };
+    let sender = stand_in(&[("first", limited("20")), ("second", limited("40"))]);
+    let (response, body) = run(&*policy, sender.clone(), Method::POST, "/v1/chat/completions", CHAT).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(json_of(&body)["error"]["type"], "rate_limit_error");
+    assert_eq!(response.headers()[RETRY_AFTER], "20", "the first target back decides");
+    let (response, body) = run(&*policy, sender.clone(), Method::POST, "/v1/chat/completions", CHAT).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(json_of(&body)["error"]["message"].as_str().expect("message").contains("cooling off"));
+    let wait: u64 = response.headers()[RETRY_AFTER].to_str().expect("text").parse().expect("seconds");
+    assert!((19..=20).contains(&wait), "{wait}");
+    assert_eq!(sender.sent.lock().expect("lock").len(), 2, "no target was called the second time");
 }
 
 #[tokio::test]
