@@ -2,22 +2,14 @@
 //! body bytes, upstream endpoints, consumers, the configuration's generation and rejected
 //! reloads; every exposition checked by `promtool check metrics`.
 
-use std::net::SocketAddr;
-
 use gantry_testkit::client::TestClient;
 use gantry_testkit::{eventually, promtool, EchoUpstream, GatewayProcess};
 use http::{Method, StatusCode};
 use nix::sys::signal::Signal;
 
-use crate::support::{gantry_binary, metrics, with_admin};
+use crate::support::{closed_address, gantry_binary, metrics, with_admin};
 
 const KEY: &str = "metrics-admin-key-0123456789";
-
-/// An address nothing listens on: a port bound for a moment and released.
-fn closed_address() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
-    listener.local_addr().expect("probe port address")
-}
 
 /// `/metrics` once every one of `lines` is in it (counters of a response body are added when
 /// the body has been sent, a moment after the client has it), checked by promtool.

@@ -9,14 +9,9 @@ use gantry_testkit::{eventually, EchoUpstream, GatewayProcess};
 use http::StatusCode;
 use serde_json::Value;
 
-use crate::support::{admin_get, gantry_binary, with_admin};
+use crate::support::{admin_get, closed_address, gantry_binary, with_admin};
 
 const KEY: &str = "status-admin-key-0123456789";
-
-fn closed_address() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
-    listener.local_addr().expect("probe port address")
-}
 
 fn config(upstream: SocketAddr, dead: SocketAddr) -> String {
     with_admin(

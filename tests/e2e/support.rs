@@ -1,5 +1,6 @@
 //! Shared helpers of the end-to-end tests.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use gantry_testkit::client::{TestClient, TestResponse};
@@ -44,4 +45,10 @@ pub async fn metrics(gateway: &GatewayProcess) -> String {
 pub async fn assert_metric(gateway: &GatewayProcess, line: &str) {
     let text = metrics(gateway).await;
     assert!(text.lines().any(|own| own == line), "no `{line}` in:\n{text}");
+}
+
+/// An address nothing listens on: a port bound for a moment and released.
+pub fn closed_address() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
+    listener.local_addr().expect("probe port address")
 }

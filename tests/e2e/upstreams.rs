@@ -16,7 +16,7 @@ use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 
-use crate::support::{start_gateway, with_listener};
+use crate::support::{closed_address, start_gateway, with_listener};
 
 /// A gateway routing every path to one upstream `up`, whose fields (`endpoints`, ...) are
 /// given as YAML at the indentation of an upstream's keys.
@@ -41,12 +41,6 @@ fn gateway_with_admin_and_upstream(fields: &str) -> GatewayProcess {
 fn indent(text: &str, spaces: usize) -> String {
     let pad = " ".repeat(spaces);
     text.lines().map(|line| format!("{pad}{line}\n")).collect()
-}
-
-/// An address nothing listens on: a port bound for a moment and released.
-fn closed_address() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
-    listener.local_addr().expect("probe port address")
 }
 
 /// Which upstream answered: its `x-upstream` tag, or the status when the gateway answered itself.

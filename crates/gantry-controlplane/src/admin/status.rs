@@ -89,29 +89,33 @@ pub async fn status(
     let traffic = control.traffic_metrics();
     let now = Instant::now();
 
-    let mut routes: Vec<serde_json::Value> = snapshot
+    // Each route with its request count, which `?top` orders by.
+    let mut routes: Vec<(u64, serde_json::Value)> = snapshot
         .routes
         .iter()
         .map(|route| {
             let mut entry =
                 json!({"id": &*route.id, "upstream": route.upstream.as_ref().map(|upstream| &*upstream.id)});
+            let mut requests = 0;
             if let Some(metrics) = &route.metrics {
                 let (bytes_in, bytes_out) = metrics.series.body_bytes();
+                let summary = metrics.series.summary();
+                requests = summary.requests;
                 entry["traffic"] = json!({
-                    "summary": metrics.series.summary(),
+                    "summary": summary,
                     "overhead": metrics.series.overhead(),
                     "request_body_bytes": bytes_in,
                     "response_body_bytes": bytes_out,
                 });
             }
-            entry
+            (requests, entry)
         })
         .collect();
     if let Some(top) = query.top {
-        let requests = |route: &serde_json::Value| route["traffic"]["summary"]["requests"].as_u64().unwrap_or(0);
-        routes.sort_by_key(|route| std::cmp::Reverse(requests(route)));
+        routes.sort_by_key(|(requests, _)| std::cmp::Reverse(*requests));
         routes.truncate(top);
     }
+    let routes: Vec<serde_json::Value> = routes.into_iter().map(|(_, entry)| entry).collect();
     let upstreams: Vec<serde_json::Value> = snapshot
         .upstreams
         .iter()
