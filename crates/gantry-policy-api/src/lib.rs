@@ -10,6 +10,7 @@ mod consumer;
 mod exchange;
 mod factory;
 mod flow;
+pub mod ai;
 pub mod identity;
 mod mirror;
 pub mod problem;
