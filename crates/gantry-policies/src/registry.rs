@@ -11,6 +11,9 @@ use gantry_policy_api::RegisteredPolicy;
 use crate::access::acl::Acl;
 use crate::access::allowed_hours::AllowedHours;
 use crate::access::scopes::Scopes;
+use crate::ai::ai_prompt_decorator::AiPromptDecorator;
+use crate::ai::ai_prompt_guard::AiPromptGuard;
+use crate::ai::ai_prompt_template::AiPromptTemplate;
 use crate::ai::ai_proxy::AiProxy;
 use crate::forward::aggregate::Aggregate;
 use crate::forward::mock_response::MockResponse;
@@ -88,11 +91,14 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<RestToSoap>(),
         RegisteredPolicy::of::<SoapToRest>(),
         RegisteredPolicy::of::<Script>(),
+        RegisteredPolicy::of::<AiPromptTemplate>(),
+        RegisteredPolicy::of::<AiPromptDecorator>(),
         RegisteredPolicy::of::<JsonThreatProtection>(),
         RegisteredPolicy::of::<XmlThreatProtection>(),
         RegisteredPolicy::of::<JsonSchemaPolicy>(),
         RegisteredPolicy::of::<OpenApiValidation>(),
         RegisteredPolicy::of::<Xsd>(),
+        RegisteredPolicy::of::<AiPromptGuard>(),
         RegisteredPolicy::of::<TrafficSplit>(),
         RegisteredPolicy::of::<RequestMirror>(),
         RegisteredPolicy::of::<ResponseCache>(),

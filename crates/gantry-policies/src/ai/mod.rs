@@ -1,7 +1,11 @@
 //! The AI gateway: one OpenAI-compatible endpoint over several LLM providers.
 
+pub mod ai_prompt_decorator;
+pub mod ai_prompt_guard;
+pub mod ai_prompt_template;
 pub mod ai_proxy;
 mod openai;
+mod prompt;
 mod providers;
 mod sse;
 
