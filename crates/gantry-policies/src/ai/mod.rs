@@ -8,6 +8,7 @@ mod openai;
 mod prompt;
 mod providers;
 mod sse;
+pub mod tokens;
 
 use std::sync::Arc;
 
