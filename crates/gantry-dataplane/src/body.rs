@@ -287,23 +287,66 @@ impl Body for ClientResponseBody {
 /// live as long as the response (a `concurrency_limit` slot). They are dropped when the body
 /// ends or fails, or when the body itself is dropped because the client went away, whichever
 /// comes first: a request counts until its last byte, not just its response head.
-#[derive(Debug)]
+///
+/// It may also carry what is to be done once the response has been sent ([`WhenSent`]): that
+/// runs after the body and the held state are gone, so it sees what dropping them did (a
+/// policy's stream reporting its usage when it ends or is abandoned).
 pub struct HoldingBody {
     // Boxed: `GatewayBody` cannot contain itself. Only responses with something to hold pay
     // for the allocation.
     inner: Box<GatewayBody>,
     held: Option<http::Extensions>,
+    when_sent: Option<WhenSent>,
+}
+
+/// What to do once a response body has ended or been dropped.
+pub type WhenSent = Box<dyn FnOnce() + Send>;
+
+impl std::fmt::Debug for HoldingBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HoldingBody")
+            .field("inner", &self.inner)
+            .field("held", &self.held)
+            .field("when_sent", &self.when_sent.is_some())
+            .finish()
+    }
 }
 
 impl HoldingBody {
     /// `inner`, holding `held` until it ends.
     pub fn new(inner: GatewayBody, held: http::Extensions) -> Self {
-        Self { inner: Box::new(inner), held: Some(held) }
+        Self { inner: Box::new(inner), held: Some(held), when_sent: None }
+    }
+
+    /// The same body, running `when_sent` once it has ended or been dropped.
+    #[must_use]
+    pub fn when_sent(mut self, when_sent: WhenSent) -> Self {
+        self.when_sent = Some(when_sent);
+        self
     }
 
     /// Whether the held state is still alive (the body has not ended yet).
     pub fn is_holding(&self) -> bool {
         self.held.is_some()
+    }
+
+    /// The body is over: drops what it streamed from, then what it held, then does what was
+    /// to be done once it was sent.
+    fn end(&mut self) {
+        if self.held.is_none() && self.when_sent.is_none() {
+            return;
+        }
+        *self.inner = GatewayBody::Empty;
+        self.held = None;
+        if let Some(when_sent) = self.when_sent.take() {
+            when_sent();
+        }
+    }
+}
+
+impl Drop for HoldingBody {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 
@@ -315,7 +358,7 @@ impl Body for HoldingBody {
         let this = self.get_mut();
         let polled = Pin::new(&mut *this.inner).poll_frame(cx);
         if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            this.held = None;
+            this.end();
         }
         polled
     }
@@ -466,6 +509,67 @@ mod tests {
         let (body, alive) = holding(GatewayBody::full("never read"));
         drop(body);
         assert_eq!(Arc::strong_count(&alive), 1, "a client that went away releases what the body held");
+    }
+
+    /// A policy's stream that, like `ai_proxy`'s, reports when it is dropped, abandoned or not.
+    struct Reporting {
+        chunks: Vec<Bytes>,
+        dropped: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl futures_util::Stream for Reporting {
+        type Item = Result<Bytes, String>;
+
+        fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            let this = self.get_mut();
+            Poll::Ready((!this.chunks.is_empty()).then(|| Ok(this.chunks.remove(0))))
+        }
+    }
+
+    impl Drop for Reporting {
+        fn drop(&mut self) {
+            self.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Each run of `when_sent`: whether the stream was dropped by then, and the reference count
+    /// of the held extension (1: released).
+    type Runs = Arc<std::sync::Mutex<Vec<(bool, usize)>>>;
+
+    /// A holding body over a two-chunk policy stream, and what its `when_sent` saw.
+    fn holding_a_stream() -> (HoldingBody, Runs) {
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stream = Reporting {
+            chunks: vec![Bytes::from("data: 1\n\n"), Bytes::from("data: 2\n\n")],
+            dropped: dropped.clone(),
+        };
+        let (body, alive) = holding(GatewayBody::Chunks(PolicyChunks(Box::pin(stream))));
+        let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = runs.clone();
+        let body = body.when_sent(Box::new(move || {
+            seen.lock().expect("lock").push((dropped.load(Ordering::SeqCst), Arc::strong_count(&alive)));
+        }));
+        (body, runs)
+    }
+
+    #[tokio::test]
+    async fn runs_when_sent_once_at_the_end_after_the_stream_and_the_held_state_are_gone() {
+        let (mut body, runs) = holding_a_stream();
+        assert!(body.frame().await.is_some());
+        assert!(body.frame().await.is_some());
+        assert!(runs.lock().expect("lock").is_empty(), "the end has not been read yet");
+        assert!(body.frame().await.is_none());
+        assert_eq!(*runs.lock().expect("lock"), [(true, 1)], "the stream and the extensions went first");
+        drop(body);
+        assert_eq!(runs.lock().expect("lock").len(), 1, "once, not again on drop");
+    }
+
+    #[tokio::test]
+    async fn runs_when_sent_when_the_client_goes_away_mid_stream() {
+        let (mut body, runs) = holding_a_stream();
+        assert!(body.frame().await.is_some());
+        drop(body);
+        assert_eq!(*runs.lock().expect("lock"), [(true, 1)]);
     }
 
     /// Records what an observer was shown, and whether it heard of the end.

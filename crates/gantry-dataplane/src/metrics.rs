@@ -5,6 +5,7 @@
 //! something rarer (a policy's answer, a mirrored request), never on every forwarded request.
 //! The counters live outside the snapshot, so a reload resets none of them.
 
+pub mod ai;
 pub mod histogram;
 pub mod traffic;
 
@@ -15,6 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
+pub use ai::AiMetrics;
 pub use traffic::TrafficMetrics;
 
 /// Labels of `gantry_policy_answers_total`.
@@ -62,6 +64,7 @@ pub struct GatewayMetrics {
     policy_answers: Family<PolicyAnswerLabels, Counter>,
     mirror_requests: Family<MirrorLabels, Counter>,
     traffic: Arc<TrafficMetrics>,
+    ai: Arc<AiMetrics>,
 }
 
 impl GatewayMetrics {
@@ -70,6 +73,7 @@ impl GatewayMetrics {
     pub fn register(registry: &mut Registry, traffic: Arc<TrafficMetrics>) -> Self {
         registry.register_collector(Box::new(traffic.clone()));
         let metrics = Self { traffic, ..Self::default() };
+        registry.register_collector(Box::new(metrics.ai.clone()));
         registry.register(
             "gantry_policy_answers",
             "Requests a policy answered itself instead of forwarding (denials such as 401, 403 and 429, mocks, redirects), by policy and status",
@@ -86,6 +90,11 @@ impl GatewayMetrics {
     /// The request metrics.
     pub fn traffic(&self) -> &TrafficMetrics {
         &self.traffic
+    }
+
+    /// What AI exchanges used.
+    pub fn ai(&self) -> &AiMetrics {
+        &self.ai
     }
 
     /// Counts a request that `policy` answered with `status`.

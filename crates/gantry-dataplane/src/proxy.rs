@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
+use gantry_policy_api::ai::AiExchange;
 use gantry_policy_api::problem::problem_response;
 use gantry_policy_api::response_body::take_streamed_body;
 use gantry_policy_api::subrequest;
@@ -18,7 +19,9 @@ use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, AccessRecord, TraceContext};
-use crate::body::{apply_response_body_action, discard, ClientResponseBody, GatewayBody, HoldingBody, LimitedBody};
+use crate::body::{
+    apply_response_body_action, discard, ClientResponseBody, GatewayBody, HoldingBody, LimitedBody, WhenSent,
+};
 use crate::forward::{forward_traced, ForwardError, ForwardRequest};
 use crate::headers::{add_forwarded, remove_hop_by_hop, request_id, ClientForwarding, X_REQUEST_ID};
 use crate::metrics::{GatewayMetrics, MirrorOutcome};
@@ -64,6 +67,15 @@ pub struct Gateway {
     metrics: GatewayMetrics,
     /// Absent unless `node.tracing` is set: then no trace header is read and no span made.
     tracer: Option<Tracer>,
+}
+
+/// The records of an AI exchange that wait for its usage.
+struct UnfinishedAi {
+    ai: AiExchange,
+    route: Option<Arc<str>>,
+    /// The sampled server span and what it learned at the response head.
+    span: Option<(RequestTrace, ServerOutcome)>,
+    record: Option<AccessRecord>,
 }
 
 /// Where the response of one exchange came from, for logging.
@@ -130,15 +142,33 @@ impl Gateway {
             }
             None => self.metrics.traffic().count_unmatched(status),
         }
+        // Only AI exchanges have one: the other requests pay for an absent extension, no lock.
+        let ai = served.exchange.as_ref().and_then(|exchange| exchange.extensions.get::<AiExchange>());
+        let (ai_usage, ai_unfinished) = match ai.map(|ai| (ai.usage(), ai)) {
+            None => (None, None),
+            Some((Some(usage), _)) => (Some(Arc::new(usage)), None),
+            // A streamed answer's usage is known once its stream ends, after this head.
+            Some((None, ai)) => (None, Some(ai.clone())),
+        };
         let route_id = served.route.as_ref().map(|route| route.id.clone());
+        if let (Some(usage), Some(route)) = (&ai_usage, &route_id) {
+            self.metrics.ai().record(route, usage);
+        }
         let gateway_trace = trace.as_ref().map(|trace| {
             let (trace_id, span_id) = trace.log_context();
             TraceContext { trace_id, span_id }
         });
+        let mut unfinished_span = None;
         if let (Some(tracer), Some(trace)) = (&self.tracer, trace) {
             if trace.is_sampled() {
                 let consumer = served.exchange.as_ref().and_then(|exchange| exchange.consumer().map(|c| c.id.clone()));
-                tracer.finish(trace, ServerOutcome { status: status.as_u16(), route: route_id.clone(), consumer });
+                let outcome =
+                    ServerOutcome { status: status.as_u16(), route: route_id.clone(), consumer, ai: ai_usage.clone() };
+                if ai_unfinished.is_some() {
+                    unfinished_span = Some((trace, outcome));
+                } else {
+                    tracer.finish(trace, outcome);
+                }
             }
         }
         if let (Some(exchange), Some(route)) = (&served.exchange, &served.route) {
@@ -156,16 +186,17 @@ impl Gateway {
             };
             route.pipeline.selected(exchange).run_log(&record);
         }
+        let mut unfinished_record = None;
         if let (Some(log), Some(facts)) = (&self.access_log, logged_facts) {
             // The gateway's own span when it traces requests, else the caller's traceparent.
             let trace = gateway_trace.or(facts.trace);
-            log.emit(AccessRecord {
+            let record = AccessRecord {
                 // Wall-clock time of arrival, read only when a log needs it.
                 time: SystemTime::now().checked_sub(duration).unwrap_or(SystemTime::UNIX_EPOCH),
                 request_id,
                 trace_id: trace.map(|context| context.trace_id),
                 span_id: trace.map(|context| context.span_id),
-                route_id,
+                route_id: route_id.clone(),
                 service_id: served.route.as_ref().and_then(|route| route.service.clone()),
                 consumer_id: served
                     .exchange
@@ -185,17 +216,50 @@ impl Gateway {
                 upstream_duration: served.upstream_duration,
                 request_headers: facts.headers,
                 response_headers: log.response_headers(served.response.headers()),
-            });
+                ai: ai_usage,
+            };
+            if ai_unfinished.is_some() {
+                unfinished_record = Some(record);
+            } else {
+                log.emit(record);
+            }
         }
         let response =
             if is_grpc && is_gateway_error { into_grpc_error(served.response).await } else { served.response };
+        let when_sent = ai_unfinished.map(|ai| {
+            self.when_ai_sent(UnfinishedAi { ai, route: route_id, span: unfinished_span, record: unfinished_record })
+        });
         let response = match served.exchange {
-            Some(exchange) => hold_until_sent(response, exchange),
+            Some(exchange) => hold_until_sent(response, exchange, when_sent),
             None => response,
         };
         // The route goes with the body, which counts its bytes as they pass.
         let route = served.route;
         response.map(|body| ClientResponseBody::new(body, route))
+    }
+
+    /// What records an AI exchange whose usage was not known at its response head once its
+    /// body has been sent or dropped: by then the policy that streamed it has finished the
+    /// usage (or never will, when no provider answered), and the span and the access log
+    /// record go out with it.
+    fn when_ai_sent(&self, unfinished: UnfinishedAi) -> WhenSent {
+        let access_log = unfinished.record.is_some().then(|| self.access_log.clone()).flatten();
+        let tracer = unfinished.span.is_some().then(|| self.tracer.clone()).flatten();
+        let metrics = self.metrics.clone();
+        Box::new(move || {
+            let usage = unfinished.ai.usage().map(Arc::new);
+            if let (Some(usage), Some(route)) = (&usage, &unfinished.route) {
+                metrics.ai().record(route, usage);
+            }
+            if let (Some(tracer), Some((trace, mut outcome))) = (tracer, unfinished.span) {
+                outcome.ai = usage.clone();
+                tracer.finish(trace, outcome);
+            }
+            if let (Some(access_log), Some(mut record)) = (access_log, unfinished.record) {
+                record.ai = usage;
+                access_log.emit(record);
+            }
+        })
     }
 
     async fn serve(
@@ -539,14 +603,26 @@ fn discard_unread(parts: &http::request::Parts, body: ClientBody) {
 /// until the response body has been sent or the client has gone, so that a policy can count a
 /// request for as long as it occupies the gateway and the upstream, not just until its
 /// response head. Most exchanges leave nothing, and their body is not wrapped.
-fn hold_until_sent(response: Response<GatewayBody>, mut exchange: Exchange) -> Response<GatewayBody> {
+///
+/// `when_sent` runs once the body has ended or been dropped, after what was held is gone.
+fn hold_until_sent(
+    response: Response<GatewayBody>,
+    mut exchange: Exchange,
+    when_sent: Option<WhenSent>,
+) -> Response<GatewayBody> {
     // Already forwarded; a long download need not keep the request body in memory.
     exchange.extensions.remove::<RequestBody>();
-    if exchange.extensions.is_empty() {
+    if exchange.extensions.is_empty() && when_sent.is_none() {
         return response;
     }
     let held = exchange.extensions;
-    response.map(|body| GatewayBody::Holding(HoldingBody::new(body, held)))
+    response.map(|body| {
+        let holding = HoldingBody::new(body, held);
+        GatewayBody::Holding(match when_sent {
+            Some(when_sent) => holding.when_sent(when_sent),
+            None => holding,
+        })
+    })
 }
 
 /// The spans of a traced request, when it is sampled.

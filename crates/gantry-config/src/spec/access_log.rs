@@ -176,6 +176,24 @@ pub enum AccessLogField {
     UpstreamDuration,
     /// `gateway_overhead_ms`: `duration_ms` less `upstream_duration_ms`.
     GatewayOverhead,
+    /// `ai_provider`: the AI provider that answered (`openai`, `anthropic`...), as
+    /// OpenTelemetry's `gen_ai.provider.name` names it. AI requests only, like the fields below.
+    AiProvider,
+    /// `ai_request_model`: the model name the client asked for (one of the gateway's names).
+    AiRequestModel,
+    /// `ai_response_model`: the provider's model that answered.
+    AiResponseModel,
+    /// `ai_input_tokens`: tokens of the prompt.
+    AiInputTokens,
+    /// `ai_output_tokens`: tokens of the answer.
+    AiOutputTokens,
+    /// `ai_cost`: price of the tokens from the target's price table; absent without one.
+    AiCost,
+    /// `ai_cache_hit`: `true` when the answer came from a gateway cache, no provider called.
+    AiCacheHit,
+    /// `ai_tokens_estimated`: `true` when the gateway counted the tokens because the provider
+    /// reported none.
+    AiTokensEstimated,
 }
 
 impl AccessLogField {
@@ -205,6 +223,14 @@ impl AccessLogField {
             Upstream => "upstream",
             UpstreamDuration => "upstream_duration",
             GatewayOverhead => "gateway_overhead",
+            AiProvider => "ai_provider",
+            AiRequestModel => "ai_request_model",
+            AiResponseModel => "ai_response_model",
+            AiInputTokens => "ai_input_tokens",
+            AiOutputTokens => "ai_output_tokens",
+            AiCost => "ai_cost",
+            AiCacheHit => "ai_cache_hit",
+            AiTokensEstimated => "ai_tokens_estimated",
         }
     }
 }
@@ -786,6 +812,31 @@ mod tests {
             assert!(found.iter().any(|problem| problem.contains(path)), "no problem at {path}: {found:#?}");
         }
         assert_eq!(found.len(), expected.len(), "{found:#?}");
+    }
+
+    #[test]
+    fn the_ai_fields_are_chosen_by_the_names_they_report() {
+        let spec: AccessLogSpec = serde_saphyr::from_str(
+            "path: x\nfields: [ai_provider, ai_request_model, ai_response_model, ai_input_tokens, ai_output_tokens, ai_cost, ai_cache_hit, ai_tokens_estimated]\n",
+        )
+        .expect("parses");
+        let names: Vec<&str> = spec.fields.iter().map(|field| field.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "ai_provider",
+                "ai_request_model",
+                "ai_response_model",
+                "ai_input_tokens",
+                "ai_output_tokens",
+                "ai_cost",
+                "ai_cache_hit",
+                "ai_tokens_estimated"
+            ]
+        );
+        assert!(problems("path: x\nfields: [ai_cost, ai_cost]\n")
+            .iter()
+            .any(|p| p.contains("`ai_cost` is listed twice")));
     }
 
     #[test]

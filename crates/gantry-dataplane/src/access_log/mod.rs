@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use gantry_config::{AccessLogField, AccessLogSpec};
+use gantry_policy_api::ai::AiUsage;
 use http::header::{CONTENT_LENGTH, HOST, USER_AGENT};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -76,6 +77,8 @@ pub struct AccessRecord {
     pub request_headers: Vec<(HeaderName, HeaderValue)>,
     /// The configured response headers the response had, in configuration order.
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// What an AI exchange used, once its answer was complete; `None` for other requests.
+    pub ai: Option<Arc<AiUsage>>,
 }
 
 /// What a record takes from the request head, taken before the request moves on.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use gantry_config::{OtlpEncoding, OtlpSinkSpec};
+use gantry_policy_api::ai::AiUsage;
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
@@ -42,10 +43,12 @@ fn nanos(time: SystemTime) -> u64 {
     u64::try_from(time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// An attribute's value: text or an integer.
+/// An attribute's value.
 enum Attribute {
     Text(String),
     Int(i64),
+    Double(f64),
+    Bool(bool),
 }
 
 /// The semantic-convention attributes of `record`.
@@ -63,7 +66,35 @@ fn attributes(record: &AccessRecord) -> Vec<(&'static str, Attribute)> {
     if let Some(upstream) = &record.upstream_addr {
         attributes.push(("server.address", Attribute::Text(upstream.to_string())));
     }
+    if let Some(usage) = &record.ai {
+        push_ai_attributes(&mut attributes, usage);
+    }
     attributes
+}
+
+/// The OpenTelemetry GenAI names for what an AI exchange used (the server span has the same).
+fn push_ai_attributes(attributes: &mut Vec<(&'static str, Attribute)>, usage: &AiUsage) {
+    let text = |text: &str| Attribute::Text(text.to_owned());
+    let count = |tokens: u64| Attribute::Int(i64::try_from(tokens).unwrap_or(i64::MAX));
+    if !usage.operation.is_empty() {
+        attributes.push(("gen_ai.operation.name", text(usage.operation)));
+    }
+    if !usage.provider.is_empty() {
+        attributes.push(("gen_ai.provider.name", text(usage.provider)));
+    }
+    if !usage.request_model.is_empty() {
+        attributes.push(("gen_ai.request.model", text(&usage.request_model)));
+    }
+    if !usage.response_model.is_empty() {
+        attributes.push(("gen_ai.response.model", text(&usage.response_model)));
+    }
+    attributes.push(("gen_ai.usage.input_tokens", count(usage.input_tokens)));
+    attributes.push(("gen_ai.usage.output_tokens", count(usage.output_tokens)));
+    if let Some(cost) = usage.cost.filter(|cost| cost.is_finite()) {
+        attributes.push(("gantry.ai.cost", Attribute::Double(cost)));
+    }
+    attributes.push(("gantry.ai.cache_hit", Attribute::Bool(usage.cache_hit)));
+    attributes.push(("gantry.ai.tokens_estimated", Attribute::Bool(usage.estimated)));
 }
 
 /// Severity number and text: INFO, or WARN for 5xx answers.
@@ -80,6 +111,8 @@ fn proto_value(value: Attribute) -> AnyValue {
         value: Some(match value {
             Attribute::Text(text) => any_value::Value::StringValue(text),
             Attribute::Int(number) => any_value::Value::IntValue(number),
+            Attribute::Double(number) => any_value::Value::DoubleValue(number),
+            Attribute::Bool(flag) => any_value::Value::BoolValue(flag),
         }),
     }
 }
@@ -133,6 +166,8 @@ fn json_attribute(key: &str, value: Attribute) -> Value {
     match value {
         Attribute::Text(text) => json!({"key": key, "value": {"stringValue": text}}),
         Attribute::Int(number) => json!({"key": key, "value": {"intValue": number.to_string()}}),
+        Attribute::Double(number) => json!({"key": key, "value": {"doubleValue": number}}),
+        Attribute::Bool(flag) => json!({"key": key, "value": {"boolValue": flag}}),
     }
 }
 

@@ -3,6 +3,7 @@
 use std::time::SystemTime;
 
 use gantry_config::{AccessLogField, AccessLogSinkSpec, AccessLogSpec};
+use gantry_policy_api::ai::AiUsage;
 use http::{HeaderName, HeaderValue};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
@@ -128,6 +129,12 @@ impl Serialize for View<'_> {
                     let overhead = record.duration.saturating_sub(record.upstream_duration.unwrap_or_default());
                     map.serialize_entry("gateway_overhead_ms", &millis(overhead))?;
                 }
+                AiProvider | AiRequestModel | AiResponseModel | AiInputTokens | AiOutputTokens | AiCost
+                | AiCacheHit | AiTokensEstimated => {
+                    if let Some(usage) = &record.ai {
+                        ai_entry(&mut map, *field, usage)?;
+                    }
+                }
             }
         }
         if !self.format.request_headers.is_empty() {
@@ -138,6 +145,30 @@ impl Serialize for View<'_> {
         }
         map.end()
     }
+}
+
+/// One AI field of a record; a name the exchange has none of (no provider answered, no price
+/// table) is left out, like the other fields without a value.
+fn ai_entry<M: SerializeMap>(map: &mut M, field: AccessLogField, usage: &AiUsage) -> Result<(), M::Error> {
+    use AccessLogField::*;
+    match field {
+        AiProvider => optional(map, "ai_provider", non_empty(usage.provider)),
+        AiRequestModel => optional(map, "ai_request_model", non_empty(&usage.request_model)),
+        AiResponseModel => optional(map, "ai_response_model", non_empty(&usage.response_model)),
+        AiInputTokens => map.serialize_entry("ai_input_tokens", &usage.input_tokens),
+        AiOutputTokens => map.serialize_entry("ai_output_tokens", &usage.output_tokens),
+        AiCost => match usage.cost {
+            Some(cost) if cost.is_finite() => map.serialize_entry("ai_cost", &cost),
+            _ => Ok(()),
+        },
+        AiCacheHit => map.serialize_entry("ai_cache_hit", &usage.cache_hit),
+        AiTokensEstimated => map.serialize_entry("ai_tokens_estimated", &usage.estimated),
+        _ => Ok(()),
+    }
+}
+
+fn non_empty(text: &str) -> Option<&str> {
+    Some(text).filter(|text| !text.is_empty())
 }
 
 fn optional<M: SerializeMap>(map: &mut M, key: &str, value: Option<&str>) -> Result<(), M::Error> {

@@ -43,6 +43,7 @@ fn record() -> AccessRecord {
         upstream_duration: Some(Duration::from_millis(1)),
         request_headers: Vec::new(),
         response_headers: Vec::new(),
+        ai: None,
     }
 }
 
@@ -328,6 +329,112 @@ fn formats_rfc5424_messages_with_the_record_as_message() {
     let mut out = Vec::new();
     header.write_message(&format, &failed, &mut out);
     assert!(out.starts_with(b"<132>1 "), "5xx is a warning");
+}
+
+fn ai_usage() -> Arc<gantry_policy_api::ai::AiUsage> {
+    Arc::new(gantry_policy_api::ai::AiUsage {
+        operation: "chat",
+        provider: "anthropic",
+        request_model: "claude".into(),
+        response_model: "claude-sonnet-4-5".to_owned(),
+        input_tokens: 21,
+        output_tokens: 8,
+        estimated: true,
+        cost: Some(0.000183),
+        cache_hit: false,
+    })
+}
+
+const AI_FIELDS: &str = r#"["status", "ai_provider", "ai_request_model", "ai_response_model", "ai_input_tokens",
+    "ai_output_tokens", "ai_cost", "ai_cache_hit", "ai_tokens_estimated"]"#;
+
+#[test]
+fn writes_the_usage_of_an_ai_exchange_and_leaves_it_out_of_other_records() {
+    let format = format_of(&format!(r#"{{"path": "/dev/null", "fields": {AI_FIELDS}}}"#));
+    assert_eq!(json(&format, &record()), serde_json::json!({"status": 200}), "not an AI request");
+    let mut record = record();
+    record.ai = Some(ai_usage());
+    assert_eq!(
+        keys_in_order(&format, &record),
+        [
+            "status",
+            "ai_provider",
+            "ai_request_model",
+            "ai_response_model",
+            "ai_input_tokens",
+            "ai_output_tokens",
+            "ai_cost",
+            "ai_cache_hit",
+            "ai_tokens_estimated"
+        ]
+    );
+    let value = json(&format, &record);
+    assert_eq!(value["ai_provider"], "anthropic");
+    assert_eq!(value["ai_request_model"], "claude");
+    assert_eq!(value["ai_response_model"], "claude-sonnet-4-5");
+    assert_eq!((value["ai_input_tokens"].as_u64(), value["ai_output_tokens"].as_u64()), (Some(21), Some(8)));
+    assert_eq!(value["ai_cost"], 0.000183);
+    assert_eq!((value["ai_cache_hit"].as_bool(), value["ai_tokens_estimated"].as_bool()), (Some(false), Some(true)));
+
+    // A cache's answer: no provider answered, and no price table priced it.
+    record.ai = Some(Arc::new(gantry_policy_api::ai::AiUsage {
+        provider: "",
+        response_model: String::new(),
+        cost: None,
+        cache_hit: true,
+        ..(*ai_usage()).clone()
+    }));
+    let value = json(&format, &record);
+    for absent in ["ai_provider", "ai_response_model", "ai_cost"] {
+        assert!(value.get(absent).is_none(), "{absent} in {value}");
+    }
+    assert_eq!(value["ai_cache_hit"], true);
+}
+
+#[test]
+fn otlp_log_records_of_ai_exchanges_carry_the_gen_ai_attributes() {
+    let format = format_of(r#"{"path": "-", "fields": ["status"]}"#);
+    let mut ai = record();
+    ai.ai = Some(ai_usage());
+    let body = super::otlp::encode_json(&format, "edge", &[Arc::new(ai), Arc::new(record())]);
+    let value: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let records = value["resourceLogs"][0]["scopeLogs"][0]["logRecords"].as_array().expect("records").clone();
+    let attribute = |index: usize, key: &str| {
+        records[index]["attributes"]
+            .as_array()
+            .expect("attributes")
+            .iter()
+            .find(|attribute| attribute["key"] == key)
+            .map(|attribute| attribute["value"].clone())
+    };
+    assert_eq!(attribute(0, "gen_ai.operation.name"), Some(serde_json::json!({"stringValue": "chat"})));
+    assert_eq!(attribute(0, "gen_ai.provider.name"), Some(serde_json::json!({"stringValue": "anthropic"})));
+    assert_eq!(attribute(0, "gen_ai.request.model"), Some(serde_json::json!({"stringValue": "claude"})));
+    assert_eq!(attribute(0, "gen_ai.response.model"), Some(serde_json::json!({"stringValue": "claude-sonnet-4-5"})));
+    assert_eq!(attribute(0, "gen_ai.usage.input_tokens"), Some(serde_json::json!({"intValue": "21"})));
+    assert_eq!(attribute(0, "gen_ai.usage.output_tokens"), Some(serde_json::json!({"intValue": "8"})));
+    assert_eq!(attribute(0, "gantry.ai.cost"), Some(serde_json::json!({"doubleValue": 0.000183})));
+    assert_eq!(attribute(0, "gantry.ai.cache_hit"), Some(serde_json::json!({"boolValue": false})));
+    assert_eq!(attribute(1, "gen_ai.usage.input_tokens"), None, "not an AI request");
+
+    let protobuf = super::otlp::encode_protobuf(
+        &format,
+        "edge",
+        &[Arc::new({
+            let mut ai = record();
+            ai.ai = Some(ai_usage());
+            ai
+        })],
+    );
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use prost::Message;
+    let request =
+        opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest::decode(protobuf.as_slice())
+            .expect("an ExportLogsServiceRequest");
+    let attributes = &request.resource_logs[0].scope_logs[0].log_records[0].attributes;
+    let value = |key: &str| attributes.iter().find(|a| a.key == key).and_then(|a| a.value.clone()?.value);
+    assert_eq!(value("gen_ai.usage.output_tokens"), Some(Value::IntValue(8)));
+    assert_eq!(value("gantry.ai.tokens_estimated"), Some(Value::BoolValue(true)));
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gantry_config::{OtlpProtocol, TracingSpec};
+use gantry_policy_api::ai::AiUsage;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue};
@@ -394,6 +395,9 @@ fn push_spans(trace: &FinishedTrace, spans: &mut Vec<Span>) {
     if let Some(policy) = recorder.answered_by {
         attributes.push(string("gantry.answered_by", policy));
     }
+    if let Some(usage) = &trace.outcome.ai {
+        push_ai_attributes(&mut attributes, usage);
+    }
     if status >= 500 {
         attributes.push(string("error.type", &status.to_string()));
     }
@@ -498,6 +502,41 @@ fn push_spans(trace: &FinishedTrace, spans: &mut Vec<Span>) {
     }
 }
 
+/// OpenTelemetry's GenAI attributes of what an AI exchange used. The provider is named both
+/// ways: `gen_ai.provider.name` since semantic conventions 1.37, `gen_ai.system` before, which
+/// many backends still read.
+fn push_ai_attributes(attributes: &mut Vec<KeyValue>, usage: &AiUsage) {
+    let tokens = |count: u64| i64::try_from(count).unwrap_or(i64::MAX);
+    if !usage.operation.is_empty() {
+        attributes.push(string("gen_ai.operation.name", usage.operation));
+    }
+    if !usage.provider.is_empty() {
+        attributes.push(string("gen_ai.provider.name", usage.provider));
+        attributes.push(string("gen_ai.system", usage.provider));
+    }
+    if !usage.request_model.is_empty() {
+        attributes.push(string("gen_ai.request.model", &usage.request_model));
+    }
+    if !usage.response_model.is_empty() {
+        attributes.push(string("gen_ai.response.model", &usage.response_model));
+    }
+    attributes.push(int("gen_ai.usage.input_tokens", tokens(usage.input_tokens)));
+    attributes.push(int("gen_ai.usage.output_tokens", tokens(usage.output_tokens)));
+    if let Some(cost) = usage.cost.filter(|cost| cost.is_finite()) {
+        attributes.push(KeyValue {
+            key: "gantry.ai.cost".to_owned(),
+            value: value(any_value::Value::DoubleValue(cost)),
+            ..KeyValue::default()
+        });
+    }
+    attributes.push(boolean("gantry.ai.cache_hit", usage.cache_hit));
+    attributes.push(boolean("gantry.ai.tokens_estimated", usage.estimated));
+}
+
+fn boolean(key: &str, flag: bool) -> KeyValue {
+    KeyValue { key: key.to_owned(), value: value(any_value::Value::BoolValue(flag)), ..KeyValue::default() }
+}
+
 fn protocol_version(version: http::Version) -> &'static str {
     match version {
         http::Version::HTTP_09 => "0.9",
@@ -526,6 +565,56 @@ fn split_host(text: &str) -> (&str, Option<u16>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn server_span_attributes(ai: Option<Arc<AiUsage>>) -> Vec<KeyValue> {
+        let trace = FinishedTrace {
+            trace_id: super::super::context::new_trace_id(),
+            span_id: super::super::context::new_span_id(),
+            parent: None,
+            recorder: Box::new(super::super::record::tests_support::recorder()),
+            end: Instant::now(),
+            outcome: super::super::ServerOutcome { status: 200, route: Some("chat".into()), consumer: None, ai },
+        };
+        let request = export_request(&resource("edge", &BTreeMap::new()), &[trace]);
+        let spans = &request.resource_spans[0].scope_spans[0].spans;
+        let server = spans.iter().find(|span| span.kind == SpanKind::Server as i32).expect("a server span");
+        server.attributes.clone()
+    }
+
+    #[test]
+    fn the_server_span_of_an_ai_exchange_carries_the_gen_ai_attributes() {
+        let usage = AiUsage {
+            operation: "chat",
+            provider: "openai",
+            request_model: "gpt".into(),
+            response_model: "gpt-4o-mini".to_owned(),
+            input_tokens: 12,
+            output_tokens: 30,
+            estimated: false,
+            cost: Some(0.25),
+            cache_hit: false,
+        };
+        let attributes = server_span_attributes(Some(Arc::new(usage)));
+        let value = |key: &str| {
+            attributes
+                .iter()
+                .find(|attribute| attribute.key == key)
+                .and_then(|attribute| attribute.value.clone()?.value)
+        };
+        let text = |text: &str| Some(any_value::Value::StringValue(text.to_owned()));
+        assert_eq!(value("gen_ai.operation.name"), text("chat"));
+        assert_eq!(value("gen_ai.provider.name"), text("openai"));
+        assert_eq!(value("gen_ai.system"), text("openai"));
+        assert_eq!(value("gen_ai.request.model"), text("gpt"));
+        assert_eq!(value("gen_ai.response.model"), text("gpt-4o-mini"));
+        assert_eq!(value("gen_ai.usage.input_tokens"), Some(any_value::Value::IntValue(12)));
+        assert_eq!(value("gen_ai.usage.output_tokens"), Some(any_value::Value::IntValue(30)));
+        assert_eq!(value("gantry.ai.cost"), Some(any_value::Value::DoubleValue(0.25)));
+        assert_eq!(value("gantry.ai.cache_hit"), Some(any_value::Value::BoolValue(false)));
+
+        let plain = server_span_attributes(None);
+        assert!(plain.iter().all(|attribute| !attribute.key.starts_with("gen_ai.")), "{plain:?}");
+    }
 
     #[test]
     fn splits_hosts_and_ports() {

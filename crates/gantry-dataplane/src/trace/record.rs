@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use gantry_policy_api::ai::AiUsage;
 use gantry_policy_api::Stage;
 use http::{HeaderValue, Method, Uri, Version};
 
@@ -181,6 +182,8 @@ pub struct ServerOutcome {
     pub route: Option<Arc<str>>,
     /// Recognised consumer.
     pub consumer: Option<Arc<str>>,
+    /// What an AI exchange used, when the request was one and its answer completed.
+    pub ai: Option<Arc<AiUsage>>,
 }
 
 /// A finished sampled request, queued for export.
