@@ -15,6 +15,7 @@ use crate::ai::ai_prompt_decorator::AiPromptDecorator;
 use crate::ai::ai_prompt_guard::AiPromptGuard;
 use crate::ai::ai_prompt_template::AiPromptTemplate;
 use crate::ai::ai_proxy::AiProxy;
+use crate::ai::ai_rate_limit::AiRateLimit;
 use crate::forward::aggregate::Aggregate;
 use crate::forward::mock_response::MockResponse;
 use crate::forward::request_mirror::RequestMirror;
@@ -77,6 +78,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<AllowedHours>(),
         RegisteredPolicy::of::<RateLimit>(),
         RegisteredPolicy::of::<Quota>(),
+        RegisteredPolicy::of::<AiRateLimit>(),
         RegisteredPolicy::of::<RequestSizeLimit>(),
         RegisteredPolicy::of::<ConcurrencyLimit>(),
         RegisteredPolicy::of::<CircuitBreaker>(),

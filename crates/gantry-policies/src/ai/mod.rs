@@ -4,6 +4,7 @@ pub mod ai_prompt_decorator;
 pub mod ai_prompt_guard;
 pub mod ai_prompt_template;
 pub mod ai_proxy;
+pub mod ai_rate_limit;
 mod openai;
 mod prompt;
 mod providers;
