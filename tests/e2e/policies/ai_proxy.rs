@@ -30,11 +30,13 @@ fn config(upstreams: &[(&str, &Llmock)], models: &str) -> String {
       key_auth: {{key: {KEY}}}
 routes:
   - id: ai
-    paths: [/v1/chat/completions, /v1/models]
+    paths: [/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models]
     policies:
       - key_auth: {{header: x-api-key}}
       - ai_proxy:
           timeout: 10s
+          retries: {{attempts: 2, backoff: 100ms, max_backoff: 1s}}
+          circuit_breaker: {{failures: 3, open_for: 60s}}
           models:
 {models}"
     ))
@@ -336,4 +338,89 @@ routes:
     for absent in ["x-api-key", "cookie", "x-forwarded-for", "forwarded", "x-forwarded-proto", "x-forwarded-host"] {
         assert!(headers.get(absent).is_none(), "`{absent}` reached the provider: {headers}");
     }
+}
+
+#[tokio::test]
+async fn serves_embeddings_and_text_completions_also_from_a_provider_that_only_chats() {
+    let llmock = Llmock::start(&[("LLMOCK_RESPONSE_STYLE", "echo")]);
+    let models = "            - name: embed
+              targets: [{provider: openai, upstream: llm, model: text-embedding-3-small}]
+            - name: claude
+              targets: [{provider: anthropic, upstream: llm, model: claude-sonnet-4-5, base_path: /anthropic/v1}]
+";
+    let gateway = start_gateway(&config(&[("llm", &llmock)], models));
+    let client = TestClient::default();
+
+    let body = json!({"model": "embed", "input": ["first text", "second text"]}).to_string();
+    let response = post(&client, &gateway.url("/v1/embeddings"), body).await;
+    assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
+    let embeddings = response.json();
+    assert_eq!(embeddings["object"], "list");
+    let data = embeddings["data"].as_array().expect("data");
+    assert_eq!(data.len(), 2);
+    assert!(data[0]["embedding"].as_array().is_some_and(|vector| !vector.is_empty()));
+
+    let body = json!({"model": "claude", "input": "a text"}).to_string();
+    let response = post(&client, &gateway.url("/v1/embeddings"), body).await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST, "Anthropic makes no embeddings");
+
+    let body = json!({"model": "claude", "prompt": "Complete this line", "max_tokens": 20}).to_string();
+    let response = post(&client, &gateway.url("/v1/completions"), body).await;
+    assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
+    let completion = response.json();
+    assert_eq!(completion["object"], "text_completion");
+    assert!(completion["choices"][0]["text"].as_str().is_some_and(|text| text.contains("Complete this line")));
+    assert!(completion["usage"]["prompt_tokens"].as_u64().is_some_and(|tokens| tokens > 0));
+
+    let body = json!({"model": "claude", "prompt": "Stream this line", "stream": true}).to_string();
+    let response = post(&client, &gateway.url("/v1/completions"), body).await;
+    assert_eq!(response.status, StatusCode::OK);
+    let text = String::from_utf8(response.body.to_vec()).expect("utf-8");
+    let chunks: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .filter(|data| *data != "[DONE]")
+        .map(|data| serde_json::from_str(data).expect("a JSON chunk"))
+        .collect();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(chunks.iter().all(|chunk| chunk["object"] == "text_completion"), "{text}");
+    let streamed: String = chunks.iter().filter_map(|chunk| chunk["choices"][0]["text"].as_str()).collect();
+    assert!(streamed.contains("Stream this line"), "{streamed}");
+
+    let received = llmock.requests().await;
+    let sent: Vec<&Value> = received
+        .iter()
+        .filter(|request| request["path"] == "/anthropic/v1/messages")
+        .map(|request| &request["body"])
+        .collect();
+    assert_eq!(sent.len(), 2, "the refused embeddings request reached no provider: {received:?}");
+    assert_eq!(
+        sent[0]["messages"],
+        json!([{"role": "user", "content": [{"type": "text", "text": "Complete this line"}]}])
+    );
+    assert_eq!(sent[0]["max_tokens"], 20);
+}
+
+#[tokio::test]
+async fn retries_a_failing_provider_with_backoff_then_its_circuit_keeps_it_out() {
+    let failing = Llmock::start(&[("LLMOCK_ERROR_RATE_500", "1.0")]);
+    let models = "            - name: chat
+              targets: [{provider: openai, upstream: failing, model: gpt-4o}]
+";
+    let gateway = start_gateway(&config(&[("failing", &failing)], models));
+    let client = TestClient::default();
+
+    let started = Instant::now();
+    let response = post(&client, &gateway.url("/v1/chat/completions"), chat("chat", false)).await;
+    assert_eq!(response.status, StatusCode::INTERNAL_SERVER_ERROR, "{:?}", response.body);
+    assert_eq!(failing.requests().await.len(), 3, "the first try and two retries");
+    // Round one waits 50-100 ms, round two 100-200 ms.
+    assert!(started.elapsed() >= Duration::from_millis(150), "{:?}", started.elapsed());
+
+    // Three failures in a row opened the target's circuit: it is not called for a minute.
+    let response = post(&client, &gateway.url("/v1/chat/completions"), chat("chat", false)).await;
+    assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", response.body);
+    let wait: u64 = response.header("retry-after").and_then(|value| value.parse().ok()).expect("Retry-After");
+    assert!((55..=60).contains(&wait), "{wait}");
+    assert_eq!(failing.requests().await.len(), 3, "the open circuit kept the request from the provider");
 }

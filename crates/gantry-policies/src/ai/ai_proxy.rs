@@ -1,9 +1,10 @@
 #![doc = include_str!("ai_proxy.md")]
 
+mod answer;
+mod target;
+
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -20,9 +21,18 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use gantry_policy_api::ai::AiExchange;
+
+use self::answer::{
+    chat_as_completion, completion_as_chat, filter_whole, translate, usage_of, written_text, ClientStream, Price,
+    UsageReport,
+};
+use self::target::{backoff, order, random_below, seconds_until_one_is_back, Circuit, CompiledTarget, TargetHealth};
 use super::openai::{error_response, json_response};
-use super::providers::{self, anthropic, ChatRequest, StreamTranslator};
-use super::sse;
+pub use super::providers::Provider;
+use super::providers::{self, ChatRequest, Operation, TargetInfo};
+use super::tokens;
+use super::{AnswerFilter, AnswerFilters};
 
 /// Settings of `ai_proxy`.
 #[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
@@ -44,6 +54,12 @@ pub struct Config {
     /// Largest answer read whole (not streamed) from a provider, in bytes.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: u64,
+    /// Tries after a failure, and the backoff between rounds.
+    #[serde(default)]
+    pub retries: RetryConfig,
+    /// Each target's circuit breaker.
+    #[serde(default)]
+    pub circuit_breaker: CircuitConfig,
 }
 
 /// One model name and the targets serving it.
@@ -67,33 +83,93 @@ pub struct TargetConfig {
     pub upstream: String,
     /// The provider's model name.
     pub model: String,
-    /// The provider's API key, sent as `Authorization: Bearer` (`openai`) or `x-api-key`
-    /// (`anthropic`), or in `auth_header` when set.
+    /// The provider's API key, sent as `Authorization: Bearer` (OpenAI and compatible
+    /// providers) or `x-api-key` (`anthropic`), or in `auth_header` when set.
     #[serde(default)]
     pub api_key: Option<Secret<String>>,
-    /// The header carrying `api_key` as it is (`api-key` for Azure OpenAI).
+    /// The header carrying `api_key` as it is, instead of the provider's own.
     #[serde(default)]
     pub auth_header: Option<String>,
-    /// The path the provider's API starts at: `/v1` for OpenAI and Anthropic, `/openai/v1`
-    /// for Groq, `/v1` for vLLM and Ollama.
-    #[serde(default = "default_base_path")]
-    pub base_path: String,
+    /// The path the provider's API starts at; the provider's own (`/v1`, `/openai/v1` for
+    /// Groq, ...) when absent.
+    #[serde(default)]
+    pub base_path: Option<String>,
     /// Share of the requests this target gets first; 0 makes it a fallback only.
     #[serde(default = "default_weight")]
     pub weight: u32,
-    /// `max_tokens` sent to Anthropic when the client gives none (Anthropic requires it).
+    /// `max_tokens` sent to providers that require one when the client gives none.
     #[serde(default = "default_max_tokens")]
     pub default_max_tokens: u64,
+    /// Price of a million tokens, for the cost of each exchange.
+    #[serde(default)]
+    pub price: Option<PriceConfig>,
 }
 
-/// The API format of a target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Provider {
-    /// OpenAI's Chat Completions, and every API compatible with it.
-    Openai,
-    /// Anthropic's Messages API.
-    Anthropic,
+/// Price of a million tokens, in any currency unit (the same for every target of a policy,
+/// so costs add up).
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    /// A million prompt tokens.
+    pub input: f64,
+    /// A million answer tokens.
+    pub output: f64,
+}
+
+/// Tries after the first, and the wait before a target is tried again.
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Tries after the first, each on the next target in order, around again when all were
+    /// tried; absent: each target once.
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// Wait before trying a target already tried, doubled each round, with jitter.
+    #[serde(default = "default_backoff")]
+    pub backoff: Duration,
+    /// Longest wait between two rounds.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self { attempts: None, backoff: default_backoff(), max_backoff: default_max_backoff() }
+    }
+}
+
+/// When a failing target is left out.
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitConfig {
+    /// Consecutive failures (no answer, 429, 5xx) that open the target's circuit; 0 never does.
+    #[serde(default = "default_circuit_failures")]
+    pub failures: u32,
+    /// How long an open circuit keeps the target out before one request probes it.
+    #[serde(default = "default_open_for")]
+    pub open_for: Duration,
+}
+
+impl Default for CircuitConfig {
+    fn default() -> Self {
+        Self { failures: default_circuit_failures(), open_for: default_open_for() }
+    }
+}
+
+fn default_backoff() -> Duration {
+    Duration::from_millis(200)
+}
+
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_circuit_failures() -> u32 {
+    5
+}
+
+fn default_open_for() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_timeout() -> Duration {
@@ -112,10 +188,6 @@ fn default_max_response_bytes() -> u64 {
     8 * 1024 * 1024
 }
 
-fn default_base_path() -> String {
-    "/v1".to_owned()
-}
-
 fn default_weight() -> u32 {
     1
 }
@@ -129,10 +201,17 @@ impl Validate for Config {
         if self.models.is_empty() {
             errors.push(path.key("models"), "list at least one model");
         }
-        for (key, value) in [("timeout", self.timeout), ("stream_idle_timeout", self.stream_idle_timeout)] {
+        for (at, value) in [
+            (path.key("timeout"), self.timeout),
+            (path.key("stream_idle_timeout"), self.stream_idle_timeout),
+            (path.key("circuit_breaker").key("open_for"), self.circuit_breaker.open_for),
+        ] {
             if value.get().is_zero() {
-                errors.push(path.key(key), "must be more than 0");
+                errors.push(at, "must be more than 0");
             }
+        }
+        if self.retries.max_backoff.get() < self.retries.backoff.get() {
+            errors.push(path.key("retries").key("max_backoff"), "must be at least `backoff`");
         }
         for (key, value) in
             [("max_request_bytes", self.max_request_bytes), ("max_response_bytes", self.max_response_bytes)]
@@ -155,26 +234,38 @@ impl Validate for Config {
                 errors.push(at.key("targets"), "at least one target needs a weight above 0");
             }
             for (index, target) in model.targets.iter().enumerate() {
-                let at = at.key("targets").index(index);
-                if target.model.is_empty() {
-                    errors.push(at.key("model"), "must not be empty");
-                }
-                if !target.base_path.starts_with('/') || target.base_path.contains(['?', '#']) {
-                    errors.push(at.key("base_path"), format!("`{}` is not a path", target.base_path));
-                }
-                if let Some(header) = &target.auth_header {
-                    if HeaderName::from_bytes(header.as_bytes()).is_err() {
-                        errors.push(at.key("auth_header"), format!("`{header}` is not a header name"));
-                    }
-                }
-                if let Some(key) = &target.api_key {
-                    if HeaderValue::from_str(key.expose()).is_err() {
-                        errors.push(at.key("api_key"), "must be text that fits in a header");
-                    }
-                }
-                if target.default_max_tokens == 0 {
-                    errors.push(at.key("default_max_tokens"), "must be at least 1");
-                }
+                validate_target(target, &at.key("targets").index(index), errors);
+            }
+        }
+    }
+}
+
+fn validate_target(target: &TargetConfig, at: &FieldPath, errors: &mut ConfigErrors) {
+    if target.model.is_empty() {
+        errors.push(at.key("model"), "must not be empty");
+    }
+    if let Some(base_path) = &target.base_path {
+        if !(base_path.is_empty() || base_path.starts_with('/')) || base_path.contains(['?', '#']) {
+            errors.push(at.key("base_path"), format!("`{base_path}` is not a path"));
+        }
+    }
+    if let Some(header) = &target.auth_header {
+        if HeaderName::from_bytes(header.as_bytes()).is_err() {
+            errors.push(at.key("auth_header"), format!("`{header}` is not a header name"));
+        }
+    }
+    if let Some(key) = &target.api_key {
+        if HeaderValue::from_str(key.expose()).is_err() {
+            errors.push(at.key("api_key"), "must be text that fits in a header");
+        }
+    }
+    if target.default_max_tokens == 0 {
+        errors.push(at.key("default_max_tokens"), "must be at least 1");
+    }
+    if let Some(price) = target.price {
+        for (key, value) in [("input", price.input), ("output", price.output)] {
+            if !value.is_finite() || value < 0.0 {
+                errors.push(at.key("price").key(key), "must be a number of at least 0");
             }
         }
     }
@@ -206,16 +297,25 @@ impl PolicyFactory for AiProxy {
                             compile_target(target, &at, context, errors)
                         })
                         .collect();
-                    CompiledModel { name: model.name.clone(), targets }
+                    CompiledModel { name: Arc::from(model.name.as_str()), targets }
                 })
                 .collect::<Vec<_>>()
         })?;
+        let timeout = config.timeout.get();
         Ok(Arc::new(CompiledAiProxy {
             models,
-            timeout: config.timeout.get(),
+            timeout,
             stream_idle_timeout: config.stream_idle_timeout.get(),
             max_request_bytes: config.max_request_bytes,
             max_response_bytes: usize::try_from(config.max_response_bytes).unwrap_or(usize::MAX),
+            retries: config.retries.attempts,
+            backoff: config.retries.backoff.get(),
+            max_backoff: config.retries.max_backoff.get(),
+            circuit: Circuit {
+                failures: config.circuit_breaker.failures,
+                open_for: config.circuit_breaker.open_for.get(),
+                probe_for: timeout,
+            },
             created: super::openai::now(),
         }))
     }
@@ -234,50 +334,35 @@ fn compile_target(
             format!("unknown upstream `{}`; configured upstreams: {}", target.upstream, known.join(", ")),
         );
     }
+    let adapter = target.provider.adapter();
     let auth = target.api_key.as_ref().and_then(|key| {
-        let (name, value) = match (&target.auth_header, target.provider) {
-            (Some(header), _) => (HeaderName::from_bytes(header.as_bytes()).ok()?, key.expose().clone()),
-            (None, Provider::Openai) => (http::header::AUTHORIZATION, format!("Bearer {}", key.expose())),
-            (None, Provider::Anthropic) => (HeaderName::from_static("x-api-key"), key.expose().clone()),
+        let (name, value) = match &target.auth_header {
+            Some(header) => (HeaderName::from_bytes(header.as_bytes()).ok()?, key.expose().clone()),
+            None => adapter.auth(key.expose()),
         };
-        let mut value = HeaderValue::from_str(&value).ok()?;
-        value.set_sensitive(true);
-        Some((name, value))
+        Some((name, providers::secret_header(&value)?))
     });
-    let suffix = match target.provider {
-        Provider::Openai => "/chat/completions",
-        Provider::Anthropic => "/messages",
-    };
+    let base_path = target.base_path.as_deref().unwrap_or_else(|| target.provider.default_base_path());
     CompiledTarget {
-        provider: target.provider,
+        info: TargetInfo {
+            provider: target.provider,
+            model: target.model.clone(),
+            base_path: base_path.trim_end_matches('/').to_owned(),
+            default_max_tokens: target.default_max_tokens,
+        },
+        adapter,
         upstream: Arc::from(target.upstream.as_str()),
-        model: target.model.clone(),
         auth,
-        path: format!("{}{suffix}", target.base_path.trim_end_matches('/')),
         weight: target.weight,
-        default_max_tokens: target.default_max_tokens,
-        cooling_until: AtomicU64::new(0),
+        price: target.price.map(|price| Price { input: price.input, output: price.output }),
+        health: TargetHealth::default(),
     }
 }
 
 #[derive(Debug)]
 struct CompiledModel {
-    name: String,
+    name: Arc<str>,
     targets: Vec<CompiledTarget>,
-}
-
-#[derive(Debug)]
-struct CompiledTarget {
-    provider: Provider,
-    upstream: Arc<str>,
-    model: String,
-    auth: Option<(HeaderName, HeaderValue)>,
-    path: String,
-    weight: u32,
-    default_max_tokens: u64,
-    /// Milliseconds since the policy's epoch before which the target asked not to be called
-    /// (`Retry-After` on a 429 or 503).
-    cooling_until: AtomicU64,
 }
 
 /// Runs per request.
@@ -288,6 +373,10 @@ struct CompiledAiProxy {
     stream_idle_timeout: std::time::Duration,
     max_request_bytes: u64,
     max_response_bytes: usize,
+    retries: Option<u32>,
+    backoff: std::time::Duration,
+    max_backoff: std::time::Duration,
+    circuit: Circuit,
     created: u64,
 }
 
@@ -299,63 +388,18 @@ enum Failure {
     Answered(StatusCode, Value),
 }
 
-fn epoch() -> Instant {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
+/// One client request, read and checked.
+struct AiRequest<'a> {
+    operation: Operation,
+    body: Arc<ChatRequest>,
+    model: &'a CompiledModel,
+    streamed: bool,
+    /// The client wants the usage chunk at the end of a stream.
+    include_usage: bool,
 }
 
-fn now_millis() -> u64 {
-    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The targets in the order they are tried: weighted random without replacement, targets of
-/// weight 0 last, targets still cooling off after a `Retry-After` left out.
-fn order(targets: &[CompiledTarget], mut random: impl FnMut(u64) -> u64) -> Vec<&CompiledTarget> {
-    let now = now_millis();
-    let mut left: Vec<&CompiledTarget> =
-        targets.iter().filter(|target| target.cooling_until.load(Ordering::Relaxed) <= now).collect();
-    let mut ordered = Vec::with_capacity(left.len());
-    while !left.is_empty() {
-        let total: u64 = left.iter().map(|target| u64::from(target.weight)).sum();
-        let at = if total == 0 {
-            0
-        } else {
-            let mut pick = random(total);
-            left.iter()
-                .position(|target| {
-                    let weight = u64::from(target.weight);
-                    if pick < weight {
-                        true
-                    } else {
-                        pick -= weight;
-                        false
-                    }
-                })
-                .unwrap_or(0)
-        };
-        ordered.push(left.remove(at));
-    }
-    ordered
-}
-
-/// Whole seconds until the first target that asked for a wait (`Retry-After`) may be called
-/// again, if any is waiting.
-fn seconds_until_one_is_back(targets: &[CompiledTarget]) -> Option<u64> {
-    let now = now_millis();
-    targets
-        .iter()
-        .map(|target| target.cooling_until.load(Ordering::Relaxed))
-        .filter(|&until| until > now)
-        .min()
-        .map(|until| (until - now).div_ceil(1000))
-}
-
-fn random_below(bound: u64) -> u64 {
-    let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        return 0;
-    }
-    u64::from_le_bytes(bytes) % bound.max(1)
+fn invalid(status: StatusCode, message: &str) -> Flow {
+    Flow::Respond(error_response(status, message, "invalid_request_error", None))
 }
 
 impl CompiledAiProxy {
@@ -363,43 +407,45 @@ impl CompiledAiProxy {
         let data: Vec<Value> = self
             .models
             .iter()
-            .map(|model| json!({ "id": model.name, "object": "model", "created": self.created, "owned_by": "gantry" }))
+            .map(
+                |model| json!({ "id": &*model.name, "object": "model", "created": self.created, "owned_by": "gantry" }),
+            )
             .collect();
         json_response(StatusCode::OK, &json!({ "object": "list", "data": data }))
     }
 
-    async fn chat(&self, body: Option<Bytes>, exchange: &Exchange) -> Flow {
-        let Some(body) = body else {
-            return Flow::Respond(error_response(
-                StatusCode::BAD_REQUEST,
-                "the request has no body",
-                "invalid_request_error",
-                None,
-            ));
-        };
-        let request: ChatRequest = match serde_json::from_slice(&body) {
-            Ok(request) => request,
-            Err(err) => {
-                let message = format!("the body is not a JSON object: {err}");
-                return Flow::Respond(error_response(StatusCode::BAD_REQUEST, &message, "invalid_request_error", None));
-            }
-        };
-        let Some(name) = request.get("model").and_then(Value::as_str) else {
-            return Flow::Respond(error_response(
-                StatusCode::BAD_REQUEST,
-                "`model` is required",
-                "invalid_request_error",
-                None,
-            ));
-        };
-        let Some(model) = self.models.iter().find(|model| model.name == name) else {
+    /// The request, or the client's error answer.
+    fn read(&self, operation: Operation, body: Option<Bytes>) -> Result<AiRequest<'_>, Box<Flow>> {
+        let body = body.ok_or_else(|| invalid(StatusCode::BAD_REQUEST, "the request has no body"))?;
+        let body: ChatRequest = serde_json::from_slice(&body)
+            .map_err(|err| invalid(StatusCode::BAD_REQUEST, &format!("the body is not a JSON object: {err}")))?;
+        let name = body
+            .get("model")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid(StatusCode::BAD_REQUEST, "`model` is required"))?;
+        let model = self.models.iter().find(|model| &*model.name == name).ok_or_else(|| {
             let message = format!("The model `{name}` does not exist");
-            return Flow::Respond(error_response(
+            Flow::Respond(error_response(
                 StatusCode::NOT_FOUND,
                 &message,
                 "invalid_request_error",
                 Some("model_not_found"),
-            ));
+            ))
+        })?;
+        let streamed =
+            operation != Operation::Embeddings && body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        let include_usage = body
+            .get("stream_options")
+            .and_then(|options| options.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        Ok(AiRequest { operation, body: Arc::new(body), model, streamed, include_usage })
+    }
+
+    async fn serve(&self, operation: Operation, body: Option<Bytes>, exchange: &mut Exchange) -> Flow {
+        let request = match self.read(operation, body) {
+            Ok(request) => request,
+            Err(answer) => return *answer,
         };
         let Some(sender) = subrequests(exchange) else {
             return Flow::Respond(error_response(
@@ -409,26 +455,40 @@ impl CompiledAiProxy {
                 None,
             ));
         };
-        let streamed = request.get("stream").and_then(Value::as_bool).unwrap_or(false);
-        let mut last = Failure::Unanswered(StatusCode::SERVICE_UNAVAILABLE, "every target is cooling off".to_owned());
-        for target in order(&model.targets, random_below) {
-            let body = match target.provider {
-                Provider::Openai => providers::openai::request(request.clone(), &target.model),
-                Provider::Anthropic => match anthropic::request(&request, &target.model, target.default_max_tokens) {
-                    Ok(body) => body,
-                    Err(message) => {
-                        return Flow::Respond(error_response(
-                            StatusCode::BAD_REQUEST,
-                            &message,
-                            "invalid_request_error",
-                            None,
-                        ));
-                    }
-                },
-            };
-            match self.try_target(target, &sender, Bytes::from(body), streamed, &request).await {
+        let ai = AiExchange::of(&mut exchange.extensions);
+        ai.set_request_model(&request.model.name);
+        let filters = exchange.extensions.get::<AnswerFilters>().map(|filters| filters.0.clone()).unwrap_or_default();
+        let targets = &request.model.targets;
+        // Embeddings cannot be made of chats: targets without them are not tried.
+        let able = |target: &CompiledTarget| operation != Operation::Embeddings || target.adapter.serves(operation);
+        if !targets.iter().any(able) {
+            let message = format!("The model `{}` does not serve {}", request.model.name, operation.name());
+            return invalid(StatusCode::BAD_REQUEST, &message);
+        }
+        let ordered: Vec<&CompiledTarget> =
+            order(targets, &self.circuit, random_below).into_iter().filter(|target| able(target)).collect();
+        let tries = self
+            .retries
+            .map_or(ordered.len(), |retries| usize::try_from(retries).unwrap_or(usize::MAX).saturating_add(1));
+        let mut last =
+            Failure::Unanswered(StatusCode::SERVICE_UNAVAILABLE, "every target is left out for now".to_owned());
+        // Bounded so a large `attempts` cannot keep a request for ever.
+        for attempt in 0..tries.min(ordered.len().saturating_mul(64)) {
+            let target = ordered[attempt % ordered.len()];
+            let round = attempt / ordered.len();
+            if round > 0 && attempt % ordered.len() == 0 {
+                tokio::time::sleep(backoff(u32::try_from(round).unwrap_or(u32::MAX), self.backoff, self.max_backoff))
+                    .await;
+            }
+            if round > 0 && target.health.is_blocked() {
+                // It asked for a longer wait (`Retry-After`), or its circuit opened meanwhile.
+                continue;
+            }
+            let outcome = self.try_target(target, &sender, &request, &ai, &filters).await;
+            match outcome {
                 Ok(answer) => return Flow::Respond(answer),
-                Err(failure) => {
+                Err(Attempt::ClientError(answer)) => return Flow::Respond(answer),
+                Err(Attempt::Failed(failure)) => {
                     match &failure {
                         Failure::Unanswered(_, reason) => {
                             tracing::debug!(upstream = &*target.upstream, reason = %reason, "AI target gave no answer");
@@ -437,6 +497,7 @@ impl CompiledAiProxy {
                             tracing::debug!(upstream = &*target.upstream, status = status.as_u16(), "AI target failed");
                         }
                     }
+                    target.health.failed(&self.circuit);
                     last = failure;
                 }
             }
@@ -449,55 +510,73 @@ impl CompiledAiProxy {
         };
         let status = response.status();
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-            if let Some(seconds) = seconds_until_one_is_back(&model.targets) {
+            if let Some(seconds) = seconds_until_one_is_back(targets) {
                 response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
             }
         }
         Flow::Respond(response)
     }
 
-    /// One try of one target: the client's answer, or why the next target is tried. Other
-    /// error answers (400, 401, ...) are the client's answer too.
+    /// One try of one target: the client's answer, or why the next target is tried.
     async fn try_target(
         &self,
         target: &CompiledTarget,
         sender: &gantry_policy_api::subrequest::Subrequests,
-        body: Bytes,
-        streamed: bool,
-        request: &ChatRequest,
-    ) -> Result<PolicyResponse, Failure> {
+        request: &AiRequest<'_>,
+        ai: &AiExchange,
+        filters: &[Arc<dyn AnswerFilter>],
+    ) -> Result<PolicyResponse, Attempt> {
+        let adapter = target.adapter;
+        // A completion asked of a provider that only chats goes as a chat of one message.
+        let as_chat = request.operation == Operation::Completion && !adapter.serves(Operation::Completion);
+        let (operation, converted) = if as_chat {
+            match completion_as_chat(&request.body) {
+                Ok(chat) => (Operation::Chat, Some(chat)),
+                Err(message) => {
+                    return Err(Attempt::ClientError(error_response(
+                        StatusCode::BAD_REQUEST,
+                        &message,
+                        "invalid_request_error",
+                        None,
+                    )))
+                }
+            }
+        } else {
+            (request.operation, None)
+        };
+        let body = converted.as_ref().unwrap_or(&*request.body);
+        let upstream_body = adapter.request(&target.info, operation, body, request.streamed).map_err(|message| {
+            Attempt::ClientError(error_response(StatusCode::BAD_REQUEST, &message, "invalid_request_error", None))
+        })?;
         let mut builder = http::Request::builder()
             .method(Method::POST)
-            .uri(target.path.as_str())
+            .uri(adapter.path(&target.info, operation, request.streamed))
             .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, if streamed { "text/event-stream" } else { "application/json" });
-        if target.provider == Provider::Anthropic {
-            builder = builder.header("anthropic-version", anthropic::VERSION);
+            .header(ACCEPT, if request.streamed { "text/event-stream" } else { "application/json" });
+        for (name, value) in adapter.headers() {
+            builder = builder.header(*name, *value);
         }
         if let Some((name, value)) = &target.auth {
             builder = builder.header(name, value.clone());
         }
-        let head = builder
-            .body(())
-            .map_err(|err| Failure::Unanswered(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?
-            .into_parts()
-            .0;
+        let failed = |status: StatusCode, reason: String| Attempt::Failed(Failure::Unanswered(status, reason));
+        let mut head =
+            builder.body(()).map_err(|err| failed(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?.into_parts().0;
+        adapter
+            .authorize(&target.info, &mut head, &upstream_body)
+            .await
+            .map_err(|reason| failed(StatusCode::BAD_GATEWAY, reason))?;
         let opened = sender.open(StreamingSubrequest {
             upstream: target.upstream.clone(),
             head,
-            body,
+            body: Bytes::from(upstream_body),
             // Providers are third parties: they get the gateway's key, not the client's address.
             forwarding_headers: false,
         });
         let deadline = tokio::time::Instant::now() + self.timeout;
         let response = match tokio::time::timeout_at(deadline, opened).await {
-            Err(_) => {
-                return Err(Failure::Unanswered(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("no answer within {:?}", self.timeout),
-                ));
-            }
-            Ok(Err(err)) => return Err(Failure::Unanswered(StatusCode::BAD_GATEWAY, err.to_string())),
+            Err(_) => return Err(failed(StatusCode::GATEWAY_TIMEOUT, format!("no answer within {:?}", self.timeout))),
+            Ok(Err(err)) => return Err(failed(StatusCode::BAD_GATEWAY, err.to_string())),
             Ok(Ok(response)) => response,
         };
         let (parts, chunks) = response.into_parts();
@@ -505,62 +584,81 @@ impl CompiledAiProxy {
         if !status.is_success() {
             let read = tokio::time::timeout_at(deadline, read_whole(chunks, self.max_response_bytes)).await;
             let error_body = read.ok().and_then(Result::ok).unwrap_or_default();
-            let (status, body) = match target.provider {
-                Provider::Openai => providers::openai::error(status, &error_body),
-                Provider::Anthropic => anthropic::error(status, &error_body),
-            };
+            let (status, body) = adapter.error(status, &error_body);
             if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
                 if let Some(seconds) = retry_after(&parts.headers) {
-                    target.cooling_until.store(now_millis().saturating_add(seconds * 1000), Ordering::Relaxed);
+                    target.health.block_for(std::time::Duration::from_secs(seconds));
                 }
-                return Err(Failure::Answered(status, body));
+                return Err(Attempt::Failed(Failure::Answered(status, body)));
             }
-            return Ok(json_response(status, &body));
+            // 400, 401, 404...: the next target would refuse the same request the same way.
+            target.health.succeeded();
+            return Err(Attempt::ClientError(json_response(status, &body)));
         }
-        if streamed {
-            let translator: Box<dyn StreamTranslator> = match target.provider {
-                Provider::Openai => Box::<providers::openai::Passthrough>::default(),
-                Provider::Anthropic => {
-                    let include_usage = request
-                        .get("stream_options")
-                        .and_then(|options| options.get("include_usage"))
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false);
-                    Box::new(anthropic::Stream::new(&target.model, include_usage))
-                }
-            };
+        let report = UsageReport {
+            exchange: ai.clone(),
+            operation: request.operation,
+            provider: target.info.provider.system(),
+            request_model: request.model.name.clone(),
+            response_model: target.info.model.clone(),
+            price: target.price,
+            prompt: request.body.clone(),
+        };
+        if request.streamed {
+            target.health.succeeded();
+            let client = ClientStream::new(
+                adapter.decoder(),
+                adapter.stream(&target.info, operation),
+                as_chat,
+                request.include_usage,
+                filters.to_vec(),
+                report,
+            );
             let mut response = PolicyResponse::new(Bytes::new());
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
             response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             response.extensions_mut().insert(StreamBody(Arc::new(std::sync::Mutex::new(Some(translate(
                 chunks,
-                translator,
+                client,
                 self.stream_idle_timeout,
             ))))));
             return Ok(response);
         }
         let whole = match tokio::time::timeout_at(deadline, read_whole(chunks, self.max_response_bytes)).await {
             Err(_) => {
-                return Err(Failure::Unanswered(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("no whole answer within {:?}", self.timeout),
-                ));
+                return Err(failed(StatusCode::GATEWAY_TIMEOUT, format!("no whole answer within {:?}", self.timeout)));
             }
-            Ok(Err(reason)) => return Err(Failure::Unanswered(StatusCode::BAD_GATEWAY, reason)),
+            Ok(Err(reason)) => return Err(failed(StatusCode::BAD_GATEWAY, reason)),
             Ok(Ok(whole)) => whole,
         };
-        match target.provider {
-            Provider::Openai => {
-                let mut response = PolicyResponse::new(whole);
-                response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                Ok(response)
-            }
-            Provider::Anthropic => match anthropic::response(&whole) {
-                Ok(completion) => Ok(json_response(StatusCode::OK, &completion)),
-                Err(reason) => Err(Failure::Unanswered(StatusCode::BAD_GATEWAY, reason)),
-            },
+        let mut answer = adapter
+            .response(&target.info, operation, &whole)
+            .map_err(|reason| failed(StatusCode::BAD_GATEWAY, reason))?;
+        target.health.succeeded();
+        if as_chat {
+            answer = chat_as_completion(answer);
         }
+        let reported = usage_of(&answer);
+        let estimated_output = match reported {
+            Some(_) => 0,
+            None => {
+                let mut counter = tokens::CompletionCounter::new(&target.info.model);
+                counter.push(&written_text(&answer));
+                counter.tokens()
+            }
+        };
+        report.finish(reported, estimated_output);
+        filter_whole(&mut answer, filters);
+        Ok(json_response(StatusCode::OK, &answer))
     }
+}
+
+/// How one try ended when it gave the client no answer of the provider's to pass on.
+enum Attempt {
+    /// The request itself is at fault: the client's answer, not retried elsewhere.
+    ClientError(PolicyResponse),
+    /// The target failed; the next one is tried.
+    Failed(Failure),
 }
 
 /// Carries a streamed body from the try that opened it to the hook that answers with it.
@@ -589,37 +687,17 @@ async fn read_whole(mut chunks: ChunkStream, limit: usize) -> Result<Bytes, Stri
     Ok(Bytes::from(whole))
 }
 
-/// The client's stream: each upstream chunk's complete events translated and sent on at once.
-fn translate(upstream: ChunkStream, translator: Box<dyn StreamTranslator>, idle: std::time::Duration) -> ChunkStream {
-    let state = (upstream, sse::Parser::default(), translator, false);
-    Box::pin(futures_util::stream::unfold(state, move |(mut upstream, mut parser, mut translator, ended)| async move {
-        if ended {
-            return None;
-        }
-        loop {
-            let Ok(next) = tokio::time::timeout(idle, upstream.next()).await else {
-                let reason = format!("the provider sent nothing for {idle:?}");
-                return Some((Err(reason), (upstream, parser, translator, true)));
-            };
-            match next {
-                Some(Ok(bytes)) => {
-                    let out: Vec<u8> = parser
-                        .feed(&bytes)
-                        .iter()
-                        .flat_map(|event| translator.event(&event.event, &event.data))
-                        .collect();
-                    if !out.is_empty() {
-                        return Some((Ok(Bytes::from(out)), (upstream, parser, translator, false)));
-                    }
-                }
-                Some(Err(reason)) => return Some((Err(reason), (upstream, parser, translator, true))),
-                None => {
-                    let out = translator.end();
-                    return Some((Ok(Bytes::from(out)), (upstream, parser, translator, true)));
-                }
-            }
-        }
-    }))
+/// The endpoint a request path asks for, by its last segments.
+fn operation_of(path: &str) -> Option<Operation> {
+    if path.ends_with("/chat/completions") {
+        Some(Operation::Chat)
+    } else if path.ends_with("/completions") {
+        Some(Operation::Completion)
+    } else if path.ends_with("/embeddings") {
+        Some(Operation::Embeddings)
+    } else {
+        None
+    }
 }
 
 impl Policy for CompiledAiProxy {
@@ -648,15 +726,12 @@ impl Policy for CompiledAiProxy {
         if path.ends_with("/models") && request.method == Method::GET {
             return Hook::Done(Flow::Respond(self.models()));
         }
-        if !path.ends_with("/chat/completions") {
-            let message = format!("no AI endpoint at {path}; this route serves /v1/chat/completions and /v1/models");
-            return Hook::Done(Flow::Respond(error_response(
-                StatusCode::NOT_FOUND,
-                &message,
-                "invalid_request_error",
-                None,
-            )));
-        }
+        let Some(operation) = operation_of(path) else {
+            let message = format!(
+                "no AI endpoint at {path}; this route serves /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models"
+            );
+            return Hook::Done(invalid(StatusCode::NOT_FOUND, &message));
+        };
         if request.method != Method::POST {
             return Hook::Done(Flow::Respond(error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -667,7 +742,7 @@ impl Policy for CompiledAiProxy {
         }
         let body = exchange.extensions.get::<RequestBody>().map(|body| body.0.clone());
         Hook::Wait(Box::pin(async move {
-            let mut flow = self.chat(body, exchange).await;
+            let mut flow = self.serve(operation, body, exchange).await;
             if let Flow::Respond(response) = &mut flow {
                 let streamed = response.extensions_mut().remove::<StreamBody>();
                 if let Some(chunks) = streamed.and_then(|slot| slot.0.lock().ok().and_then(|mut taken| taken.take())) {

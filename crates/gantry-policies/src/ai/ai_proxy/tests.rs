@@ -180,7 +180,7 @@ async fn answers_503_with_retry_after_when_every_target_is_cooling_off() {
     assert_eq!(response.headers()[RETRY_AFTER], "20", "the first target back decides");
     let (response, body) = run(&*policy, sender.clone(), Method::POST, "/v1/chat/completions", CHAT).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(json_of(&body)["error"]["message"].as_str().expect("message").contains("cooling off"));
+    assert!(json_of(&body)["error"]["message"].as_str().expect("message").contains("left out for now"));
     let wait: u64 = response.headers()[RETRY_AFTER].to_str().expect("text").parse().expect("seconds");
     assert!((19..=20).contains(&wait), "{wait}");
     assert_eq!(sender.sent.lock().expect("lock").len(), 2, "no target was called the second time");
@@ -267,37 +267,90 @@ async fn lists_models_and_refuses_unknown_ones_and_paths() {
 
     let (response, _) = run(&*policy, stand_in(&[]), Method::POST, "/v1/chat/completions", "not json").await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let (response, _) = run(&*policy, stand_in(&[]), Method::POST, "/v1/embeddings", CHAT).await;
+    let (response, _) = run(&*policy, stand_in(&[]), Method::POST, "/v1/images/generations", CHAT).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let anthropic_only = build(
+        "models:\n  - name: chat\n    targets:\n      - {provider: anthropic, upstream: first, model: claude-sonnet-4-5}\n",
+    );
+    let embed = r#"{"model":"chat","input":"a text"}"#;
+    let (response, body) = run(&*anthropic_only, stand_in(&[]), Method::POST, "/v1/embeddings", embed).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST, "Anthropic has no embeddings");
+    assert!(json_of(&body)["error"]["message"].as_str().is_some_and(|message| message.contains("embeddings")));
     let (response, _) = run(&*policy, stand_in(&[]), Method::GET, "/v1/chat/completions", "").await;
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
 
+fn compiled(upstream: &str, weight: u32) -> CompiledTarget {
+    CompiledTarget {
+        info: TargetInfo {
+            provider: Provider::Openai,
+            model: String::new(),
+            base_path: "/v1".to_owned(),
+            default_max_tokens: 1,
+        },
+        adapter: Provider::Openai.adapter(),
+        upstream: Arc::from(upstream),
+        auth: None,
+        weight,
+        price: None,
+        health: TargetHealth::default(),
+    }
+}
+
+const NO_CIRCUIT: Circuit =
+    Circuit { failures: 0, open_for: std::time::Duration::from_secs(1), probe_for: std::time::Duration::from_secs(1) };
+
+fn names(targets: &[CompiledTarget], circuit: &Circuit, picks: &[u64]) -> Vec<String> {
+    let mut picks = picks.iter().copied();
+    order(targets, circuit, |_| picks.next().expect("a pick"))
+        .iter()
+        .map(|target| target.upstream.to_string())
+        .collect()
+}
+
 #[test]
 fn orders_targets_by_weight_with_zero_weights_last() {
-    let target = |upstream: &str, weight| CompiledTarget {
-        provider: Provider::Openai,
-        upstream: Arc::from(upstream),
-        model: String::new(),
-        auth: None,
-        path: String::new(),
-        weight,
-        default_max_tokens: 1,
-        cooling_until: AtomicU64::new(0),
+    let targets = [compiled("spare", 0), compiled("a", 1), compiled("b", 3)];
+    assert_eq!(names(&targets, &NO_CIRCUIT, &[0, 0]), ["a", "b", "spare"]);
+    assert_eq!(names(&targets, &NO_CIRCUIT, &[1, 0]), ["b", "a", "spare"]);
+    assert_eq!(names(&targets, &NO_CIRCUIT, &[3, 0]), ["b", "a", "spare"]);
+    targets[2].health.block_for(std::time::Duration::from_secs(60));
+    assert_eq!(names(&targets, &NO_CIRCUIT, &[0]), ["a", "spare"]);
+}
+
+#[test]
+fn a_circuit_opens_after_consecutive_failures_and_lets_one_probe_through_once_open_for_passed() {
+    let circuit = Circuit {
+        failures: 2,
+        open_for: std::time::Duration::from_millis(150),
+        probe_for: std::time::Duration::from_secs(60),
     };
-    let targets = [target("spare", 0), target("a", 1), target("b", 3)];
-    let names = |picks: &[u64]| {
-        let mut picks = picks.iter().copied();
-        order(&targets, |_| picks.next().expect("a pick"))
-            .iter()
-            .map(|target| target.upstream.to_string())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(names(&[0, 0]), ["a", "b", "spare"]);
-    assert_eq!(names(&[1, 0]), ["b", "a", "spare"]);
-    assert_eq!(names(&[3, 0]), ["b", "a", "spare"]);
-    targets[2].cooling_until.store(u64::MAX, Ordering::Relaxed);
-    assert_eq!(names(&[0]), ["a", "spare"]);
+    let targets = [compiled("a", 1)];
+    targets[0].health.failed(&circuit);
+    targets[0].health.succeeded();
+    targets[0].health.failed(&circuit);
+    assert_eq!(names(&targets, &circuit, &[0]), ["a"], "a success in between resets the count");
+    targets[0].health.failed(&circuit);
+    assert!(names(&targets, &circuit, &[]).is_empty(), "open after two failures in a row");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(names(&targets, &circuit, &[0]), ["a"], "one probe once open_for passed");
+    assert!(names(&targets, &circuit, &[]).is_empty(), "the others wait for the probe");
+    targets[0].health.failed(&circuit);
+    assert!(targets[0].health.is_blocked(), "a failed probe opens it again");
+}
+
+#[test]
+fn backoff_doubles_each_round_up_to_the_ceiling_with_jitter() {
+    let base = std::time::Duration::from_millis(100);
+    let max = std::time::Duration::from_millis(350);
+    for _ in 0..50 {
+        let first = backoff(1, base, max);
+        assert!((50..=100).contains(&first.as_millis()), "{first:?}");
+        let second = backoff(2, base, max);
+        assert!((100..=200).contains(&second.as_millis()), "{second:?}");
+        let capped = backoff(9, base, max);
+        assert!((175..=350).contains(&capped.as_millis()), "{capped:?}");
+    }
 }
 
 #[test]
@@ -377,7 +430,7 @@ async fn passes_each_upstream_chunk_on_before_the_next_arrives_and_breaks_off_a_
         receiver.recv().await.map(|item| (item, receiver))
     }));
     let idle = std::time::Duration::from_millis(300);
-    let mut translated = translate(upstream, Box::<providers::openai::Passthrough>::default(), idle);
+    let mut translated = translate(upstream, passthrough(false, Vec::new()).0, idle);
     sender.send(Ok(Bytes::from_static(b"data: {\"n\":1}\n\n"))).expect("send");
     assert_eq!(translated.next().await.expect("a chunk").expect("ok"), "data: {\"n\":1}\n\n");
     sender.send(Ok(Bytes::from_static(b"data: {\"n\":2}\n"))).expect("send");
@@ -395,9 +448,141 @@ async fn passes_each_upstream_chunk_on_before_the_next_arrives_and_breaks_off_a_
 async fn a_stream_that_ends_cleanly_without_done_still_gets_it() {
     let upstream: ChunkStream = Box::pin(futures_util::stream::iter([Ok(Bytes::from_static(b"data: {\"n\":1}\n\n"))]));
     let translated: Vec<Result<Bytes, String>> =
-        translate(upstream, Box::<providers::openai::Passthrough>::default(), std::time::Duration::from_secs(5))
-            .collect()
-            .await;
+        translate(upstream, passthrough(false, Vec::new()).0, std::time::Duration::from_secs(5)).collect().await;
     let text: Vec<Bytes> = translated.into_iter().map(|chunk| chunk.expect("ok")).collect();
     assert_eq!(text, [Bytes::from_static(b"data: {\"n\":1}\n\n"), Bytes::from_static(b"data: [DONE]\n\n")]);
+}
+
+/// A client stream passing OpenAI chunks on, and the exchange its usage is reported to.
+fn passthrough(include_usage: bool, filters: Vec<Arc<dyn AnswerFilter>>) -> (ClientStream, AiExchange) {
+    let exchange = AiExchange::default();
+    let report = UsageReport {
+        exchange: exchange.clone(),
+        operation: Operation::Chat,
+        provider: "openai",
+        request_model: Arc::from("chat"),
+        response_model: "gpt-4o-mini".to_owned(),
+        price: Some(Price { input: 2.0, output: 10.0 }),
+        prompt: Arc::new(ChatRequest::new()),
+    };
+    let stream = ClientStream::new(
+        Box::<super::super::sse::Parser>::default(),
+        Box::new(providers::openai::Passthrough),
+        false,
+        include_usage,
+        filters,
+        report,
+    );
+    (stream, exchange)
+}
+
+fn text_chunk(text: &str, finish: Option<&str>) -> String {
+    let chunk = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]});
+    format!("data: {chunk}\n\n")
+}
+
+const USAGE_CHUNK: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":5,\"total_tokens\":16}}\n\ndata: [DONE]\n\n";
+
+#[test]
+fn a_stream_reports_the_provider_usage_with_its_cost_and_drops_the_usage_chunk_unless_asked() {
+    for include_usage in [false, true] {
+        let (mut stream, exchange) = passthrough(include_usage, Vec::new());
+        let out = stream.feed(text_chunk("Hello", None).as_bytes()).expect("feed");
+        assert!(String::from_utf8_lossy(&out).contains("Hello"));
+        assert_eq!(exchange.usage(), None, "not before the stream ends");
+        let out = String::from_utf8(stream.feed(USAGE_CHUNK.as_bytes()).expect("feed")).expect("utf-8");
+        assert_eq!(out.contains("\"usage\""), include_usage, "{out}");
+        assert!(out.ends_with("data: [DONE]\n\n") || stream.end().ends_with(b"data: [DONE]\n\n"));
+        let usage = exchange.usage().expect("reported at the end");
+        assert_eq!((usage.input_tokens, usage.output_tokens, usage.estimated), (11, 5, false));
+        assert_eq!(usage.cost, Some((11.0 * 2.0 + 5.0 * 10.0) / 1_000_000.0));
+        assert_eq!((usage.operation, usage.provider, &*usage.request_model), ("chat", "openai", "chat"));
+    }
+}
+
+#[test]
+fn a_stream_without_usage_is_estimated_and_one_left_by_the_client_still_reports() {
+    let (mut stream, exchange) = passthrough(true, Vec::new());
+    stream.feed(text_chunk("Hello there, how are you today?", Some("stop")).as_bytes()).expect("feed");
+    let out = String::from_utf8(stream.end()).expect("utf-8");
+    assert!(out.contains("\"usage\":{\"completion_tokens\""), "the client asked for usage: {out}");
+    let usage = exchange.usage().expect("reported");
+    assert!(usage.estimated);
+    assert!(usage.output_tokens > 0);
+
+    let (mut stream, exchange) = passthrough(false, Vec::new());
+    stream.feed(text_chunk("Hello", None).as_bytes()).expect("feed");
+    drop(stream);
+    assert!(exchange.usage().is_some_and(|usage| usage.estimated), "an abandoned stream reports what it used");
+}
+
+/// Replaces `secret` by `***`, holding back a tail that could be the start of it.
+struct Mask;
+
+struct MaskStream(String);
+
+impl AnswerFilter for Mask {
+    fn filter(&self, text: &str) -> String {
+        text.replace("secret", "***")
+    }
+
+    fn stream(&self) -> Box<dyn crate::ai::AnswerStreamFilter> {
+        Box::new(MaskStream(String::new()))
+    }
+}
+
+impl crate::ai::AnswerStreamFilter for MaskStream {
+    fn push(&mut self, delta: &str) -> String {
+        self.0.push_str(delta);
+        let masked = self.0.replace("secret", "***");
+        let keep = (1..6).rev().find(|len| masked.ends_with(&"secret"[..*len])).unwrap_or(0);
+        let (out, held) = masked.split_at(masked.len() - keep);
+        let out = out.to_owned();
+        self.0 = held.to_owned();
+        out
+    }
+
+    fn finish(&mut self) -> String {
+        std::mem::take(&mut self.0)
+    }
+}
+
+#[test]
+fn answer_filters_rewrite_stream_text_across_chunks_and_flush_at_the_finish_reason() {
+    let (mut stream, _) = passthrough(false, vec![Arc::new(Mask)]);
+    let mut out = String::new();
+    for (text, finish) in [("the sec", None), ("ret is sec", None), ("", Some("stop"))] {
+        out.push_str(
+            &String::from_utf8(stream.feed(text_chunk(text, finish).as_bytes()).expect("feed")).expect("utf-8"),
+        );
+    }
+    out.push_str(&String::from_utf8(stream.end()).expect("utf-8"));
+    let texts: Vec<String> = out
+        .split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .filter(|data| *data != "[DONE]")
+        .map(|data| json_of(data.as_bytes())["choices"][0]["delta"]["content"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(texts.concat(), "the *** is sec");
+    assert_eq!(texts[0], "the ");
+}
+
+#[test]
+fn whole_answers_are_filtered_and_completions_turned_back_from_chats() {
+    let mut answer = json!({"id": "x", "object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "my secret"}, "finish_reason": "stop"}]});
+    filter_whole(&mut answer, &[Arc::new(Mask)]);
+    assert_eq!(answer["choices"][0]["message"]["content"], "my ***");
+    let completion = chat_as_completion(answer);
+    assert_eq!(completion["object"], "text_completion");
+    assert_eq!(completion["choices"][0]["text"], "my ***");
+    assert_eq!(completion["choices"][0]["finish_reason"], "stop");
+    let request: ChatRequest =
+        serde_json::from_str(r#"{"model":"m","prompt":["Say hi"],"max_tokens":5}"#).expect("json");
+    let chat = completion_as_chat(&request).expect("one prompt");
+    assert_eq!(chat["messages"], json!([{"role": "user", "content": "Say hi"}]));
+    assert_eq!(chat["max_tokens"], 5);
+    let two: ChatRequest = serde_json::from_str(r#"{"model":"m","prompt":["a","b"]}"#).expect("json");
+    assert!(completion_as_chat(&two).is_err());
 }

@@ -7,12 +7,53 @@
 use http::StatusCode;
 use serde_json::{json, Map, Value};
 
-use super::{ChatRequest, StreamTranslator};
+use http::header::HeaderName;
+
+use super::{Adapter, ChatRequest, Operation, StreamTranslator, TargetInfo};
 use crate::ai::openai::{self, Usage};
-use crate::ai::sse::data_event;
 
 /// The API version the translation follows.
 pub const VERSION: &str = "2023-06-01";
+
+/// The Messages format.
+#[derive(Debug)]
+pub struct Anthropic;
+
+impl Adapter for Anthropic {
+    fn path(&self, target: &TargetInfo, _operation: Operation, _streamed: bool) -> String {
+        format!("{}/messages", target.base_path)
+    }
+
+    fn auth(&self, key: &str) -> (HeaderName, String) {
+        (HeaderName::from_static("x-api-key"), key.to_owned())
+    }
+
+    fn headers(&self) -> &'static [(&'static str, &'static str)] {
+        &[("anthropic-version", VERSION)]
+    }
+
+    fn request(
+        &self,
+        target: &TargetInfo,
+        _operation: Operation,
+        chat: &ChatRequest,
+        _streamed: bool,
+    ) -> Result<Vec<u8>, String> {
+        request(chat, &target.model, target.default_max_tokens)
+    }
+
+    fn response(&self, _target: &TargetInfo, _operation: Operation, body: &[u8]) -> Result<Value, String> {
+        response(body)
+    }
+
+    fn error(&self, status: StatusCode, body: &[u8]) -> (StatusCode, Value) {
+        error(status, body)
+    }
+
+    fn stream(&self, target: &TargetInfo, _operation: Operation) -> Box<dyn StreamTranslator> {
+        Box::new(Stream::new(&target.model))
+    }
+}
 
 /// The Messages request for an OpenAI chat request, or why it cannot be made.
 pub fn request(request: &ChatRequest, model: &str, default_max_tokens: u64) -> Result<Vec<u8>, String> {
@@ -225,7 +266,6 @@ pub struct Stream {
     id: String,
     model: String,
     created: u64,
-    include_usage: bool,
     prompt_tokens: u64,
     completion_tokens: u64,
     /// Content block index to OpenAI tool call index.
@@ -234,12 +274,11 @@ pub struct Stream {
 }
 
 impl Stream {
-    pub fn new(model: &str, include_usage: bool) -> Self {
+    pub fn new(model: &str) -> Self {
         Self {
             id: String::new(),
             model: model.to_owned(),
             created: openai::now(),
-            include_usage,
             prompt_tokens: 0,
             completion_tokens: 0,
             tool_calls: Vec::new(),
@@ -247,32 +286,27 @@ impl Stream {
         }
     }
 
-    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Vec<u8> {
-        data_event(&openai::chunk(&self.id, &self.model, self.created, Some(delta), finish_reason, None).to_string())
+    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Vec<Value> {
+        vec![openai::chunk(&self.id, &self.model, self.created, Some(delta), finish_reason, None)]
     }
 
     fn tool_index(&self, block: u64) -> Option<u64> {
         self.tool_calls.iter().find(|(at, _)| *at == block).map(|(_, index)| *index)
     }
 
-    fn finish(&mut self) -> Vec<u8> {
+    /// The usage chunk, once.
+    fn finish(&mut self) -> Vec<Value> {
         if self.done {
             return Vec::new();
         }
         self.done = true;
-        let mut out = Vec::new();
-        if self.include_usage {
-            let usage = Usage::new(self.prompt_tokens, self.completion_tokens);
-            let chunk = openai::chunk(&self.id, &self.model, self.created, None, None, Some(usage));
-            out.extend(data_event(&chunk.to_string()));
-        }
-        out.extend_from_slice(b"data: [DONE]\n\n");
-        out
+        let usage = Usage::new(self.prompt_tokens, self.completion_tokens);
+        vec![openai::chunk(&self.id, &self.model, self.created, None, None, Some(usage))]
     }
 }
 
 impl StreamTranslator for Stream {
-    fn event(&mut self, event: &str, data: &str) -> Vec<u8> {
+    fn event(&mut self, event: &str, data: &str) -> Vec<Value> {
         if self.done {
             return Vec::new();
         }
@@ -350,38 +384,23 @@ impl StreamTranslator for Stream {
                 let error = payload.get("error").unwrap_or(&Value::Null);
                 let message = error.get("message").and_then(Value::as_str).unwrap_or("the provider's stream failed");
                 let kind = openai_error_type(error.get("type").and_then(Value::as_str).unwrap_or("api_error"));
-                let mut out = data_event(&openai::error_body(message, kind, None).to_string());
-                out.extend(self.finish());
-                out
+                self.done = true;
+                vec![openai::error_body(message, kind, None)]
             }
             // `ping`, `content_block_stop` and events added later carry nothing for the client.
             _ => Vec::new(),
         }
     }
 
-    fn end(&mut self) -> Vec<u8> {
-        self.finish()
+    fn end(&mut self) -> Vec<Value> {
+        // A stream cut short reports no usage: the client's stream estimates it instead.
+        Vec::new()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn chunks_of(out: &[u8]) -> Vec<Value> {
-        let text = std::str::from_utf8(out).expect("utf-8");
-        text.split("\n\n")
-            .filter(|event| !event.is_empty())
-            .map(|event| {
-                let data = event.strip_prefix("data: ").expect("a data line");
-                if data == "[DONE]" {
-                    json!("[DONE]")
-                } else {
-                    serde_json::from_str(data).expect("JSON")
-                }
-            })
-            .collect()
-    }
 
     #[test]
     fn moves_system_prompts_and_maps_tools_and_limits() {
@@ -586,9 +605,8 @@ mod tests {
             ),
             ("message_stop", r#"{"type": "message_stop"}"#),
         ];
-        let mut stream = Stream::new("claude-sonnet-4-5", true);
-        let outputs: Vec<Vec<Value>> =
-            events.iter().map(|(event, data)| chunks_of(&stream.event(event, data))).collect();
+        let mut stream = Stream::new("claude-sonnet-4-5");
+        let outputs: Vec<Vec<Value>> = events.iter().map(|(event, data)| stream.event(event, data)).collect();
         let deltas: Vec<Vec<Value>> = outputs
             .iter()
             .map(|chunks| chunks.iter().map(|chunk| chunk["choices"][0]["delta"].clone()).collect())
@@ -614,27 +632,21 @@ mod tests {
         assert_eq!(first["object"], "chat.completion.chunk");
         assert_eq!(first["id"], "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY");
         assert_eq!(first["model"], "claude-sonnet-4-5");
-        assert_eq!(outputs[11].len(), 2);
+        assert_eq!(outputs[11].len(), 1, "the usage chunk; [DONE] is the client stream's");
         assert_eq!(outputs[11][0]["choices"], json!([]));
         assert_eq!(outputs[11][0]["usage"], json!({"prompt_tokens": 25, "completion_tokens": 15, "total_tokens": 40}));
-        assert_eq!(outputs[11][1], "[DONE]");
-        assert!(stream.end().is_empty(), "[DONE] is sent once");
+        assert!(stream.end().is_empty(), "the usage is sent once");
     }
 
     #[test]
     fn an_error_event_ends_the_stream_with_an_openai_error() {
-        let mut stream = Stream::new("m", false);
+        let mut stream = Stream::new("m");
         stream.event("message_start", r#"{"type":"message_start","message":{"id":"msg_1","model":"m","usage":{"input_tokens":1,"output_tokens":1}}}"#);
-        let out = chunks_of(
-            &stream
-                .event("error", r#"{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}"#),
-        );
+        let out = stream
+            .event("error", r#"{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}"#);
         assert_eq!(
             out,
-            vec![
-                json!({"error": {"message": "Overloaded", "type": "server_error", "param": null, "code": null}}),
-                json!("[DONE]")
-            ]
+            vec![json!({"error": {"message": "Overloaded", "type": "server_error", "param": null, "code": null}})]
         );
         assert!(stream
             .event("content_block_delta", r#"{"index":0,"delta":{"type":"text_delta","text":"late"}}"#)
@@ -642,9 +654,9 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_cut_short_still_ends_with_done() {
-        let mut stream = Stream::new("m", false);
+    fn a_stream_cut_short_reports_no_usage_of_its_own() {
+        let mut stream = Stream::new("m");
         assert!(stream.event("content_block_delta", "not json").is_empty());
-        assert_eq!(chunks_of(&stream.end()), vec![json!("[DONE]")]);
+        assert!(stream.end().is_empty(), "the client stream estimates the usage and sends [DONE]");
     }
 }

@@ -1,0 +1,416 @@
+//! The client's side of an answer, whatever the provider: usage read (or estimated) and
+//! reported once, answer filters applied to the text, completions asked of a chat-only
+//! provider turned back into text completions, and a stream's chunks written as server-sent
+//! events ending in `[DONE]`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use gantry_policy_api::ai::{AiExchange, AiUsage};
+use gantry_policy_api::subrequest::ChunkStream;
+use serde_json::{json, Value};
+
+use super::tokens;
+use crate::ai::providers::{ChatRequest, EventDecoder, Operation, StreamTranslator};
+use crate::ai::sse::data_event;
+use crate::ai::{AnswerFilter, AnswerStreamFilter};
+
+/// Price of a million tokens, input and output.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+}
+
+/// Where an exchange's usage goes once known, and what is needed to estimate it.
+pub struct UsageReport {
+    pub exchange: AiExchange,
+    pub operation: Operation,
+    pub provider: &'static str,
+    pub request_model: Arc<str>,
+    pub response_model: String,
+    pub price: Option<Price>,
+    /// The client's request, whose prompt is counted when the provider reports no usage.
+    pub prompt: Arc<ChatRequest>,
+}
+
+impl UsageReport {
+    /// Reports the usage; counts the provider gave win over estimates.
+    pub fn finish(&self, reported: Option<(u64, u64)>, estimated_output: u64) {
+        let (input_tokens, output_tokens, estimated) = match reported {
+            Some((input, output)) => (input, output, false),
+            None => (self.estimated_input(), estimated_output, true),
+        };
+        let cost = self
+            .price
+            .map(|price| (input_tokens as f64 * price.input + output_tokens as f64 * price.output) / 1_000_000.0);
+        self.exchange.finish(AiUsage {
+            operation: self.operation.name(),
+            provider: self.provider,
+            request_model: self.request_model.clone(),
+            response_model: self.response_model.clone(),
+            input_tokens,
+            output_tokens,
+            estimated,
+            cost,
+            cache_hit: false,
+        });
+    }
+}
+
+impl UsageReport {
+    /// The prompt's tokens by the model's tokenizer.
+    pub fn estimated_input(&self) -> u64 {
+        tokens::prompt_tokens(&self.response_model, &self.prompt)
+    }
+}
+
+/// `usage.prompt_tokens` and `usage.completion_tokens` of an OpenAI answer or chunk, when it
+/// has them (an embedding answer has no completion tokens).
+pub fn usage_of(answer: &Value) -> Option<(u64, u64)> {
+    let usage = answer.get("usage").filter(|usage| usage.is_object())?;
+    let input = usage.get("prompt_tokens").and_then(Value::as_u64)?;
+    let output = usage.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
+    Some((input, output))
+}
+
+/// The chat request a chat-only provider gets for a text completion request.
+pub fn completion_as_chat(request: &ChatRequest) -> Result<ChatRequest, String> {
+    let prompt = match request.get("prompt") {
+        Some(Value::String(prompt)) => prompt.clone(),
+        Some(Value::Array(prompts)) if prompts.len() == 1 && prompts[0].is_string() => {
+            prompts[0].as_str().unwrap_or_default().to_owned()
+        }
+        Some(Value::Array(_)) => return Err("this model takes one text `prompt`, not a list".to_owned()),
+        _ => return Err("`prompt` must be a string".to_owned()),
+    };
+    let mut chat = ChatRequest::new();
+    for key in ["model", "max_tokens", "temperature", "top_p", "stop", "stream", "user", "seed", "n"] {
+        if let Some(value) = request.get(key) {
+            chat.insert(key.to_owned(), value.clone());
+        }
+    }
+    if let Some(suffix) = request.get("suffix").filter(|suffix| !suffix.is_null()) {
+        let _ = suffix;
+        return Err("`suffix` is not supported by this model".to_owned());
+    }
+    chat.insert("messages".to_owned(), json!([{ "role": "user", "content": prompt }]));
+    Ok(chat)
+}
+
+/// A `chat.completion` turned into the `text_completion` the client asked for.
+pub fn chat_as_completion(mut answer: Value) -> Value {
+    let choices: Vec<Value> = answer
+        .get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|choice| {
+            json!({
+                "text": choice.pointer("/message/content").and_then(Value::as_str).unwrap_or_default(),
+                "index": choice.get("index").cloned().unwrap_or(json!(0)),
+                "logprobs": null,
+                "finish_reason": choice.get("finish_reason").cloned().unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    answer["object"] = json!("text_completion");
+    answer["choices"] = Value::Array(choices);
+    answer
+}
+
+/// A `chat.completion.chunk` turned into a streamed `text_completion`.
+fn chunk_as_completion(mut chunk: Value) -> Value {
+    let choices: Vec<Value> = chunk
+        .get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|choice| {
+            json!({
+                "text": choice.pointer("/delta/content").and_then(Value::as_str).unwrap_or_default(),
+                "index": choice.get("index").cloned().unwrap_or(json!(0)),
+                "logprobs": null,
+                "finish_reason": choice.get("finish_reason").cloned().unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    chunk["object"] = json!("text_completion");
+    chunk["choices"] = Value::Array(choices);
+    chunk
+}
+
+/// Applies the answer filters to a whole answer's texts: each choice's message content (a
+/// chat) or text (a completion).
+pub fn filter_whole(answer: &mut Value, filters: &[Arc<dyn AnswerFilter>]) {
+    if filters.is_empty() {
+        return;
+    }
+    let Some(choices) = answer.get_mut("choices").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for choice in choices {
+        let text = match choice.pointer_mut("/message/content") {
+            Some(text) => text,
+            None => match choice.get_mut("text") {
+                Some(text) => text,
+                None => continue,
+            },
+        };
+        if let Value::String(content) = text {
+            *content = filters.iter().fold(std::mem::take(content), |text, filter| filter.filter(&text));
+        }
+    }
+}
+
+/// The text a model wrote in a whole answer, for estimating its tokens.
+pub fn written_text(answer: &Value) -> String {
+    let mut text = String::new();
+    for choice in answer.get("choices").and_then(Value::as_array).into_iter().flatten() {
+        for at in ["/message/content", "/text"] {
+            if let Some(content) = choice.pointer(at).and_then(Value::as_str) {
+                text.push_str(content);
+            }
+        }
+        for call in choice.pointer("/message/tool_calls").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(arguments) = call.pointer("/function/arguments").and_then(Value::as_str) {
+                text.push_str(arguments);
+            }
+        }
+    }
+    text
+}
+
+/// The filters of one streamed choice, chained: what one lets through feeds the next.
+struct FilterChain(Vec<Box<dyn AnswerStreamFilter>>);
+
+impl FilterChain {
+    fn push(&mut self, delta: &str) -> String {
+        let mut text = delta.to_owned();
+        for filter in &mut self.0 {
+            text = filter.push(&text);
+        }
+        text
+    }
+
+    fn finish(&mut self) -> String {
+        let mut text = String::new();
+        for filter in &mut self.0 {
+            text = filter.push(&text);
+            text.push_str(&filter.finish());
+        }
+        text
+    }
+}
+
+/// The client's stream of one answer, fed the provider's chunks.
+pub struct ClientStream {
+    decoder: Box<dyn EventDecoder>,
+    translator: Box<dyn StreamTranslator>,
+    /// The client asked a completion of a chat-only provider: chunks are turned back.
+    as_completion: bool,
+    /// The client asked for the usage chunk (`stream_options.include_usage`).
+    include_usage: bool,
+    filters: Vec<Arc<dyn AnswerFilter>>,
+    /// Filter chains of the choices seen so far, by choice index.
+    choice_filters: Vec<(u64, FilterChain)>,
+    counter: tokens::CompletionCounter,
+    reported: Option<(u64, u64)>,
+    report: UsageReport,
+    /// The last chunk's `id`, `created` and `model`, for the chunks the gateway adds.
+    last_head: Option<(Value, Value, Value)>,
+    ended: bool,
+}
+
+impl ClientStream {
+    pub fn new(
+        decoder: Box<dyn EventDecoder>,
+        translator: Box<dyn StreamTranslator>,
+        as_completion: bool,
+        include_usage: bool,
+        filters: Vec<Arc<dyn AnswerFilter>>,
+        report: UsageReport,
+    ) -> Self {
+        let counter = tokens::CompletionCounter::new(&report.response_model);
+        Self {
+            decoder,
+            translator,
+            as_completion,
+            include_usage,
+            filters,
+            choice_filters: Vec::new(),
+            counter,
+            reported: None,
+            report,
+            last_head: None,
+            ended: false,
+        }
+    }
+
+    /// The client's bytes for the next provider bytes.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        for event in self.decoder.feed(bytes)? {
+            for chunk in self.translator.event(&event.event, &event.data) {
+                self.write(chunk, &mut out);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The client's last bytes once the provider's stream ended.
+    pub fn end(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for chunk in self.translator.end() {
+            self.write(chunk, &mut out);
+        }
+        if self.ended {
+            return out;
+        }
+        // Text still held back by filters of choices that never got a finish reason.
+        let held: Vec<(u64, String)> =
+            self.choice_filters.iter_mut().map(|(index, chain)| (*index, chain.finish())).collect();
+        for (index, text) in held {
+            if !text.is_empty() {
+                let chunk =
+                    self.added_chunk(json!([{ "index": index, "delta": { "content": text }, "finish_reason": null }]));
+                self.send(chunk, &mut out);
+            }
+        }
+        if self.include_usage && self.reported.is_none() {
+            let (input, output) = (self.report.estimated_input(), self.counter.tokens());
+            let mut chunk = self.added_chunk(json!([]));
+            chunk["usage"] =
+                json!({ "prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output });
+            self.send(chunk, &mut out);
+        }
+        out.extend_from_slice(b"data: [DONE]\n\n");
+        self.finish_usage();
+        self.ended = true;
+        out
+    }
+
+    fn finish_usage(&self) {
+        self.report.finish(self.reported, self.counter.tokens());
+    }
+
+    /// A chunk the gateway adds, with the stream's id, time and model.
+    fn added_chunk(&self, choices: Value) -> Value {
+        let (id, created, model) =
+            self.last_head.clone().unwrap_or((json!(""), json!(0), json!(self.report.response_model)));
+        json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices })
+    }
+
+    fn write(&mut self, mut chunk: Value, out: &mut Vec<u8>) {
+        if self.ended {
+            return;
+        }
+        if chunk.get("error").is_some() {
+            // A provider's error mid-stream ends the stream: the client gets it, then `[DONE]`.
+            self.send(chunk, out);
+            out.extend_from_slice(b"data: [DONE]\n\n");
+            self.finish_usage();
+            self.ended = true;
+            return;
+        }
+        if self.last_head.is_none() {
+            let field = |name: &str| chunk.get(name).cloned().unwrap_or(Value::Null);
+            self.last_head = Some((field("id"), field("created"), field("model")));
+        }
+        if let Some(usage) = usage_of(&chunk) {
+            self.reported = Some(usage);
+            if !self.include_usage {
+                match chunk.get("choices").and_then(Value::as_array) {
+                    Some(choices) if !choices.is_empty() => {
+                        if let Some(object) = chunk.as_object_mut() {
+                            object.remove("usage");
+                        }
+                    }
+                    _ => return,
+                }
+            }
+        }
+        let filters = &self.filters;
+        let choice_filters = &mut self.choice_filters;
+        let counter = &mut self.counter;
+        for choice in chunk.get_mut("choices").and_then(Value::as_array_mut).into_iter().flatten() {
+            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let finished = choice.get("finish_reason").is_some_and(|reason| !reason.is_null());
+            let Some(delta) = choice.get_mut("delta") else {
+                continue;
+            };
+            for call in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+                if let Some(arguments) = call.pointer("/function/arguments").and_then(Value::as_str) {
+                    counter.push(arguments);
+                }
+            }
+            let text = delta.get("content").and_then(Value::as_str).map(str::to_owned);
+            if let Some(text) = &text {
+                counter.push(text);
+            }
+            if filters.is_empty() || (text.is_none() && !finished) {
+                continue;
+            }
+            let at = match choice_filters.iter().position(|(known, _)| *known == index) {
+                Some(at) => at,
+                None => {
+                    choice_filters.push((index, FilterChain(filters.iter().map(|filter| filter.stream()).collect())));
+                    choice_filters.len() - 1
+                }
+            };
+            let chain = &mut choice_filters[at].1;
+            let mut passed = chain.push(text.as_deref().unwrap_or_default());
+            if finished {
+                passed.push_str(&chain.finish());
+            }
+            if text.is_some() || !passed.is_empty() {
+                delta["content"] = Value::String(passed);
+            }
+        }
+        self.send(chunk, out);
+    }
+
+    fn send(&self, chunk: Value, out: &mut Vec<u8>) {
+        let chunk = if self.as_completion && chunk.get("error").is_none() { chunk_as_completion(chunk) } else { chunk };
+        out.extend(data_event(&chunk.to_string()));
+    }
+}
+
+impl Drop for ClientStream {
+    /// A stream the client left, or that broke, still reports what was used so far.
+    fn drop(&mut self) {
+        if !self.ended {
+            self.finish_usage();
+        }
+    }
+}
+
+/// The client's stream: each upstream chunk's complete events translated and sent on at
+/// once; a provider silent for `idle` breaks it off.
+pub fn translate(upstream: ChunkStream, client: ClientStream, idle: std::time::Duration) -> ChunkStream {
+    let state = (upstream, client, false);
+    Box::pin(futures_util::stream::unfold(state, move |(mut upstream, mut client, ended)| async move {
+        if ended {
+            return None;
+        }
+        loop {
+            let Ok(next) = tokio::time::timeout(idle, upstream.next()).await else {
+                let reason = format!("the provider sent nothing for {idle:?}");
+                return Some((Err(reason), (upstream, client, true)));
+            };
+            match next {
+                Some(Ok(bytes)) => match client.feed(&bytes) {
+                    Ok(out) if out.is_empty() => {}
+                    Ok(out) => return Some((Ok(Bytes::from(out)), (upstream, client, false))),
+                    Err(reason) => return Some((Err(reason), (upstream, client, true))),
+                },
+                Some(Err(reason)) => return Some((Err(reason), (upstream, client, true))),
+                None => {
+                    let out = client.end();
+                    return Some((Ok(Bytes::from(out)), (upstream, client, true)));
+                }
+            }
+        }
+    }))
+}
