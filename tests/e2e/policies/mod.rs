@@ -4,6 +4,7 @@
 mod acl;
 mod aggregate;
 mod ai_proxy;
+mod ai_rate_limit;
 mod allowed_hours;
 mod any_auth;
 mod basic_auth;
