@@ -11,6 +11,7 @@ use gantry_policy_api::RegisteredPolicy;
 use crate::access::acl::Acl;
 use crate::access::allowed_hours::AllowedHours;
 use crate::access::scopes::Scopes;
+use crate::ai::ai_pii_redaction::AiPiiRedaction;
 use crate::ai::ai_prompt_decorator::AiPromptDecorator;
 use crate::ai::ai_prompt_guard::AiPromptGuard;
 use crate::ai::ai_prompt_template::AiPromptTemplate;
@@ -95,6 +96,7 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<Script>(),
         RegisteredPolicy::of::<AiPromptTemplate>(),
         RegisteredPolicy::of::<AiPromptDecorator>(),
+        RegisteredPolicy::of::<AiPiiRedaction>(),
         RegisteredPolicy::of::<JsonThreatProtection>(),
         RegisteredPolicy::of::<XmlThreatProtection>(),
         RegisteredPolicy::of::<JsonSchemaPolicy>(),

@@ -1,5 +1,6 @@
 //! The AI gateway: one OpenAI-compatible endpoint over several LLM providers.
 
+pub mod ai_pii_redaction;
 pub mod ai_prompt_decorator;
 pub mod ai_prompt_guard;
 pub mod ai_prompt_template;

@@ -159,6 +159,45 @@ pub(crate) fn has_prompt_field(body: &Map<String, Value>) -> bool {
     ["messages", "prompt", "input"].iter().any(|field| body.contains_key(*field))
 }
 
+/// Calls `rewrite` on every text of the prompt, in the order of [`texts`], each text part of
+/// a message on its own; returns whether any text changed.
+pub(crate) fn rewrite_texts(body: &mut Map<String, Value>, mut rewrite: impl FnMut(&str) -> Option<String>) -> bool {
+    let mut changed = false;
+    let mut apply = |value: &mut Value| {
+        if let Value::String(text) = value {
+            if let Some(new) = rewrite(text) {
+                *text = new;
+                changed = true;
+            }
+        }
+    };
+    if let Some(Value::Array(messages)) = body.get_mut("messages") {
+        for message in messages.iter_mut() {
+            match message.get_mut("content") {
+                Some(content @ Value::String(_)) => apply(content),
+                Some(Value::Array(parts)) => {
+                    for part in parts.iter_mut() {
+                        if part.get("type").and_then(Value::as_str) == Some("text") {
+                            if let Some(text) = part.get_mut("text") {
+                                apply(text);
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    for field in ["prompt", "input"] {
+        match body.get_mut(field) {
+            Some(text @ Value::String(_)) => apply(text),
+            Some(Value::Array(items)) => items.iter_mut().for_each(&mut apply),
+            _ => {}
+        }
+    }
+    changed
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -194,5 +233,26 @@ mod tests {
             ]
         );
         assert_eq!(TextAt::Input(0).role(), "user");
+    }
+
+    #[test]
+    fn rewrites_every_text_and_leaves_the_rest() {
+        let mut body = object(json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "a"}}]}],
+            "prompt": "a",
+            "input": ["a", "b"],
+        }));
+        assert!(rewrite_texts(&mut body, |text| (text == "a").then(|| "A".to_owned())));
+        assert_eq!(
+            Value::Object(body.clone()),
+            json!({
+                "model": "m",
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "A"}, {"type": "image_url", "image_url": {"url": "a"}}]}],
+                "prompt": "A",
+                "input": ["A", "b"],
+            })
+        );
+        assert!(!rewrite_texts(&mut body, |_| None));
     }
 }
