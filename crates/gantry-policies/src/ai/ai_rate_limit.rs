@@ -662,6 +662,10 @@ impl Policy for CompiledAiRateLimit {
     }
 
     fn on_request<'a>(&'a self, request: &'a mut RequestParts, exchange: &'a mut Exchange) -> Hook<'a> {
+        // Only POSTs ask a model for anything; the model list (`GET /v1/models`) is free.
+        if request.method != Method::POST {
+            return Hook::Done(Flow::Continue);
+        }
         let model = exchange
             .extensions
             .get::<RequestBody>()

@@ -144,6 +144,23 @@ fn refuses_at_exactly_the_limit() {
 }
 
 #[test]
+fn a_sliding_window_lets_spent_tokens_age_out_gradually() {
+    let clock = ManualClock::default();
+    let policy = policy_in("algorithm: sliding_window\nlimits: [{window: 1m, tokens: 100}]", &stores(&clock));
+    assert!(exchange_using(&*policy, "alice", "gpt", usage(50, 50, None)));
+    assert!(!exchange_using(&*policy, "alice", "gpt", usage(0, 0, None)));
+    clock.advance(StdDuration::from_secs(60));
+    let refused = refusal(send(&*policy, "alice", "gpt").0);
+    let retry_after: u64 = header(refused.headers(), "retry-after").parse().expect("seconds");
+    assert!(retry_after > 0 && retry_after < 60, "sooner than a whole window: {retry_after}");
+    clock.advance(StdDuration::from_secs(30));
+    let (flow, mut exchange) = send(&*policy, "alice", "gpt");
+    assert!(matches!(flow, Flow::Continue), "half of the last window's tokens still weigh");
+    let response = run_response(&*policy, http::Response::new(()), &mut exchange);
+    assert_eq!(header(&response.headers, "x-ai-ratelimit-remaining-tokens"), "50");
+}
+
+#[test]
 fn charges_input_and_output_tokens_apart() {
     let clock = ManualClock::default();
     let policy = policy_in("limits: [{window: 1m, input_tokens: 100, output_tokens: 10}]", &stores(&clock));
@@ -219,6 +236,21 @@ fn a_request_without_a_model_meets_the_shared_limits_only() {
     exchange.extensions.insert(RequestBody(Bytes::from_static(b"not json")));
     assert!(matches!(run_request(&*policy, &mut request(), &mut exchange), Flow::Continue));
     assert!(AiExchange::of(&mut exchange.extensions).request_model().is_none());
+}
+
+#[test]
+fn lets_the_model_list_through_uncounted() {
+    let clock = ManualClock::default();
+    let policy = policy_in("limits: [{window: 1m, requests: 1}]", &stores(&clock));
+    for _ in 0..3 {
+        let mut list = request_parts(http::Request::get("/v1/models").body(()).expect("request"));
+        let mut exchange = exchange_of("alice", "gpt");
+        assert!(matches!(run_request(&*policy, &mut list, &mut exchange), Flow::Continue));
+        let response = run_response(&*policy, http::Response::new(()), &mut exchange);
+        assert!(response.headers.get("x-ai-ratelimit-limit-requests").is_none());
+    }
+    assert!(matches!(send(&*policy, "alice", "gpt").0, Flow::Continue), "the first counted request");
+    assert!(!matches!(send(&*policy, "alice", "gpt").0, Flow::Continue));
 }
 
 #[test]
