@@ -13,6 +13,7 @@
 
 mod codec;
 mod memory;
+mod vectors;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,6 +30,7 @@ use prometheus_client::registry::Registry;
 
 pub use codec::DecodeError;
 pub use memory::MemoryZone;
+pub use vectors::{cosine_similarity, Neighbour, VectorIndex, VectorStore};
 
 use crate::{MemoryStore, RedisStore, StoreError, Stores};
 
@@ -326,6 +328,7 @@ impl EncodeLabelValue for RouteLabel {
 #[derive(Debug, Default)]
 pub struct ResponseCaches {
     zones: Mutex<HashMap<(String, u64), Weak<MemoryZone>>>,
+    vector_indexes: Mutex<HashMap<(String, usize), Weak<VectorIndex>>>,
     requests: Family<RequestLabels, Counter>,
 }
 
@@ -343,6 +346,20 @@ impl ResponseCaches {
         let zone = Arc::new(MemoryZone::new(name, max_bytes));
         zones.insert(key, Arc::downgrade(&zone));
         zone
+    }
+
+    /// The vector index `name` of semantic caches, bounded to `max_entries`: shared like a
+    /// memory zone, by name and bound, and kept across reloads while a policy uses it.
+    pub fn vector_index(&self, name: &str, max_entries: usize) -> Arc<VectorIndex> {
+        let mut indexes = self.vector_indexes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        indexes.retain(|_, index| index.strong_count() > 0);
+        let key = (name.to_owned(), max_entries);
+        if let Some(index) = indexes.get(&key).and_then(Weak::upgrade) {
+            return index;
+        }
+        let index = Arc::new(VectorIndex::new(max_entries));
+        indexes.insert(key, Arc::downgrade(&index));
+        index
     }
 
     /// The memory zones some policy uses now.

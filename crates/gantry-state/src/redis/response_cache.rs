@@ -1,6 +1,7 @@
 //! The commands of the response cache on the Redis store's connections: `GET`, `SET … PX`,
-//! `UNLINK`, and purges by pattern (`SCAN MATCH` then `UNLINK`, page by page, on every primary
-//! of a cluster). Values are opaque bytes here; `response_cache::codec` writes and reads them.
+//! `UNLINK`, purges by pattern (`SCAN MATCH` then `UNLINK`, page by page, on every primary
+//! of a cluster), and the lists of semantic caches' vectors (`LPUSH`, `LTRIM`, `PEXPIRE`,
+//! `LRANGE`). Values are opaque bytes here; `response_cache::codec` writes and reads them.
 
 use std::time::Duration;
 
@@ -34,6 +35,38 @@ impl RedisStore {
         let mut command = redis::cmd("UNLINK");
         command.arg(format!("{}{name}", self.key_prefix));
         self.query(command).await
+    }
+
+    /// Puts `value` at the head of the list `name`, keeps its first `max_len` items and makes
+    /// the list expire after `ttl` (semantic caches' vectors, newest first). Three commands, not
+    /// one transaction: a search between them sees the list a moment longer than its bound.
+    pub(crate) async fn list_push(
+        &self,
+        name: &str,
+        value: &[u8],
+        max_len: usize,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let key = format!("{}{name}", self.key_prefix);
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut push = redis::cmd("LPUSH");
+        push.arg(&key).arg(value);
+        let length: u64 = self.query(push).await?;
+        if length > max_len as u64 {
+            let mut trim = redis::cmd("LTRIM");
+            trim.arg(&key).arg(0).arg(max_len.saturating_sub(1));
+            self.query::<Value>(trim).await?;
+        }
+        let mut expire = redis::cmd("PEXPIRE");
+        expire.arg(&key).arg(millis);
+        self.query::<Value>(expire).await.map(drop)
+    }
+
+    /// The first `max_len` items of the list `name`; none when it does not exist.
+    pub(crate) async fn list_range(&self, name: &str, max_len: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut range = redis::cmd("LRANGE");
+        range.arg(format!("{}{name}", self.key_prefix)).arg(0).arg(i64::try_from(max_len).unwrap_or(i64::MAX) - 1);
+        self.query(range).await
     }
 
     /// Removes every key whose name (after the prefix) matches the glob `pattern`, on every

@@ -234,3 +234,36 @@ async fn redis_cluster_purges_on_every_primary() {
     assert_eq!(store.get(&key("/products/7", "d")).resolve().await, Ok(None));
     assert!(store.get(&key("/about", "d")).resolve().await.expect("answers").is_some());
 }
+
+#[tokio::test]
+async fn redis_keeps_the_newest_vectors_of_each_scope_and_finds_the_nearest() {
+    let server = RedisServer::start();
+    let Some(ResponseCacheStore::Redis(redis)) = redis_stores(&server).response_cache_redis() else {
+        panic!("redis configured");
+    };
+    let store = VectorStore::Redis { redis, max_entries: 2 };
+    let ttl = Duration::from_secs(60);
+    assert_eq!(store.nearest("ai gpt", &[1.0, 0.0], 0.0, 5).resolve().await, Ok(Vec::new()));
+    store.add("ai gpt", "first", &[1.0, 0.0], ttl).resolve().await.expect("stored");
+    store.add("ai gpt", "close", &[0.9, 0.1], ttl).resolve().await.expect("stored");
+    store.add("ai gpt", "far", &[0.0, 1.0], ttl).resolve().await.expect("stored");
+    store.add("ai other", "elsewhere", &[1.0, 0.0], ttl).resolve().await.expect("stored");
+
+    let found = store.nearest("ai gpt", &[1.0, 0.0], 0.5, 5).resolve().await.expect("answers");
+    let ids: Vec<&str> = found.iter().map(|neighbour| neighbour.id.as_str()).collect();
+    assert_eq!(ids, ["close"], "`first` was trimmed off past the bound of 2; `far` is below 0.5");
+    assert!(found[0].similarity > 0.99);
+    assert_eq!(server.command(&["LLEN", "test:semantic ai_gpt"]).trim_start_matches(':').trim(), "2");
+    let ttl = server.command(&["PTTL", "test:semantic ai_gpt"]);
+    let ttl: u64 = ttl.trim_start_matches(':').trim().parse().expect("a number of milliseconds");
+    assert!((59_000..=60_000).contains(&ttl), "the list expires with its newest vector: {ttl} ms");
+}
+
+#[test]
+fn vector_indexes_are_shared_by_name_and_bound() {
+    let caches = ResponseCaches::default();
+    let index = caches.vector_index("ai", 10);
+    index.add("s", "a", &[1.0], Duration::from_secs(60));
+    assert_eq!(caches.vector_index("ai", 10).len(), 1, "the same index");
+    assert!(caches.vector_index("ai", 20).is_empty(), "another bound starts an empty index");
+}
