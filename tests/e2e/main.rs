@@ -6,6 +6,7 @@
 mod access_log;
 mod admin;
 mod admin_audit;
+mod ai_telemetry;
 mod cli;
 mod cluster;
 mod consumer_groups;
