@@ -3,6 +3,11 @@
 
 mod acl;
 mod aggregate;
+mod ai_gateway;
+mod ai_pii_redaction;
+mod ai_prompt_decorator;
+mod ai_prompt_guard;
+mod ai_prompt_template;
 mod ai_proxy;
 mod ai_rate_limit;
 mod allowed_hours;
