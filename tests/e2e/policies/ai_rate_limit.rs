@@ -66,9 +66,34 @@ fn total_tokens(completion: &Value) -> u64 {
     completion["usage"]["total_tokens"].as_u64().unwrap_or_else(|| panic!("no usage: {completion}"))
 }
 
+/// The values of a Redis reply (RESP), without its type and length lines.
+fn values(reply: &str) -> Vec<&str> {
+    reply.split("\r\n").filter(|line| !line.is_empty() && !line.starts_with(['*', '$'])).collect()
+}
+
+/// Waits until the tokens counter in Redis holds `spent`: the charge is sent from a task of
+/// its own once the answer is complete.
+async fn wait_for_charge(redis: &RedisServer, spent: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys = redis.command(&["KEYS", "gantry:ai:routes?ai?.policies.ai_rate_limit:*:tokens:*"]);
+        let counted = values(&keys).first().map(|key| redis.command(&["HGET", key, "n"]));
+        if counted.as_deref().and_then(|reply| values(reply).first().map(|n| *n == spent.to_string())) == Some(true) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{spent} tokens never reached Redis: {counted:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Sends until a request is refused and checks that refusals begin exactly once the
 /// answers' reported tokens reach `limit`: returns the tokens spent and the refusal.
-async fn spend_until_refused(client: &TestClient, url: &str, limit: u64) -> (u64, u32, TestResponse) {
+async fn spend_until_refused(
+    client: &TestClient,
+    redis: &RedisServer,
+    url: &str,
+    limit: u64,
+) -> (u64, u32, TestResponse) {
     let mut spent = 0;
     for admitted in 0..50 {
         let response = post(client, url, ALICE, chat("gpt", false)).await;
@@ -79,8 +104,7 @@ async fn spend_until_refused(client: &TestClient, url: &str, limit: u64) -> (u64
         assert_eq!(response.status, StatusCode::OK, "{spent} of {limit} tokens spent: {:?}", response.body);
         assert_eq!(header(&response, "x-ai-ratelimit-remaining-tokens"), (limit - spent).to_string());
         spent += total_tokens(&response.json());
-        // The charge reaches Redis from a task of its own, after the answer.
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        wait_for_charge(redis, spent).await;
     }
     panic!("never refused after {spent} tokens");
 }
@@ -96,7 +120,7 @@ async fn charges_answer_tokens_in_redis_and_refuses_once_the_window_is_spent() {
     let client = TestClient::default();
     let url = gateway.url("/v1/chat/completions");
 
-    let (spent, admitted, refused) = spend_until_refused(&client, &url, LIMIT).await;
+    let (spent, admitted, refused) = spend_until_refused(&client, &redis, &url, LIMIT).await;
     assert!(spent >= LIMIT);
     let error = refused.json();
     assert_eq!(error["error"]["type"], "tokens", "{error}");
