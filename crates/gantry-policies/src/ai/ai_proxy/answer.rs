@@ -100,7 +100,17 @@ pub fn completion_as_chat(request: &ChatRequest) -> Result<ChatRequest, String> 
 }
 
 /// A `chat.completion` turned into the `text_completion` the client asked for.
-pub fn chat_as_completion(mut answer: Value) -> Value {
+pub fn chat_as_completion(answer: Value) -> Value {
+    as_text_completion(answer, "/message/content")
+}
+
+/// A `chat.completion.chunk` turned into a streamed `text_completion`.
+fn chunk_as_completion(chunk: Value) -> Value {
+    as_text_completion(chunk, "/delta/content")
+}
+
+/// The answer or chunk with each choice's text, found at `text_at`, as a completion's `text`.
+fn as_text_completion(mut answer: Value, text_at: &str) -> Value {
     let choices: Vec<Value> = answer
         .get("choices")
         .and_then(Value::as_array)
@@ -108,7 +118,7 @@ pub fn chat_as_completion(mut answer: Value) -> Value {
         .flatten()
         .map(|choice| {
             json!({
-                "text": choice.pointer("/message/content").and_then(Value::as_str).unwrap_or_default(),
+                "text": choice.pointer(text_at).and_then(Value::as_str).unwrap_or_default(),
                 "index": choice.get("index").cloned().unwrap_or(json!(0)),
                 "logprobs": null,
                 "finish_reason": choice.get("finish_reason").cloned().unwrap_or(Value::Null),
@@ -118,27 +128,6 @@ pub fn chat_as_completion(mut answer: Value) -> Value {
     answer["object"] = json!("text_completion");
     answer["choices"] = Value::Array(choices);
     answer
-}
-
-/// A `chat.completion.chunk` turned into a streamed `text_completion`.
-fn chunk_as_completion(mut chunk: Value) -> Value {
-    let choices: Vec<Value> = chunk
-        .get("choices")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .map(|choice| {
-            json!({
-                "text": choice.pointer("/delta/content").and_then(Value::as_str).unwrap_or_default(),
-                "index": choice.get("index").cloned().unwrap_or(json!(0)),
-                "logprobs": null,
-                "finish_reason": choice.get("finish_reason").cloned().unwrap_or(Value::Null),
-            })
-        })
-        .collect();
-    chunk["object"] = json!("text_completion");
-    chunk["choices"] = Value::Array(choices);
-    chunk
 }
 
 /// Applies the answer filters to a whole answer's texts: each choice's message content (a
@@ -215,7 +204,9 @@ pub struct ClientStream {
     filters: Vec<Arc<dyn AnswerFilter>>,
     /// Filter chains of the choices seen so far, by choice index.
     choice_filters: Vec<(u64, FilterChain)>,
-    counter: tokens::CompletionCounter,
+    /// The text the model wrote, counted only if the provider reports no usage: most do, and
+    /// tokenizing every stream would cost more than keeping its text.
+    written: String,
     reported: Option<(u64, u64)>,
     report: UsageReport,
     /// The last chunk's `id`, `created` and `model`, for the chunks the gateway adds.
@@ -232,7 +223,6 @@ impl ClientStream {
         filters: Vec<Arc<dyn AnswerFilter>>,
         report: UsageReport,
     ) -> Self {
-        let counter = tokens::CompletionCounter::new(&report.response_model);
         Self {
             decoder,
             translator,
@@ -240,7 +230,7 @@ impl ClientStream {
             include_usage,
             filters,
             choice_filters: Vec::new(),
-            counter,
+            written: String::new(),
             reported: None,
             report,
             last_head: None,
@@ -279,7 +269,7 @@ impl ClientStream {
             }
         }
         if self.include_usage && self.reported.is_none() {
-            let (input, output) = (self.report.estimated_input(), self.counter.tokens());
+            let (input, output) = (self.report.estimated_input(), self.written_tokens());
             let mut chunk = self.added_chunk(json!([]));
             chunk["usage"] =
                 json!({ "prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output });
@@ -292,7 +282,14 @@ impl ClientStream {
     }
 
     fn finish_usage(&self) {
-        self.report.finish(self.reported, self.counter.tokens());
+        let estimated_output = if self.reported.is_some() { 0 } else { self.written_tokens() };
+        self.report.finish(self.reported, estimated_output);
+    }
+
+    fn written_tokens(&self) -> u64 {
+        let mut counter = tokens::CompletionCounter::new(&self.report.response_model);
+        counter.push(&self.written);
+        counter.tokens()
     }
 
     /// A chunk the gateway adds, with the stream's id, time and model.
@@ -333,7 +330,7 @@ impl ClientStream {
         }
         let filters = &self.filters;
         let choice_filters = &mut self.choice_filters;
-        let counter = &mut self.counter;
+        let written = &mut self.written;
         for choice in chunk.get_mut("choices").and_then(Value::as_array_mut).into_iter().flatten() {
             let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
             let finished = choice.get("finish_reason").is_some_and(|reason| !reason.is_null());
@@ -342,12 +339,12 @@ impl ClientStream {
             };
             for call in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
                 if let Some(arguments) = call.pointer("/function/arguments").and_then(Value::as_str) {
-                    counter.push(arguments);
+                    written.push_str(arguments);
                 }
             }
             let text = delta.get("content").and_then(Value::as_str).map(str::to_owned);
             if let Some(text) = &text {
-                counter.push(text);
+                written.push_str(text);
             }
             if filters.is_empty() || (text.is_none() && !finished) {
                 continue;
