@@ -103,6 +103,9 @@ pub struct TargetConfig {
     /// Price of a million tokens, for the cost of each exchange.
     #[serde(default)]
     pub price: Option<PriceConfig>,
+    /// Project, location and credentials of a `vertex_ai` target (required there).
+    #[serde(default)]
+    pub vertex: Option<providers::vertex::VertexConfig>,
 }
 
 /// Price of a million tokens, in any currency unit (the same for every target of a policy,
@@ -262,6 +265,7 @@ fn validate_target(target: &TargetConfig, at: &FieldPath, errors: &mut ConfigErr
     if target.default_max_tokens == 0 {
         errors.push(at.key("default_max_tokens"), "must be at least 1");
     }
+    providers::vertex::validate(target.provider, target.vertex.as_ref(), at, errors);
     if let Some(price) = target.price {
         for (key, value) in [("input", price.input), ("output", price.output)] {
             if !value.is_finite() || value < 0.0 {
@@ -349,6 +353,7 @@ fn compile_target(
             model: target.model.clone(),
             base_path: base_path.trim_end_matches('/').to_owned(),
             default_max_tokens: target.default_max_tokens,
+            vertex: providers::vertex::VertexAccess::load(target.vertex.as_ref(), &path.key("vertex"), errors),
         },
         adapter,
         upstream: Arc::from(target.upstream.as_str()),

@@ -287,6 +287,7 @@ fn compiled(upstream: &str, weight: u32) -> CompiledTarget {
             model: String::new(),
             base_path: "/v1".to_owned(),
             default_max_tokens: 1,
+            vertex: None,
         },
         adapter: Provider::Openai.adapter(),
         upstream: Arc::from(upstream),

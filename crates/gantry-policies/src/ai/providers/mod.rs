@@ -3,10 +3,14 @@
 //! client's stream) knows no provider.
 
 pub mod anthropic;
+pub mod cohere;
+pub mod gemini;
 pub mod openai;
+pub mod vertex;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue};
 use http::StatusCode;
@@ -73,6 +77,12 @@ pub enum Provider {
     Ollama,
     /// vLLM's OpenAI-compatible server (`/v1`).
     Vllm,
+    /// Google's Gemini API (AI Studio, `/v1beta`).
+    Gemini,
+    /// Gemini on Google Cloud's Vertex AI (`/v1`), with the target's `vertex` settings.
+    VertexAi,
+    /// Cohere's v2 API (`/v2`).
+    Cohere,
 }
 
 impl Provider {
@@ -80,6 +90,9 @@ impl Provider {
     pub fn adapter(self) -> &'static dyn Adapter {
         match self {
             Provider::Anthropic => &anthropic::Anthropic,
+            Provider::Gemini => &gemini::Gemini,
+            Provider::VertexAi => &vertex::Vertex,
+            Provider::Cohere => &cohere::Cohere,
             Provider::Openai
             | Provider::OpenaiCompatible
             | Provider::Mistral
@@ -102,6 +115,8 @@ impl Provider {
             Provider::Fireworks => "/inference/v1",
             Provider::Openrouter => "/api/v1",
             Provider::Perplexity => "",
+            Provider::Gemini => "/v1beta",
+            Provider::Cohere => "/v2",
             _ => "/v1",
         }
     }
@@ -120,6 +135,9 @@ impl Provider {
             Provider::Openrouter => "openrouter",
             Provider::Perplexity => "perplexity",
             Provider::Xai => "xai",
+            Provider::Gemini => "gcp.gemini",
+            Provider::VertexAi => "gcp.vertex_ai",
+            Provider::Cohere => "cohere",
         }
     }
 
@@ -140,6 +158,22 @@ pub struct TargetInfo {
     pub base_path: String,
     /// `max_tokens` for providers that require one when the client gives none.
     pub default_max_tokens: u64,
+    /// Project, location and credentials of a `vertex_ai` target.
+    pub vertex: Option<Arc<vertex::VertexAccess>>,
+}
+
+#[cfg(test)]
+impl TargetInfo {
+    /// A target of `provider` at its default path, without provider settings.
+    pub fn for_tests(provider: Provider, model: &str) -> Self {
+        Self {
+            provider,
+            model: model.to_owned(),
+            base_path: provider.default_base_path().to_owned(),
+            default_max_tokens: 16,
+            vertex: None,
+        }
+    }
 }
 
 /// A future an adapter returns, borrowing the target.

@@ -90,6 +90,7 @@ mod tests {
             model: "gpt-4o-mini".to_owned(),
             base_path: provider.default_base_path().to_owned(),
             default_max_tokens: 16,
+            vertex: None,
         }
     }
 
