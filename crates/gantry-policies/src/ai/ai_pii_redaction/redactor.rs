@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 use regex::Regex;
 use regex_automata::hybrid::dfa::{Cache, DFA};
+use regex_automata::nfa::thompson::NFA;
 use regex_automata::{Anchored, Input};
+use regex_syntax::hir::{Capture, Hir, HirKind, Look, Repetition};
 
 use crate::ai::{AnswerFilter, AnswerStreamFilter};
 
@@ -59,12 +61,10 @@ impl Detector {
     /// A detector of `pattern`; the error says why the pattern does not compile.
     pub(crate) fn new(name: &str, replacement: String, pattern: &str, check: Check) -> Result<Self, String> {
         let regex = Regex::new(pattern).map_err(|err| err.to_string())?;
-        // `\b` is Unicode-aware, as in `regex`: the lazy DFA gives up on non-ASCII text around
-        // one, which the stream filter takes as "live" (it holds the text back: never unsafe).
-        let dfa = DFA::builder()
-            .configure(DFA::config().unicode_word_boundary(true))
-            .build(pattern)
-            .map_err(|err| err.to_string())?;
+        let parsed = regex_syntax::ParserBuilder::new().build().parse(pattern).map_err(|err| err.to_string())?;
+        let nfa =
+            NFA::compiler().build_from_hir(&without_unicode_word_boundaries(&parsed)).map_err(|err| err.to_string())?;
+        let dfa = DFA::builder().build_from_nfa(nfa).map_err(|err| err.to_string())?;
         Ok(Self { name: name.to_owned(), replacement, regex, dfa, check })
     }
 
@@ -94,12 +94,39 @@ impl Detector {
         for &byte in &text.as_bytes()[start..] {
             match self.dfa.next_state(cache, state, byte) {
                 Ok(next) if next.is_dead() => return false,
-                Ok(next) if next.is_quit() => return true,
                 Ok(next) => state = next,
                 Err(_) => return true,
             }
         }
         !state.is_dead()
+    }
+}
+
+/// `hir` without its Unicode word boundaries (`\b`, `\B` and their start and end forms),
+/// which a lazy DFA follows only by giving up on any non-ASCII byte near one. Without them the
+/// pattern matches more, never less, so the DFA still never calls a start dead that a match
+/// could begin at: the stream filter's question stays answered safely, on any text, and the
+/// boundaries are still checked by the `regex` that finds the matches.
+fn without_unicode_word_boundaries(hir: &Hir) -> Hir {
+    match hir.kind() {
+        HirKind::Look(
+            Look::WordUnicode
+            | Look::WordUnicodeNegate
+            | Look::WordStartUnicode
+            | Look::WordEndUnicode
+            | Look::WordStartHalfUnicode
+            | Look::WordEndHalfUnicode,
+        ) => Hir::empty(),
+        HirKind::Repetition(repetition) => Hir::repetition(Repetition {
+            sub: Box::new(without_unicode_word_boundaries(&repetition.sub)),
+            ..repetition.clone()
+        }),
+        HirKind::Capture(capture) => {
+            Hir::capture(Capture { sub: Box::new(without_unicode_word_boundaries(&capture.sub)), ..capture.clone() })
+        }
+        HirKind::Concat(subs) => Hir::concat(subs.iter().map(without_unicode_word_boundaries).collect()),
+        HirKind::Alternation(subs) => Hir::alternation(subs.iter().map(without_unicode_word_boundaries).collect()),
+        _ => hir.clone(),
     }
 }
 
@@ -188,8 +215,8 @@ fn phone(text: &str) -> bool {
     (if marked { 7..=15 } else { 9..=15 }).contains(&count)
 }
 
-/// The built-in detectors' patterns. Word boundaries are ASCII ones (`(?-u:\b)`), which the
-/// lazy DFA follows on any text.
+/// The built-in detectors' patterns. Word boundaries are ASCII ones (`(?-u:\b)`): digits and
+/// Latin letters are what these values are made of, and the lazy DFA follows these exactly.
 pub(crate) const EMAIL: &str = r"[A-Za-z0-9_%+-][A-Za-z0-9._%+-]{0,63}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,8}[A-Za-z]{2,24}(?-u:\b)";
 pub(crate) const CREDIT_CARD: &str = r"(?-u:\b)[0-9](?:[ -]?[0-9]){12,18}(?-u:\b)";
 pub(crate) const IBAN: &str = r"(?-u:\b)[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}(?-u:\b)";

@@ -64,13 +64,14 @@ fn uses_custom_patterns_and_the_mask() {
 }
 
 /// Texts with values at the start, the end, next to each other and next to look-alikes.
-const STREAMED: [&str; 6] = [
+const STREAMED: [&str; 7] = [
     "Reach Jane at jane.doe@example.com or +1 415 555 0100; card 4111 1111 1111 1111.",
     "jane@example.com",
     "IBAN DE89 3704 0044 0532 0130 00 and SSN 123-45-6789, host 10.0.0.1",
     "4111111111111111 4111 1111 1111 1112 555-123-4567",
     "No personal data in this answer, only 2024 and 3.14.",
     "é à 192.168.1.1 ü EMP-123456",
+    "Grüße, EMP-123456 à bientôt; ÉEMP-123456 n'en est pas un",
 ];
 
 fn stream(filter: &dyn AnswerFilter, deltas: &[&str]) -> Vec<String> {
@@ -95,7 +96,7 @@ fn assert_streams_like_whole(filter: &dyn AnswerFilter, text: &str, deltas: &[&s
 
 #[test]
 fn streams_the_same_text_as_the_whole_answer_split_at_every_boundary() {
-    let filter = answer_filter("custom_patterns:\n  - {name: employee_id, pattern: 'EMP-[0-9]{6}'}");
+    let filter = answer_filter("custom_patterns:\n  - {name: employee_id, pattern: '\\bEMP-[0-9]{6}\\b'}");
     let filter = &*filter;
     for text in STREAMED {
         let boundaries: Vec<usize> = (0..=text.len()).filter(|&at| text.is_char_boundary(at)).collect();
@@ -126,6 +127,17 @@ fn holds_back_only_what_a_match_can_still_need() {
     assert_eq!(stream.push("x"), "", "no SSN, but `123-45-6789x` could begin an address");
     assert_eq!(stream.push(" ok"), "123-45-6789x ");
     assert_eq!(stream.finish(), "ok");
+}
+
+#[test]
+fn holds_nothing_back_for_unicode_word_boundaries_beside_non_ascii_text() {
+    let filter =
+        answer_filter("detectors: []\ncustom_patterns:\n  - {name: employee_id, pattern: '\\bEMP-[0-9]{6}\\b'}");
+    let mut stream = filter.stream();
+    assert_eq!(stream.push("Grüße von André, "), "Grüße von André, ");
+    assert_eq!(stream.push("ÉEMP-123456 et EMP-12"), "ÉEMP-123456 et ", "`É` is a letter: no boundary before `EMP`");
+    assert_eq!(stream.push("3456 à bientôt"), "<EMPLOYEE_ID> à bientôt");
+    assert_eq!(stream.finish(), "");
 }
 
 #[test]
