@@ -433,9 +433,9 @@ impl Reading {
         }
     }
 
-    /// Headers for this reading in `style`: the IETF fields list every meter; the legacy ones
-    /// are written per measure by [`legacy_headers`]. Cost is left out of the IETF fields,
-    /// whose quotas are whole numbers.
+    /// This meter's members of the IETF fields, which list every meter (the legacy headers
+    /// show one meter per measure: [`legacy_headers`]). Cost is left out, as the fields'
+    /// quotas are whole numbers.
     fn ietf_headers(&self) -> Vec<(HeaderName, HeaderValue)> {
         if self.meter.measure == Measure::Cost {
             return Vec::new();
