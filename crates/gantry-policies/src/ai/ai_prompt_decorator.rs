@@ -132,8 +132,12 @@ impl Policy for CompiledPromptDecorator {
             prompt::Body::Empty => return Hook::Done(Flow::Continue),
             prompt::Body::Invalid(answer) => return Hook::Done(answer),
         };
-        // A request that escapes the added messages (a system prompt) by not being a chat is
-        // refused rather than passed on undecorated.
+        // An embeddings request generates no text: there is nothing to instruct.
+        if !body.contains_key("messages") && !body.contains_key("prompt") && body.contains_key("input") {
+            return Hook::Done(Flow::Continue);
+        }
+        // A request that would escape the added messages (a system prompt) by not being a chat
+        // (a completion's `prompt`) is refused rather than passed on undecorated.
         let Some(Value::Array(messages)) = body.get_mut("messages") else {
             return Hook::Done(prompt::refuse(
                 "this route only serves chat completions: `messages` must be a list of messages",
@@ -178,7 +182,9 @@ mod tests {
                 let sent = exchange.extensions.get::<RequestBody>().expect("a body").0.clone();
                 let length =
                     request.headers.get(CONTENT_LENGTH).map(|length| length.to_str().expect("text").to_owned());
-                assert_eq!(length, Some(sent.len().to_string()), "Content-Length follows the new body");
+                if sent != body.to_string() {
+                    assert_eq!(length, Some(sent.len().to_string()), "Content-Length follows the new body");
+                }
                 Ok(serde_json::from_slice(&sent).expect("JSON"))
             }
             Flow::Respond(response) => {
@@ -216,6 +222,12 @@ mod tests {
         let refused =
             decorate(&*decorator, json!({"model": "m", "prompt": "the discount codes are"})).expect_err("refused");
         assert_eq!(refused["error"]["code"], "messages_required");
+        let embeddings = json!({"model": "m", "input": ["the discount codes"]});
+        assert_eq!(
+            decorate(&*decorator, embeddings.clone()),
+            Ok(embeddings),
+            "embeddings generate no text to instruct"
+        );
         let refused = decorate(&*decorator, json!({"model": "m", "messages": "{template://x}"})).expect_err("refused");
         assert_eq!(refused["error"]["type"], "invalid_request_error");
         let mut models = request_parts(http::Request::get("/v1/models").body(()).expect("request"));
