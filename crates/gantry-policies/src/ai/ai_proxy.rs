@@ -32,7 +32,7 @@ use super::openai::{error_response, json_response};
 pub use super::providers::Provider;
 use super::providers::{self, ChatRequest, Operation, TargetInfo};
 use super::tokens;
-use super::{AnswerFilter, AnswerFilters};
+use super::{AnswerFilter, AnswerFilters, AnswerTap, AnswerTaps};
 
 /// Settings of `ai_proxy`.
 #[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
@@ -463,6 +463,7 @@ impl CompiledAiProxy {
         let ai = AiExchange::of(&mut exchange.extensions);
         ai.set_request_model(&request.model.name);
         let filters = exchange.extensions.get::<AnswerFilters>().map(|filters| filters.0.clone()).unwrap_or_default();
+        let taps = exchange.extensions.get::<AnswerTaps>().map(|taps| taps.0.clone()).unwrap_or_default();
         let targets = &request.model.targets;
         // Embeddings cannot be made of chats: targets without them are not tried.
         let able = |target: &CompiledTarget| operation != Operation::Embeddings || target.adapter.serves(operation);
@@ -489,7 +490,7 @@ impl CompiledAiProxy {
                 // It asked for a longer wait (`Retry-After`), or its circuit opened meanwhile.
                 continue;
             }
-            let outcome = self.try_target(target, &sender, &request, &ai, &filters).await;
+            let outcome = self.try_target(target, &sender, &request, &ai, &filters, &taps).await;
             match outcome {
                 Ok(answer) => return Flow::Respond(answer),
                 Err(Attempt::ClientError(answer)) => return Flow::Respond(answer),
@@ -530,6 +531,7 @@ impl CompiledAiProxy {
         request: &AiRequest<'_>,
         ai: &AiExchange,
         filters: &[Arc<dyn AnswerFilter>],
+        taps: &[AnswerTap],
     ) -> Result<PolicyResponse, Attempt> {
         let adapter = target.adapter;
         // A completion asked of a provider that only chats goes as a chat of one message.
@@ -618,7 +620,8 @@ impl CompiledAiProxy {
                 request.include_usage,
                 filters.to_vec(),
                 report,
-            );
+            )
+            .with_taps(taps.to_vec());
             let mut response = PolicyResponse::new(Bytes::new());
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
             response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -654,6 +657,9 @@ impl CompiledAiProxy {
         };
         report.finish(reported, estimated_output);
         filter_whole(&mut answer, filters);
+        for tap in taps {
+            tap(&answer);
+        }
         Ok(json_response(StatusCode::OK, &answer))
     }
 }

@@ -36,3 +36,16 @@ pub trait AnswerStreamFilter: Send {
 /// The answer filters of an exchange, in the order their policies ran.
 #[derive(Clone, Default)]
 pub struct AnswerFilters(pub Vec<Arc<dyn AnswerFilter>>);
+
+/// Sees a complete successful answer as the client got it (after the answer filters), in
+/// OpenAI's shape: a `chat.completion`, `text_completion` or embedding `list`, with `usage`.
+pub type AnswerTap = Arc<dyn Fn(&serde_json::Value) + Send + Sync>;
+
+/// The answer taps of an exchange: caches (`ai_response_cache`, `ai_semantic_cache`) that run
+/// before `ai_proxy` add theirs, and `ai_proxy` calls each with the answer once it is whole.
+/// A streamed answer is reassembled into a `chat.completion` (or `text_completion`) and given
+/// to the taps only when its stream ended cleanly: not after a provider's error, a broken or
+/// silent stream, or a client that left. Streamed answers holding tool calls are not
+/// reassembled, so the taps never see them; whole answers with tool calls are given as they are.
+#[derive(Clone, Default)]
+pub struct AnswerTaps(pub Vec<AnswerTap>);

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::tokens;
 use crate::ai::providers::{ChatRequest, EventDecoder, Operation, StreamTranslator};
 use crate::ai::sse::data_event;
-use crate::ai::{AnswerFilter, AnswerStreamFilter};
+use crate::ai::{AnswerFilter, AnswerStreamFilter, AnswerTap};
 
 /// Price of a million tokens, input and output.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -212,6 +212,9 @@ pub struct ClientStream {
     /// The last chunk's `id`, `created` and `model`, for the chunks the gateway adds.
     last_head: Option<(Value, Value, Value)>,
     ended: bool,
+    taps: Vec<AnswerTap>,
+    /// The answer put back together from what the client was sent, when taps want it.
+    assembly: Option<Assembly>,
 }
 
 impl ClientStream {
@@ -235,7 +238,16 @@ impl ClientStream {
             report,
             last_head: None,
             ended: false,
+            taps: Vec::new(),
+            assembly: None,
         }
+    }
+
+    /// Gives `taps` the whole answer once the stream has ended cleanly.
+    pub fn with_taps(mut self, taps: Vec<AnswerTap>) -> Self {
+        self.assembly = (!taps.is_empty()).then(Assembly::default);
+        self.taps = taps;
+        self
     }
 
     /// The client's bytes for the next provider bytes.
@@ -278,7 +290,19 @@ impl ClientStream {
         out.extend_from_slice(b"data: [DONE]\n\n");
         self.finish_usage();
         self.ended = true;
+        self.tap_answer();
         out
+    }
+
+    /// Gives the taps the reassembled answer, if every choice finished and none called tools.
+    fn tap_answer(&mut self) {
+        let Some(assembly) = self.assembly.take() else { return };
+        let usage = self.reported.unwrap_or_else(|| (self.report.estimated_input(), self.written_tokens()));
+        let Some(answer) = assembly.answer(usage) else { return };
+        let answer = if self.as_completion { chat_as_completion(answer) } else { answer };
+        for tap in &self.taps {
+            tap(&answer);
+        }
     }
 
     fn finish_usage(&self) {
@@ -368,9 +392,89 @@ impl ClientStream {
         self.send(chunk, out);
     }
 
-    fn send(&self, chunk: Value, out: &mut Vec<u8>) {
+    fn send(&mut self, chunk: Value, out: &mut Vec<u8>) {
+        if let Some(assembly) = &mut self.assembly {
+            if chunk.get("error").is_none() {
+                assembly.add(&chunk);
+            }
+        }
         let chunk = if self.as_completion && chunk.get("error").is_none() { chunk_as_completion(chunk) } else { chunk };
         out.extend(data_event(&chunk.to_string()));
+    }
+}
+
+/// A streamed chat answer put back together from its chunks, for the answer taps.
+#[derive(Default)]
+struct Assembly {
+    id: Value,
+    created: Value,
+    model: Value,
+    /// By choice index: text so far and finish reason.
+    choices: Vec<(u64, String, Option<Value>)>,
+    /// Tool calls are not reassembled: such an answer is not given to the taps.
+    tool_calls: bool,
+}
+
+impl Assembly {
+    fn add(&mut self, chunk: &Value) {
+        for (field, slot) in [("id", &mut self.id), ("created", &mut self.created), ("model", &mut self.model)] {
+            if slot.is_null() {
+                *slot = chunk.get(field).cloned().unwrap_or(Value::Null);
+            }
+        }
+        for choice in chunk.get("choices").and_then(Value::as_array).into_iter().flatten() {
+            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let at = match self.choices.iter().position(|(known, _, _)| *known == index) {
+                Some(at) => at,
+                None => {
+                    self.choices.push((index, String::new(), None));
+                    self.choices.len() - 1
+                }
+            };
+            let (_, text, finish) = &mut self.choices[at];
+            if let Some(delta) = choice.get("delta") {
+                if delta.get("tool_calls").is_some_and(|calls| !calls.is_null())
+                    || delta.get("function_call").is_some_and(|call| !call.is_null())
+                {
+                    self.tool_calls = true;
+                }
+                if let Some(content) = delta.get("content").and_then(Value::as_str) {
+                    text.push_str(content);
+                }
+            }
+            if let Some(reason) = choice.get("finish_reason").filter(|reason| !reason.is_null()) {
+                *finish = Some(reason.clone());
+            }
+        }
+    }
+
+    /// The `chat.completion` with `usage` (input, output), unless a choice never finished or
+    /// tools were called.
+    fn answer(mut self, (input, output): (u64, u64)) -> Option<Value> {
+        if self.tool_calls || self.choices.is_empty() || self.choices.iter().any(|(_, _, finish)| finish.is_none()) {
+            return None;
+        }
+        self.choices.sort_by_key(|(index, _, _)| *index);
+        let choices: Vec<Value> = self
+            .choices
+            .into_iter()
+            .map(|(index, text, finish)| {
+                json!({
+                    "index": index,
+                    "message": { "role": "assistant", "content": text },
+                    "logprobs": null,
+                    "finish_reason": finish,
+                })
+            })
+            .collect();
+        Some(json!({
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": { "prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output },
+        }))
     }
 }
 
@@ -410,4 +514,107 @@ pub fn translate(upstream: ChunkStream, client: ClientStream, idle: std::time::D
             }
         }
     }))
+}
+
+#[cfg(test)]
+mod tap_tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::ai::providers::{self, ChatRequest};
+
+    /// A client stream passing OpenAI chunks on, and what its tap was given.
+    fn tapped(include_usage: bool) -> (ClientStream, Arc<Mutex<Vec<Value>>>) {
+        let report = UsageReport {
+            exchange: AiExchange::default(),
+            operation: Operation::Chat,
+            provider: "openai",
+            request_model: Arc::from("chat"),
+            response_model: "gpt-4o-mini".to_owned(),
+            price: None,
+            prompt: Arc::new(ChatRequest::new()),
+        };
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let into = seen.clone();
+        let tap: AnswerTap = Arc::new(move |answer: &Value| into.lock().expect("lock").push(answer.clone()));
+        let stream = ClientStream::new(
+            Box::<crate::ai::sse::Parser>::default(),
+            Box::new(providers::openai::Passthrough),
+            false,
+            include_usage,
+            Vec::new(),
+            report,
+        )
+        .with_taps(vec![tap]);
+        (stream, seen)
+    }
+
+    fn chunk(index: u64, delta: Value, finish: Option<&str>) -> String {
+        let chunk = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish}]});
+        format!("data: {chunk}\n\n")
+    }
+
+    const USAGE: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":5,\"total_tokens\":16}}\n\n";
+
+    #[test]
+    fn a_stream_that_ended_cleanly_is_given_to_the_taps_as_one_chat_completion() {
+        let (mut stream, seen) = tapped(false);
+        for event in [
+            chunk(0, json!({"role": "assistant", "content": ""}), None),
+            chunk(1, json!({"role": "assistant", "content": "Second"}), None),
+            chunk(0, json!({"content": "Hello"}), None),
+            chunk(0, json!({"content": " there"}), None),
+            chunk(0, json!({}), Some("stop")),
+            chunk(1, json!({}), Some("length")),
+            USAGE.to_owned(),
+        ] {
+            stream.feed(event.as_bytes()).expect("feed");
+        }
+        assert!(seen.lock().expect("lock").is_empty(), "not before the stream ends");
+        stream.end();
+        let seen = seen.lock().expect("lock");
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            seen[0],
+            json!({
+                "id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "Hello there"}, "logprobs": null, "finish_reason": "stop"},
+                    {"index": 1, "message": {"role": "assistant", "content": "Second"}, "logprobs": null, "finish_reason": "length"},
+                ],
+                "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16},
+            })
+        );
+    }
+
+    #[test]
+    fn broken_errored_unfinished_and_tool_calling_streams_are_not_given_to_the_taps() {
+        // The client left (or the provider broke off): the stream is dropped before its end.
+        let (mut stream, seen) = tapped(true);
+        stream.feed(chunk(0, json!({"content": "Hel"}), None).as_bytes()).expect("feed");
+        drop(stream);
+        assert!(seen.lock().expect("lock").is_empty());
+
+        // A provider's error mid-stream.
+        let (mut stream, seen) = tapped(true);
+        stream.feed(chunk(0, json!({"content": "Hel"}), None).as_bytes()).expect("feed");
+        stream.feed(b"data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n").expect("feed");
+        stream.end();
+        assert!(seen.lock().expect("lock").is_empty());
+
+        // Ended without a finish reason.
+        let (mut stream, seen) = tapped(true);
+        stream.feed(chunk(0, json!({"content": "Hel"}), None).as_bytes()).expect("feed");
+        stream.end();
+        assert!(seen.lock().expect("lock").is_empty());
+
+        // Tool calls.
+        let (mut stream, seen) = tapped(true);
+        let call = json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+            "function": {"name": "weather", "arguments": "{}"}}]});
+        stream.feed(chunk(0, call, Some("tool_calls")).as_bytes()).expect("feed");
+        stream.end();
+        assert!(seen.lock().expect("lock").is_empty());
+    }
 }
