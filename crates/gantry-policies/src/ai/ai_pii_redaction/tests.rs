@@ -36,6 +36,7 @@ fn finds_each_kind_of_personal_data_and_passes_look_alikes() {
         ("card 4111 1111 1111 1111, exp 12/27", "card <CREDIT_CARD>, exp 12/27"),
         ("card 4111-1111-1111-1111 and 5500005555555559", "card <CREDIT_CARD> and <CREDIT_CARD>"),
         ("not a card: 4111 1111 1111 1112", "not a card: 4111 1111 1111 1112"),
+        ("card 4111 1111 1111 1111 2024 and 5500 0055 5555 5559-12", "card <CREDIT_CARD> 2024 and <CREDIT_CARD>-12"),
         ("pay to DE89 3704 0044 0532 0130 00 TODAY", "pay to <IBAN> TODAY"),
         ("pay to GB82WEST12345698765432.", "pay to <IBAN>."),
         ("not an IBAN: DE88 3704 0044 0532 0130 00", "not an IBAN: DE88 3704 0044 0532 0130 00"),
