@@ -397,8 +397,12 @@ fn refuses_bad_settings_with_field_paths() {
             "models[1].name",
         ),
         (
-            "models: [{name: a, targets: [{provider: cohere, upstream: first, model: m}]}]",
+            "models: [{name: a, targets: [{provider: watsonx, upstream: first, model: m}]}]",
             "models[0].targets[0].provider",
+        ),
+        (
+            "models: [{name: a, targets: [{provider: vertex_ai, upstream: first, model: m}]}]",
+            "models[0].targets[0].vertex",
         ),
         (
             "models: [{name: a, targets: [{provider: openai, upstream: first, model: m, colour: red}]}]",
