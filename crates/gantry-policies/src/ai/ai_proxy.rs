@@ -106,6 +106,12 @@ pub struct TargetConfig {
     /// Project, location and credentials of a `vertex_ai` target (required there).
     #[serde(default)]
     pub vertex: Option<providers::vertex::VertexConfig>,
+    /// `api_version` and `deployment` of an `azure_openai` target.
+    #[serde(default)]
+    pub azure: Option<providers::azure::AzureConfig>,
+    /// Region and credentials of a `bedrock` target (required there).
+    #[serde(default)]
+    pub bedrock: Option<providers::bedrock::BedrockConfig>,
 }
 
 /// Price of a million tokens, in any currency unit (the same for every target of a policy,
@@ -266,6 +272,8 @@ fn validate_target(target: &TargetConfig, at: &FieldPath, errors: &mut ConfigErr
         errors.push(at.key("default_max_tokens"), "must be at least 1");
     }
     providers::vertex::validate(target.provider, target.vertex.as_ref(), at, errors);
+    providers::azure::validate(target.provider, target.azure.as_ref(), at, errors);
+    providers::bedrock::validate(target.provider, target.bedrock.as_ref(), target.api_key.is_some(), at, errors);
     if let Some(price) = target.price {
         for (key, value) in [("input", price.input), ("output", price.output)] {
             if !value.is_finite() || value < 0.0 {
@@ -354,6 +362,9 @@ fn compile_target(
             base_path: base_path.trim_end_matches('/').to_owned(),
             default_max_tokens: target.default_max_tokens,
             vertex: providers::vertex::VertexAccess::load(target.vertex.as_ref(), &path.key("vertex"), errors),
+            azure: (target.provider == Provider::AzureOpenai)
+                .then(|| providers::azure::AzureApi::of(target.azure.as_ref(), &target.model)),
+            bedrock: providers::bedrock::BedrockAccess::of(target.provider, target.bedrock.as_ref()),
         },
         adapter,
         upstream: Arc::from(target.upstream.as_str()),
@@ -591,7 +602,7 @@ impl CompiledAiProxy {
         if !status.is_success() {
             let read = tokio::time::timeout_at(deadline, read_whole(chunks, self.max_response_bytes)).await;
             let error_body = read.ok().and_then(Result::ok).unwrap_or_default();
-            let (status, body) = adapter.error(status, &error_body);
+            let (status, body) = adapter.error_with_headers(status, &parts.headers, &error_body);
             if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
                 if let Some(seconds) = retry_after(&parts.headers) {
                     target.health.block_for(std::time::Duration::from_secs(seconds));

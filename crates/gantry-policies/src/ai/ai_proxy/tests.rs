@@ -288,6 +288,8 @@ fn compiled(upstream: &str, weight: u32) -> CompiledTarget {
             base_path: "/v1".to_owned(),
             default_max_tokens: 1,
             vertex: None,
+            azure: None,
+            bedrock: None,
         },
         adapter: Provider::Openai.adapter(),
         upstream: Arc::from(upstream),

@@ -3,6 +3,8 @@
 //! client's stream) knows no provider.
 
 pub mod anthropic;
+pub mod azure;
+pub mod bedrock;
 pub mod cohere;
 pub mod gemini;
 pub mod openai;
@@ -55,6 +57,10 @@ pub enum Provider {
     Openai,
     /// Anthropic's Messages API.
     Anthropic,
+    /// Azure OpenAI, with the target's `azure` settings.
+    AzureOpenai,
+    /// Amazon Bedrock's Converse API, with the target's `bedrock` settings.
+    Bedrock,
     /// Any other OpenAI-compatible API, at the target's `base_path`.
     OpenaiCompatible,
     /// Mistral's API (OpenAI-compatible, `/v1`).
@@ -90,6 +96,8 @@ impl Provider {
     pub fn adapter(self) -> &'static dyn Adapter {
         match self {
             Provider::Anthropic => &anthropic::Anthropic,
+            Provider::AzureOpenai => &azure::AzureOpenAi,
+            Provider::Bedrock => &bedrock::Bedrock,
             Provider::Gemini => &gemini::Gemini,
             Provider::VertexAi => &vertex::Vertex,
             Provider::Cohere => &cohere::Cohere,
@@ -114,7 +122,8 @@ impl Provider {
             Provider::Groq => "/openai/v1",
             Provider::Fireworks => "/inference/v1",
             Provider::Openrouter => "/api/v1",
-            Provider::Perplexity => "",
+            Provider::Perplexity | Provider::Bedrock => "",
+            Provider::AzureOpenai => "/openai",
             Provider::Gemini => "/v1beta",
             Provider::Cohere => "/v2",
             _ => "/v1",
@@ -126,6 +135,8 @@ impl Provider {
         match self {
             Provider::Openai => "openai",
             Provider::Anthropic => "anthropic",
+            Provider::AzureOpenai => "az.ai.openai",
+            Provider::Bedrock => "aws.bedrock",
             Provider::OpenaiCompatible | Provider::Ollama | Provider::Vllm => "openai_compatible",
             Provider::Mistral => "mistral_ai",
             Provider::Groq => "groq",
@@ -144,7 +155,7 @@ impl Provider {
     /// Whether its streams report usage when asked with `stream_options.include_usage`
     /// (Perplexity and Mistral always send it, and refuse the option).
     pub fn takes_stream_options(self) -> bool {
-        !matches!(self, Provider::Anthropic | Provider::Perplexity | Provider::Mistral)
+        !matches!(self, Provider::Anthropic | Provider::Perplexity | Provider::Mistral | Provider::Bedrock)
     }
 }
 
@@ -158,6 +169,10 @@ pub struct TargetInfo {
     pub base_path: String,
     /// `max_tokens` for providers that require one when the client gives none.
     pub default_max_tokens: u64,
+    /// Where an `azure_openai` target's requests go.
+    pub azure: Option<azure::AzureApi>,
+    /// Region, host and credentials of a `bedrock` target.
+    pub bedrock: Option<Arc<bedrock::BedrockAccess>>,
     /// Project, location and credentials of a `vertex_ai` target.
     pub vertex: Option<Arc<vertex::VertexAccess>>,
 }
@@ -172,6 +187,8 @@ impl TargetInfo {
             base_path: provider.default_base_path().to_owned(),
             default_max_tokens: 16,
             vertex: None,
+            azure: None,
+            bedrock: None,
         }
     }
 }
@@ -217,6 +234,11 @@ pub trait Adapter: Send + Sync {
 
     /// An error answer, in OpenAI's shape: status and body.
     fn error(&self, status: StatusCode, body: &[u8]) -> (StatusCode, Value);
+
+    /// [`Adapter::error`] for providers that name the error in a header (AWS).
+    fn error_with_headers(&self, status: StatusCode, _headers: &http::HeaderMap, body: &[u8]) -> (StatusCode, Value) {
+        self.error(status, body)
+    }
 
     /// The translator of a streamed answer into OpenAI chunks.
     fn stream(&self, target: &TargetInfo, operation: Operation) -> Box<dyn StreamTranslator>;

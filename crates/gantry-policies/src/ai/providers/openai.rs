@@ -91,6 +91,8 @@ mod tests {
             base_path: provider.default_base_path().to_owned(),
             default_max_tokens: 16,
             vertex: None,
+            azure: None,
+            bedrock: None,
         }
     }
 
