@@ -36,8 +36,32 @@ pub struct Template {
     pub name: String,
     /// The body fields the template sets: `messages` (chat), `prompt` (completions) or `input`
     /// (embeddings), and any other field to force (`temperature`). Texts hold `{{property}}`
-    /// placeholders.
-    pub template: Map<String, Value>,
+    /// placeholders. An object, or the same as JSON text in a string (as Kong writes them).
+    pub template: TemplateBody,
+}
+
+/// The fields a template sets.
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum TemplateBody {
+    /// As an object.
+    Fields(Map<String, Value>),
+    /// As a JSON object in a string.
+    Json(String),
+}
+
+impl TemplateBody {
+    /// The fields, or why the JSON text is not an object.
+    fn fields(&self) -> Result<Map<String, Value>, String> {
+        match self {
+            TemplateBody::Fields(fields) => Ok(fields.clone()),
+            TemplateBody::Json(text) => match serde_json::from_str(text) {
+                Ok(Value::Object(fields)) => Ok(fields),
+                Ok(_) => Err("is not a JSON object".to_owned()),
+                Err(err) => Err(format!("is not a JSON object: {err}")),
+            },
+        }
+    }
 }
 
 fn default_allow_untemplated_requests() -> bool {
@@ -66,13 +90,20 @@ impl Validate for Config {
                 errors.push(at.key("name"), format!("`{}` names another template too", template.name));
             }
             let at = at.key("template");
-            if !REFERENCE_FIELDS.iter().any(|field| template.template.contains_key(*field)) {
+            let fields = match template.template.fields() {
+                Ok(fields) => fields,
+                Err(message) => {
+                    errors.push(at, message);
+                    continue;
+                }
+            };
+            if !REFERENCE_FIELDS.iter().any(|field| fields.contains_key(*field)) {
                 errors.push(at.clone(), "set `messages`, `prompt` or `input`");
             }
-            if template.template.contains_key("properties") {
+            if fields.contains_key("properties") {
                 errors.push(at.key("properties"), "a rendered body has no `properties`");
             }
-            match template.template.get("messages") {
+            match fields.get("messages") {
                 None => {}
                 Some(Value::Array(messages)) if !messages.is_empty() => {
                     for (index, message) in messages.iter().enumerate() {
@@ -106,11 +137,13 @@ impl PolicyFactory for AiPromptTemplate {
             .templates
             .into_iter()
             .map(|template| {
+                // Validation reported a template that is not an object; the build fails with it.
+                let body = template.template.fields().unwrap_or_default();
                 let mut properties = BTreeSet::new();
-                for_each_text(&template.template, &mut |text| {
+                for_each_text(&body, &mut |text| {
                     properties.extend(PLACEHOLDER.captures_iter(text).map(|found| found[1].to_owned()));
                 });
-                CompiledTemplate { name: template.name, body: template.template, properties }
+                CompiledTemplate { name: template.name, body, properties }
             })
             .collect();
         Ok(Arc::new(CompiledPromptTemplate {
@@ -279,8 +312,7 @@ mod tests {
         - {role: system, content: 'You explain things to a {{ audience }}.'}
         - {role: user, content: 'Explain {{thing}} in {{words}} words.'}
   - name: complete
-    template:
-      prompt: 'Once upon a time, {{opening}}'
+    template: '{\"prompt\": \"Once upon a time, {{opening}}\"}'
 ";
 
     fn build(yaml: &str) -> Arc<dyn Policy> {
@@ -389,6 +421,8 @@ mod tests {
   - {name: a, template: {temperature: 1}}
   - {name: '', template: {messages: [{content: x}], properties: {}}}
   - {name: b, template: {messages: hello}}
+  - {name: c, template: '[1]'}
+  - {name: d, template: '{\"prompt\": '}
 ",
         )
         .iter()
@@ -404,6 +438,8 @@ mod tests {
                 format!("{at}[2].template.properties: a rendered body has no `properties`"),
                 format!("{at}[2].template.messages[0]: a message needs a `role` and a `content`"),
                 format!("{at}[3].template.messages: must be a list of messages"),
+                format!("{at}[4].template: is not a JSON object"),
+                format!("{at}[5].template: is not a JSON object: EOF while parsing a value at line 1 column 11"),
             ]
         );
         let none = build_policy_error(entry(), "templates: []");
