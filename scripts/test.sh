@@ -66,6 +66,15 @@ if ! target/test-tools/llmock/bin/python -c 'import importlib.metadata as m; ass
   target/test-tools/llmock/bin/pip install --quiet --disable-pip-version-check llmock==0.2.2
 fi
 
+# botocore (pinned), whose SigV4 signer checks every request the Bedrock fake of the ai_proxy
+# tests receives, in its own virtual environment in target/test-tools/cloud-llm.
+if ! target/test-tools/cloud-llm/bin/python -c 'import botocore; assert botocore.__version__ == "1.44.5"' 2>/dev/null; then
+  echo "installing: botocore==1.44.5"
+  rm -rf target/test-tools/cloud-llm
+  python3 -m venv target/test-tools/cloud-llm
+  target/test-tools/cloud-llm/bin/pip install --quiet --disable-pip-version-check botocore==1.44.5
+fi
+
 echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== cargo clippy"

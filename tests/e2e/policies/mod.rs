@@ -8,6 +8,7 @@ mod ai_pii_redaction;
 mod ai_prompt_decorator;
 mod ai_prompt_guard;
 mod ai_prompt_template;
+mod ai_providers_cloud;
 mod ai_providers_google_cohere;
 mod ai_proxy;
 mod ai_rate_limit;
