@@ -346,6 +346,8 @@ fn compile_target(
             format!("unknown upstream `{}`; configured upstreams: {}", target.upstream, known.join(", ")),
         );
     }
+    let upstream = context.spec.upstreams.iter().find(|upstream| upstream.id == target.upstream);
+    providers::bedrock::check_upstream(target.provider, upstream, &path.key("upstream"), errors);
     let adapter = target.provider.adapter();
     let auth = target.api_key.as_ref().and_then(|key| {
         let (name, value) = match &target.auth_header {

@@ -16,7 +16,7 @@ use aws_sigv4::sign::v4;
 use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
 use aws_smithy_types::event_stream::Message;
 use bytes::BytesMut;
-use gantry_config::{ConfigErrors, FieldPath, Secret};
+use gantry_config::{ConfigErrors, FieldPath, HostHeaderSpec, Secret, UpstreamSpec};
 use http::header::{HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST};
 use http::StatusCode;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -121,6 +121,24 @@ pub fn validate(
         if host.is_empty() || host.parse::<http::uri::Authority>().is_err() {
             errors.push(at.key("host"), format!("`{host}` is not a host name"));
         }
+    }
+}
+
+/// Checks that a `bedrock` target's upstream sends the `Host` the target signed: an upstream
+/// that replaces it (`host_header: endpoint` or `rewrite`) would make every signature fail.
+pub fn check_upstream(provider: Provider, upstream: Option<&UpstreamSpec>, at: &FieldPath, errors: &mut ConfigErrors) {
+    let Some(upstream) = upstream.filter(|_| provider == Provider::Bedrock) else {
+        return;
+    };
+    if upstream.host_header != HostHeaderSpec::Pass {
+        errors.push(
+            at.clone(),
+            format!(
+                "upstream `{}` replaces the `Host` header, which a `bedrock` target sets and signs itself: \
+                 leave its `host_header` at `pass` (and set `bedrock.host` for another host name)",
+                upstream.id
+            ),
+        );
     }
 }
 

@@ -399,3 +399,26 @@ fn converse_streams_become_chunks() {
     );
     assert!(failing.event("messageStop", r#"{"stopReason":"end_turn"}"#).is_empty(), "nothing after an exception");
 }
+
+#[test]
+fn an_upstream_that_replaces_the_signed_host_is_refused() {
+    let at = FieldPath::root().key("upstream");
+    let upstream = |host_header: HostHeaderSpec| {
+        let mut spec: UpstreamSpec =
+            serde_json::from_value(json!({"id": "aws", "endpoints": ["bedrock-runtime.us-east-1.amazonaws.com:443"]}))
+                .expect("upstream");
+        spec.host_header = host_header;
+        spec
+    };
+    let messages = |provider: Provider, spec: &UpstreamSpec| {
+        let mut errors = ConfigErrors::default();
+        check_upstream(provider, Some(spec), &at, &mut errors);
+        errors.iter().map(ToString::to_string).collect::<Vec<_>>()
+    };
+    assert!(messages(Provider::Bedrock, &upstream(HostHeaderSpec::Pass)).is_empty());
+    let refused = messages(Provider::Bedrock, &upstream(HostHeaderSpec::Endpoint));
+    assert_eq!(refused.len(), 1);
+    assert!(refused[0].starts_with("upstream: upstream `aws` replaces the `Host` header"), "{refused:?}");
+    assert_eq!(messages(Provider::Bedrock, &upstream(HostHeaderSpec::Rewrite("x".into()))).len(), 1);
+    assert!(messages(Provider::Openai, &upstream(HostHeaderSpec::Endpoint)).is_empty());
+}
