@@ -2,8 +2,8 @@
 //! against llmock, which serves both (Gemini at `/gemini/v1beta`, Cohere at `/cohere/v2`):
 //! whole and streamed chats (the stream's chunks reaching the client while llmock is still
 //! generating), a tool call and its result, and a provider's 429 passed on with `Retry-After`.
-//! llmock serves neither provider's embeddings nor Vertex AI's paths: those translations are
-//! covered by the providers' unit tests.
+//! llmock serves neither provider's embeddings (the requests are checked, the answers are
+//! unit-tested) nor Vertex AI's paths (`ai_providers_vertex` uses a stand-in for Google).
 
 use std::time::{Duration, Instant};
 

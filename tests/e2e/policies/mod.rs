@@ -10,6 +10,7 @@ mod ai_prompt_guard;
 mod ai_prompt_template;
 mod ai_providers_cloud;
 mod ai_providers_google_cohere;
+mod ai_providers_vertex;
 mod ai_proxy;
 mod ai_rate_limit;
 mod allowed_hours;
