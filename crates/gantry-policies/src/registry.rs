@@ -17,6 +17,8 @@ use crate::ai::ai_prompt_guard::AiPromptGuard;
 use crate::ai::ai_prompt_template::AiPromptTemplate;
 use crate::ai::ai_proxy::AiProxy;
 use crate::ai::ai_rate_limit::AiRateLimit;
+use crate::ai::ai_response_cache::AiResponseCache;
+use crate::ai::ai_semantic_cache::AiSemanticCache;
 use crate::forward::aggregate::Aggregate;
 use crate::forward::mock_response::MockResponse;
 use crate::forward::request_mirror::RequestMirror;
@@ -106,6 +108,8 @@ static POLICIES: LazyLock<Vec<RegisteredPolicy>> = LazyLock::new(|| {
         RegisteredPolicy::of::<TrafficSplit>(),
         RegisteredPolicy::of::<RequestMirror>(),
         RegisteredPolicy::of::<ResponseCache>(),
+        RegisteredPolicy::of::<AiResponseCache>(),
+        RegisteredPolicy::of::<AiSemanticCache>(),
         RegisteredPolicy::of::<MockResponse>(),
         RegisteredPolicy::of::<Aggregate>(),
         RegisteredPolicy::of::<AiProxy>(),

@@ -7,6 +7,7 @@
 
 pub mod certs;
 pub mod client;
+pub mod embeddings;
 pub mod cloud_llm;
 pub mod etcd;
 pub mod gateway;
