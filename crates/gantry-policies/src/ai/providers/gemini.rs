@@ -100,7 +100,12 @@ pub fn request(request: &ChatRequest) -> Result<Value, String> {
                     if let Some(id) = call.get("id").and_then(Value::as_str) {
                         call_names.push((id.to_owned(), name.to_owned()));
                     }
-                    parts.push(json!({ "functionCall": { "name": name, "args": args } }));
+                    let mut part = json!({ "functionCall": { "name": name, "args": args } });
+                    // Gemini 3 wants its thought signature back with the call it came with.
+                    if let Some(signature) = call.pointer("/extra_content/google/thought_signature") {
+                        part["thoughtSignature"] = signature.clone();
+                    }
+                    parts.push(part);
                 }
                 ("model", parts)
             }
@@ -284,17 +289,24 @@ fn call_id() -> String {
     format!("call_{hex}")
 }
 
-/// A function call part as an OpenAI tool call (without `index`).
-fn tool_call(call: &Value) -> Value {
+/// A function call part as an OpenAI tool call (without `index`); its thought signature
+/// travels in `extra_content.google.thought_signature`, where Google's own OpenAI
+/// compatibility puts it, so a client sending the call back returns it too.
+fn tool_call(part: &Value) -> Option<Value> {
+    let call = part.get("functionCall")?;
     let id = call.get("id").and_then(Value::as_str).map_or_else(call_id, str::to_owned);
-    json!({
+    let mut tool_call = json!({
         "id": id,
         "type": "function",
         "function": {
             "name": call.get("name").cloned().unwrap_or(Value::Null),
             "arguments": call.get("args").map_or_else(|| "{}".to_owned(), Value::to_string),
         },
-    })
+    });
+    if let Some(signature) = part.get("thoughtSignature") {
+        tool_call["extra_content"] = json!({ "google": { "thought_signature": signature } });
+    }
+    Some(tool_call)
 }
 
 /// The text (thoughts left out) and function calls of a candidate's parts.
@@ -309,9 +321,7 @@ fn read_parts(candidate: &Value) -> (String, Vec<Value>) {
         if let Some(piece) = part.get("text").and_then(Value::as_str) {
             text.push_str(piece);
         }
-        if let Some(call) = part.get("functionCall") {
-            calls.push(tool_call(call));
-        }
+        calls.extend(tool_call(part));
     }
     (text, calls)
 }

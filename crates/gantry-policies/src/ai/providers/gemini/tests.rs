@@ -326,3 +326,35 @@ fn streams_whole_function_calls_and_errors() {
     cut.event("message", r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Hel"}]},"index":0}],"usageMetadata":{"promptTokenCount":3}}"#);
     assert!(cut.end().is_empty(), "a stream cut short reports no usage: the client's stream estimates it");
 }
+
+/// Gemini 3's function calls carry a thought signature that must come back with the call;
+/// clients carry it in `extra_content.google.thought_signature`, as with Google's own OpenAI
+/// compatibility.
+#[test]
+fn thought_signatures_go_out_with_tool_calls_and_come_back() {
+    let answer = br#"{"candidates": [{"content": {"role": "model", "parts": [
+        {"functionCall": {"name": "check_flight", "args": {"flight": "AA100"}}, "thoughtSignature": "CoAC...sig1"}
+      ]}, "finishReason": "STOP"}]}"#;
+    let completion = response(answer, "gemini-3-pro-preview").expect("translated");
+    let call = completion["choices"][0]["message"]["tool_calls"][0].clone();
+    assert_eq!(call["extra_content"], json!({"google": {"thought_signature": "CoAC...sig1"}}));
+
+    let mut stream = Stream::new("gemini-3-pro-preview");
+    let chunks = stream.event("message", std::str::from_utf8(answer).expect("utf-8"));
+    assert_eq!(
+        chunks[1]["choices"][0]["delta"]["tool_calls"][0]["extra_content"]["google"]["thought_signature"],
+        "CoAC...sig1"
+    );
+
+    let id = call["id"].as_str().expect("id").to_owned();
+    let back = chat(json!({"messages": [
+        {"role": "user", "content": "Check flight AA100"},
+        {"role": "assistant", "content": null, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": id, "content": "{\"status\": \"delayed\"}"}
+    ]}));
+    assert_eq!(
+        sent(&back, Operation::Chat)["contents"][1],
+        json!({"role": "model", "parts": [{"functionCall": {"name": "check_flight", "args": {"flight": "AA100"}},
+            "thoughtSignature": "CoAC...sig1"}]})
+    );
+}
