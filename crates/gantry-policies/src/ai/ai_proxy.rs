@@ -606,7 +606,7 @@ impl CompiledAiProxy {
             let error_body = read.ok().and_then(Result::ok).unwrap_or_default();
             let (status, body) = adapter.error_with_headers(status, &parts.headers, &error_body);
             if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-                if let Some(seconds) = retry_after(&parts.headers) {
+                if let Some(seconds) = retry_after(&parts.headers).or_else(|| adapter.retry_delay(&error_body)) {
                     target.health.block_for(std::time::Duration::from_secs(seconds));
                 }
                 return Err(Attempt::Failed(Failure::Answered(status, body)));

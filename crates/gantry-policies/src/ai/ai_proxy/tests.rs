@@ -593,3 +593,24 @@ fn whole_answers_are_filtered_and_completions_turned_back_from_chats() {
     let two: ChatRequest = serde_json::from_str(r#"{"model":"m","prompt":["a","b"]}"#).expect("json");
     assert!(completion_as_chat(&two).is_err());
 }
+
+#[tokio::test]
+async fn a_wait_asked_for_in_a_google_error_body_keeps_the_target_out() {
+    let policy = build(
+        "models:\n  - name: chat\n    targets:\n      - {provider: gemini, upstream: first, model: gemini-2.5-flash}\n",
+    );
+    // Gemini's 429 names its wait in a RetryInfo detail, with no Retry-After header.
+    let limited = answer(
+        429,
+        r#"{"error":{"code":429,"message":"You exceeded your current quota.","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"25.5s"}]}}"#,
+    );
+    let sender = stand_in(&[("first", limited)]);
+    let (response, body) = run(&*policy, sender.clone(), Method::POST, "/v1/chat/completions", CHAT).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(json_of(&body)["error"]["type"], "rate_limit_error");
+    let wait: u64 = response.headers()[RETRY_AFTER].to_str().expect("text").parse().expect("seconds");
+    assert!((25..=26).contains(&wait), "{wait}");
+    let (response, _) = run(&*policy, sender.clone(), Method::POST, "/v1/chat/completions", CHAT).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(sender.sent.lock().expect("lock").len(), 1, "the target was not called within its wait");
+}

@@ -55,6 +55,10 @@ impl Adapter for Gemini {
         error(status, body)
     }
 
+    fn retry_delay(&self, body: &[u8]) -> Option<u64> {
+        retry_delay(body)
+    }
+
     fn stream(&self, target: &TargetInfo, _operation: Operation) -> Box<dyn StreamTranslator> {
         Box::new(Stream::new(&target.model))
     }
@@ -400,6 +404,20 @@ pub fn error(status: StatusCode, body: &[u8]) -> (StatusCode, Value) {
         answer["error"]["type"] = json!(kind);
     }
     (status, answer)
+}
+
+/// The wait a Google error asks for in its `RetryInfo` detail (`"retryDelay": "25.5s"`, a
+/// protobuf duration), in whole seconds rounded up: Gemini's 429s carry no `Retry-After`.
+pub fn retry_delay(body: &[u8]) -> Option<u64> {
+    let answer: Value = serde_json::from_slice(body).ok()?;
+    let error = match &answer {
+        Value::Array(errors) => errors.first()?.get("error")?,
+        other => other.get("error")?,
+    };
+    error.get("details")?.as_array()?.iter().find_map(|detail| {
+        let delay = detail.get("retryDelay")?.as_str()?.strip_suffix('s')?.parse::<f64>().ok()?;
+        (delay.is_finite() && delay >= 0.0).then(|| delay.ceil() as u64)
+    })
 }
 
 /// OpenAI's error `type` for a Google RPC status name.

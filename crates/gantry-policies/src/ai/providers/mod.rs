@@ -240,6 +240,12 @@ pub trait Adapter: Send + Sync {
         self.error(status, body)
     }
 
+    /// The wait, in seconds, a failed answer asks for in its body, for providers that say it
+    /// there rather than in `Retry-After` (Google's `RetryInfo`).
+    fn retry_delay(&self, _body: &[u8]) -> Option<u64> {
+        None
+    }
+
     /// The translator of a streamed answer into OpenAI chunks.
     fn stream(&self, target: &TargetInfo, operation: Operation) -> Box<dyn StreamTranslator>;
 

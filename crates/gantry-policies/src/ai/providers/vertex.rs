@@ -330,6 +330,10 @@ impl Adapter for Vertex {
         gemini::error(status, body)
     }
 
+    fn retry_delay(&self, body: &[u8]) -> Option<u64> {
+        gemini::retry_delay(body)
+    }
+
     fn stream(&self, target: &TargetInfo, _operation: Operation) -> Box<dyn StreamTranslator> {
         Box::new(gemini::Stream::new(&target.model))
     }

@@ -358,3 +358,19 @@ fn thought_signatures_go_out_with_tool_calls_and_come_back() {
             "thoughtSignature": "CoAC...sig1"}]})
     );
 }
+
+#[test]
+fn reads_the_wait_of_a_retry_info_detail() {
+    let quota = br#"{"error": {"code": 429, "message": "You exceeded your current quota, please check your plan and billing details.",
+      "status": "RESOURCE_EXHAUSTED", "details": [
+        {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests", "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"}]},
+        {"@type": "type.googleapis.com/google.rpc.Help", "links": [{"description": "Learn more about Gemini API quotas", "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "26s"}
+      ]}}"#;
+    assert_eq!(retry_delay(quota), Some(26));
+    assert_eq!(Gemini.retry_delay(quota), Some(26));
+    assert_eq!(retry_delay(br#"[{"error":{"details":[{"retryDelay":"0.2s"}]}}]"#), Some(1));
+    assert_eq!(retry_delay(br#"{"error":{"code":429,"message":"slow down","status":"RESOURCE_EXHAUSTED"}}"#), None);
+    assert_eq!(retry_delay(br#"{"error":{"details":[{"retryDelay":"soon"}]}}"#), None);
+    assert_eq!(retry_delay(b"<html>"), None);
+}
