@@ -3,6 +3,7 @@
 
 mod acl;
 mod aggregate;
+mod ai_cache;
 mod ai_gateway;
 mod ai_pii_redaction;
 mod ai_prompt_decorator;
