@@ -7,7 +7,8 @@
 //! exchanged for a token, which is kept until shortly before it expires and renewed by one
 //! request while the others wait for it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use gantry_config::{ConfigErrors, FieldPath, Secret};
@@ -151,9 +152,35 @@ struct ServiceAccount {
     token_uri: reqwest::Url,
     scope: String,
     http: reqwest::Client,
-    /// The `Authorization` value and when to renew it. Held across a renewal, so requests
-    /// arriving meanwhile wait for its token rather than asking for their own.
-    cached: tokio::sync::Mutex<Option<(HeaderValue, Instant)>>,
+    cached: Arc<TokenCache>,
+}
+
+/// The `Authorization` value and when to renew it. Held across a renewal, so requests
+/// arriving meanwhile wait for its token rather than asking for their own.
+type TokenCache = tokio::sync::Mutex<Option<(HeaderValue, Instant)>>;
+
+/// The token cache of a service account key, token endpoint and scope, shared by every
+/// loaded configuration naming them: a reload keeps the token (state outside the snapshot,
+/// by a stable key), and it is dropped with the last configuration using it.
+fn token_cache(key: &KeyFile, scope: &str) -> Arc<TokenCache> {
+    static CACHES: OnceLock<std::sync::Mutex<HashMap<Vec<u8>, Weak<TokenCache>>>> = OnceLock::new();
+    let id = {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        for part in [key.client_email.as_str(), &key.private_key, &key.token_uri, scope] {
+            hash.update(part.as_bytes());
+            hash.update([0]);
+        }
+        hash.finalize().to_vec()
+    };
+    let mut caches = CACHES.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
+    caches.retain(|_, cache| cache.strong_count() > 0);
+    if let Some(cache) = caches.get(&id).and_then(Weak::upgrade) {
+        return cache;
+    }
+    let cache = Arc::new(TokenCache::new(None));
+    caches.insert(id, Arc::downgrade(&cache));
+    cache
 }
 
 impl VertexAccess {
@@ -206,6 +233,7 @@ impl ServiceAccount {
             .user_agent(concat!("gantry/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|err| format!("no HTTP client: {err}"))?;
+        let cached = token_cache(&key, scope);
         Ok(Self {
             email: key.client_email,
             key_id: key.private_key_id,
@@ -213,7 +241,7 @@ impl ServiceAccount {
             token_uri,
             scope: scope.to_owned(),
             http,
-            cached: tokio::sync::Mutex::new(None),
+            cached,
         })
     }
 

@@ -228,6 +228,9 @@ async fn exchanges_a_signed_assertion_for_a_token_once_for_concurrent_requests()
         assert_eq!(value.as_deref(), Ok("Bearer ya29.c.token-1"));
     }
     assert_eq!(authorized(&target).await.as_deref(), Ok("Bearer ya29.c.token-1"), "kept until shortly before expiry");
+    // A reload loads the settings again: the token is kept.
+    let reloaded = self::target(Some(load(&config(Some(key.key_file(&dir, &endpoint.uri())), None)).expect("loaded")));
+    assert_eq!(authorized(&reloaded).await.as_deref(), Ok("Bearer ya29.c.token-1"), "kept across a reload");
     let requests = endpoint.requests();
     assert_eq!(requests.len(), 1, "one token request for all: {requests:?}");
 
