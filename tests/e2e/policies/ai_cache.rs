@@ -12,7 +12,7 @@ use gantry_testkit::{eventually, GatewayProcess};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{start_gateway, with_listener};
+use crate::support::{metrics, start_gateway, with_admin};
 
 const QUESTION: &str = "What is the capital of France?";
 const PARAPHRASE: &str = "What is the capital city of France?";
@@ -24,15 +24,18 @@ fn gateway(llmock: &Llmock, embedder: Option<&EmbeddingServer>, node: &str, rout
     let embedder = embedder
         .map(|server| format!("  - id: embedder\n    endpoints: [{}]\n    retries: {{attempts: 0}}\n", server.addr()))
         .unwrap_or_default();
-    start_gateway(&with_listener(&format!(
-        "{node}upstreams:
+    start_gateway(&with_admin(
+        "ai-cache-admin-key-0123",
+        &format!(
+            "{node}upstreams:
   - id: llm
     endpoints: [{}]
     retries: {{attempts: 0}}
 {embedder}routes:
 {routes}",
-        llmock.addr()
-    )))
+            llmock.addr()
+        ),
+    ))
 }
 
 const PROXY: &str = "      - ai_proxy:
@@ -118,6 +121,18 @@ async fn exact_cache_in_memory_answers_repeats_whole_and_streamed_without_the_pr
     assert_eq!(finish, Some("stop"));
     assert_eq!(replayed.last().expect("chunks")["usage"], first.json()["usage"], "usage asked for: the stored one");
     assert_eq!(provider_calls(&llmock).await, 1, "both hits were answered by the gateway");
+    // Both hits reached the AI series as cache hits, with no provider, and the cache's counters.
+    let expected = [
+        "gantry_ai_requests_total{route=\"ai\",provider=\"\",model=\"gpt\",cache=\"hit\"} 2",
+        "gantry_ai_requests_total{route=\"ai\",provider=\"openai\",model=\"gpt\",cache=\"miss\"} 1",
+        "gantry_response_cache_requests_total{route=\"ai\",status=\"hit\"} 2",
+        "gantry_response_cache_requests_total{route=\"ai\",status=\"miss\"} 1",
+    ];
+    eventually("the cache hits in /metrics", || async {
+        let text = metrics(&gateway).await;
+        expected.iter().all(|line| text.lines().any(|found| found == *line)).then_some(())
+    })
+    .await;
 
     // A streamed miss is put back together and stored when its stream ended.
     let other = "Name three rivers of Europe.";
