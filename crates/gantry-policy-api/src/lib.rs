@@ -5,12 +5,12 @@
 //! attached to: [`Policy::on_request`] in [`Stage`] order, [`Policy::on_response`] in reverse,
 //! [`Policy::on_log`] last. Policies see `http` crate types only, never the HTTP engine.
 
+pub mod ai;
 mod client_certificate;
 mod consumer;
 mod exchange;
 mod factory;
 mod flow;
-pub mod ai;
 pub mod identity;
 mod mirror;
 pub mod problem;

@@ -7,8 +7,8 @@
 
 pub mod certs;
 pub mod client;
-pub mod embeddings;
 pub mod cloud_llm;
+pub mod embeddings;
 pub mod etcd;
 pub mod gateway;
 pub mod grpc;
