@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 
 use http::header::HeaderName;
 
+use super::fields::{max_tokens, stop_sequences, text_of};
 use super::{Adapter, ChatRequest, Operation, StreamTranslator, TargetInfo};
 use crate::ai::openai::{self, Usage};
 
@@ -95,11 +96,7 @@ pub fn request(request: &ChatRequest, model: &str, default_max_tokens: u64) -> R
             other => return Err(format!("`messages[{index}].role` `{other}` is not supported")),
         }
     }
-    let max_tokens = request
-        .get("max_completion_tokens")
-        .or_else(|| request.get("max_tokens"))
-        .and_then(Value::as_u64)
-        .unwrap_or(default_max_tokens);
+    let max_tokens = max_tokens(request).unwrap_or(default_max_tokens);
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
     body.insert("max_tokens".into(), json!(max_tokens));
@@ -112,14 +109,8 @@ pub fn request(request: &ChatRequest, model: &str, default_max_tokens: u64) -> R
             body.insert(key.into(), value.clone());
         }
     }
-    match request.get("stop") {
-        Some(Value::String(stop)) => {
-            body.insert("stop_sequences".into(), json!([stop]));
-        }
-        Some(stop @ Value::Array(_)) => {
-            body.insert("stop_sequences".into(), stop.clone());
-        }
-        _ => {}
+    if let Some(stops) = stop_sequences(request) {
+        body.insert("stop_sequences".into(), stops);
     }
     if let Some(user) = request.get("user").and_then(Value::as_str) {
         body.insert("metadata".into(), json!({ "user_id": user }));
@@ -152,17 +143,6 @@ pub fn request(request: &ChatRequest, model: &str, default_max_tokens: u64) -> R
         body.insert("tool_choice".into(), choice);
     }
     serde_json::to_vec(&Value::Object(body)).map_err(|err| err.to_string())
-}
-
-/// The text of a content that is a string or a list of parts.
-fn text_of(content: &Value) -> String {
-    match content {
-        Value::String(text) => text.clone(),
-        Value::Array(parts) => {
-            parts.iter().filter_map(|part| part.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("\n")
-        }
-        _ => String::new(),
-    }
 }
 
 /// OpenAI content (a string, or text and image parts) as Anthropic content blocks.

@@ -24,6 +24,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::fields::{max_tokens, stop_sequences, text_of};
 use super::{
     Adapter, AdapterFuture, ChatRequest, EventDecoder, Operation, Provider, StreamEvent, StreamTranslator, TargetInfo,
 };
@@ -370,9 +371,7 @@ pub fn converse_request(request: &ChatRequest) -> Result<Value, String> {
         body.insert("system".into(), Value::Array(system));
     }
     let mut inference = Map::new();
-    if let Some(max) =
-        request.get("max_completion_tokens").or_else(|| request.get("max_tokens")).and_then(Value::as_u64)
-    {
+    if let Some(max) = max_tokens(request) {
         inference.insert("maxTokens".into(), json!(max));
     }
     for (from, to) in [("temperature", "temperature"), ("top_p", "topP")] {
@@ -380,14 +379,8 @@ pub fn converse_request(request: &ChatRequest) -> Result<Value, String> {
             inference.insert(to.into(), value.clone());
         }
     }
-    match request.get("stop") {
-        Some(Value::String(stop)) => {
-            inference.insert("stopSequences".into(), json!([stop]));
-        }
-        Some(stop @ Value::Array(_)) => {
-            inference.insert("stopSequences".into(), stop.clone());
-        }
-        _ => {}
+    if let Some(stops) = stop_sequences(request) {
+        inference.insert("stopSequences".into(), stops);
     }
     if !inference.is_empty() {
         body.insert("inferenceConfig".into(), Value::Object(inference));
@@ -437,17 +430,6 @@ fn tool_config(request: &ChatRequest, uses_tools: bool) -> Option<Value> {
         config["toolChoice"] = choice;
     }
     Some(config)
-}
-
-/// The text of a content that is a string or a list of parts.
-fn text_of(content: &Value) -> String {
-    match content {
-        Value::String(text) => text.clone(),
-        Value::Array(parts) => {
-            parts.iter().filter_map(|part| part.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("\n")
-        }
-        _ => String::new(),
-    }
 }
 
 /// OpenAI content (a string, or text and image parts) as Converse content blocks.

@@ -8,6 +8,7 @@
 use http::StatusCode;
 use serde_json::{json, Map, Value};
 
+use super::fields::{copy_renamed, max_tokens, stop_sequences, text_of};
 use super::gemini::{embedding_inputs, embedding_list};
 use super::{Adapter, ChatRequest, Operation, StreamTranslator, TargetInfo};
 use crate::ai::openai::{self, Usage};
@@ -109,31 +110,23 @@ pub fn request(request: &ChatRequest, model: &str) -> Result<Value, String> {
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
     body.insert("messages".into(), Value::Array(out));
-    for (openai, cohere) in [
-        ("stream", "stream"),
-        ("temperature", "temperature"),
-        ("top_p", "p"),
-        ("seed", "seed"),
-        ("frequency_penalty", "frequency_penalty"),
-        ("presence_penalty", "presence_penalty"),
-    ] {
-        if let Some(value) = request.get(openai).filter(|value| !value.is_null()) {
-            body.insert(cohere.into(), value.clone());
-        }
-    }
-    if let Some(limit) =
-        request.get("max_completion_tokens").or_else(|| request.get("max_tokens")).and_then(Value::as_u64)
-    {
+    copy_renamed(
+        request,
+        &mut body,
+        &[
+            ("stream", "stream"),
+            ("temperature", "temperature"),
+            ("top_p", "p"),
+            ("seed", "seed"),
+            ("frequency_penalty", "frequency_penalty"),
+            ("presence_penalty", "presence_penalty"),
+        ],
+    );
+    if let Some(limit) = max_tokens(request) {
         body.insert("max_tokens".into(), json!(limit));
     }
-    match request.get("stop") {
-        Some(Value::String(stop)) => {
-            body.insert("stop_sequences".into(), json!([stop]));
-        }
-        Some(stop @ Value::Array(_)) => {
-            body.insert("stop_sequences".into(), stop.clone());
-        }
-        _ => {}
+    if let Some(stops) = stop_sequences(request) {
+        body.insert("stop_sequences".into(), stops);
     }
     if let Some(tools) = request.get("tools").and_then(Value::as_array).filter(|tools| !tools.is_empty()) {
         let tools: Vec<Value> = tools
@@ -176,17 +169,6 @@ pub fn request(request: &ChatRequest, model: &str) -> Result<Value, String> {
         _ => {}
     }
     Ok(Value::Object(body))
-}
-
-/// The text of a content that is a string or a list of parts.
-fn text_of(content: &Value) -> String {
-    match content {
-        Value::String(text) => text.clone(),
-        Value::Array(parts) => {
-            parts.iter().filter_map(|part| part.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("\n")
-        }
-        _ => String::new(),
-    }
 }
 
 /// A user's content: text as it is; parts as Cohere's `text` and `image_url` parts.

@@ -10,6 +10,7 @@ use http::header::HeaderName;
 use http::StatusCode;
 use serde_json::{json, Map, Value};
 
+use super::fields::{copy_renamed, max_tokens, stop_sequences, text_of};
 use super::{Adapter, ChatRequest, Operation, StreamTranslator, TargetInfo};
 use crate::ai::openai::{self, Usage};
 
@@ -187,31 +188,23 @@ pub fn request(request: &ChatRequest) -> Result<Value, String> {
 
 fn generation_config(request: &ChatRequest) -> Map<String, Value> {
     let mut config = Map::new();
-    for (openai, gemini) in [
-        ("temperature", "temperature"),
-        ("top_p", "topP"),
-        ("n", "candidateCount"),
-        ("seed", "seed"),
-        ("presence_penalty", "presencePenalty"),
-        ("frequency_penalty", "frequencyPenalty"),
-    ] {
-        if let Some(value) = request.get(openai).filter(|value| !value.is_null()) {
-            config.insert(gemini.into(), value.clone());
-        }
-    }
-    if let Some(limit) =
-        request.get("max_completion_tokens").or_else(|| request.get("max_tokens")).and_then(Value::as_u64)
-    {
+    copy_renamed(
+        request,
+        &mut config,
+        &[
+            ("temperature", "temperature"),
+            ("top_p", "topP"),
+            ("n", "candidateCount"),
+            ("seed", "seed"),
+            ("presence_penalty", "presencePenalty"),
+            ("frequency_penalty", "frequencyPenalty"),
+        ],
+    );
+    if let Some(limit) = max_tokens(request) {
         config.insert("maxOutputTokens".into(), json!(limit));
     }
-    match request.get("stop") {
-        Some(Value::String(stop)) => {
-            config.insert("stopSequences".into(), json!([stop]));
-        }
-        Some(stop @ Value::Array(_)) => {
-            config.insert("stopSequences".into(), stop.clone());
-        }
-        _ => {}
+    if let Some(stops) = stop_sequences(request) {
+        config.insert("stopSequences".into(), stops);
     }
     let format = request.get("response_format").unwrap_or(&Value::Null);
     match format.get("type").and_then(Value::as_str) {
@@ -227,17 +220,6 @@ fn generation_config(request: &ChatRequest) -> Map<String, Value> {
         _ => {}
     }
     config
-}
-
-/// The text of a content that is a string or a list of parts.
-fn text_of(content: &Value) -> String {
-    match content {
-        Value::String(text) => text.clone(),
-        Value::Array(parts) => {
-            parts.iter().filter_map(|part| part.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("\n")
-        }
-        _ => String::new(),
-    }
 }
 
 /// OpenAI content (a string, or text, image and audio parts) as Gemini parts.

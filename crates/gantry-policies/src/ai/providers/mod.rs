@@ -6,6 +6,7 @@ pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
 pub mod cohere;
+mod fields;
 pub mod gemini;
 pub mod openai;
 pub mod vertex;
