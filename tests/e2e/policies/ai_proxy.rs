@@ -424,3 +424,72 @@ async fn retries_a_failing_provider_with_backoff_then_its_circuit_keeps_it_out()
     assert!((55..=60).contains(&wait), "{wait}");
     assert_eq!(failing.requests().await.len(), 3, "the open circuit kept the request from the provider");
 }
+
+#[tokio::test]
+async fn serves_openai_compatible_providers_through_their_presets() {
+    let llmock = Llmock::start(&[("LLMOCK_RESPONSE_STYLE", "echo")]);
+    // llmock serves each provider's API under its own prefix, so each target names it.
+    let presets = [
+        ("groq", "/groq/openai/v1", "llama-3.3-70b-versatile", true),
+        ("mistral", "/mistral/v1", "mistral-small-latest", false),
+        ("perplexity", "/perplexity/v1", "sonar", false),
+        ("together", "/together/v1", "meta-llama/Llama-3.3-70B-Instruct-Turbo", true),
+        ("xai", "/xai/v1", "grok-3", true),
+    ];
+    let models: String = presets
+        .iter()
+        .map(|(provider, base_path, model, _)| {
+            format!(
+                "            - name: {provider}-chat\n              targets: [{{provider: {provider}, upstream: llm, model: {model}, api_key: sk-{provider}, base_path: {base_path}}}]\n"
+            )
+        })
+        .collect();
+    let gateway = start_gateway(&config(&[("llm", &llmock)], &models));
+    let client = TestClient::default();
+
+    for (provider, _, model, _) in presets {
+        let response =
+            post(&client, &gateway.url("/v1/chat/completions"), chat(&format!("{provider}-chat"), false)).await;
+        assert_eq!(response.status, StatusCode::OK, "{provider}: {:?}", response.body);
+        let completion = response.json();
+        assert_eq!(completion["object"], "chat.completion", "{provider}");
+        assert!(
+            completion["choices"][0]["message"]["content"].as_str().is_some_and(|text| text.contains("Hi there")),
+            "{provider}: {completion}"
+        );
+        assert_eq!(completion["model"], model, "{provider}");
+
+        let response =
+            post(&client, &gateway.url("/v1/chat/completions"), chat(&format!("{provider}-chat"), true)).await;
+        assert_eq!(response.status, StatusCode::OK, "{provider}: {:?}", response.body);
+        let text = String::from_utf8(response.body.to_vec()).expect("utf-8");
+        assert!(text.ends_with("data: [DONE]\n\n"), "{provider}: {text}");
+        let chunks: Vec<Value> = text
+            .split("\n\n")
+            .filter_map(|event| event.strip_prefix("data: "))
+            .filter(|data| *data != "[DONE]")
+            .map(|data| serde_json::from_str::<Value>(data).expect("a JSON chunk"))
+            .collect();
+        assert!(
+            chunks.iter().all(|chunk| chunk["usage"].is_null()),
+            "{provider}: the client did not ask for the usage chunk: {text}"
+        );
+        let streamed: String =
+            chunks.iter().filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str()).collect();
+        assert!(streamed.contains("Hi there"), "{provider}: {text}");
+    }
+
+    let received = llmock.requests().await;
+    assert_eq!(received.len(), 2 * presets.len(), "{received:?}");
+    for (at, (provider, base_path, model, takes_stream_options)) in presets.iter().enumerate() {
+        let (whole, streamed) = (&received[2 * at], &received[2 * at + 1]);
+        assert_eq!(whole["path"], format!("{base_path}/chat/completions"), "{provider}");
+        assert_eq!(whole["body"]["model"], *model, "{provider}");
+        assert_eq!(streamed["stream"], true, "{provider}");
+        assert_eq!(
+            streamed["body"]["stream_options"]["include_usage"].as_bool().is_some(),
+            *takes_stream_options,
+            "{provider}: usage asked of streams only where the provider takes stream_options"
+        );
+    }
+}
