@@ -187,7 +187,8 @@ pub async fn forward_traced(
 ) -> Result<Forwarded, ForwardError> {
     let slot = match &upstream.bulkhead {
         None => None,
-        Some(bulkhead) => match bulkhead.acquire().await {
+        // Boxed: only upstreams with a bulkhead pay for the room its wait takes in the future.
+        Some(bulkhead) => match Box::pin(bulkhead.acquire()).await {
             Ok(slot) => Some(slot),
             Err(refusal) => {
                 if let Some(series) = &upstream.metrics {
@@ -316,7 +317,8 @@ pub async fn forward_traced(
         if let Some(deadline) = deadline {
             wait = wait.min(deadline.saturating_duration_since(now));
         }
-        tokio::time::sleep(wait).await;
+        // Boxed: a timer entry is large, and only retries need this one.
+        Box::pin(tokio::time::sleep(wait)).await;
     }
 }
 

@@ -208,7 +208,8 @@ impl Pipeline {
         let outcome = if self.for_consumers.pipelines.is_empty() {
             self.run_request_hooks(0..self.request.len(), request, exchange, spans.as_deref_mut()).await
         } else {
-            self.run_request_hooks_switching(request, exchange, spans.as_deref_mut()).await
+            // Boxed: only routes with consumer-specific pipelines take this path.
+            Box::pin(self.run_request_hooks_switching(request, exchange, spans.as_deref_mut())).await
         };
         if let Some(spans) = spans {
             spans.stages_done();

@@ -23,7 +23,7 @@ use crate::body::{
     apply_response_body_action, discard, ClientResponseBody, GatewayBody, HoldingBody, LimitedBody, WhenSent,
 };
 use crate::forward::{forward_traced, ForwardError, ForwardRequest};
-use crate::headers::{add_forwarded, remove_hop_by_hop, request_id, ClientForwarding, X_REQUEST_ID};
+use crate::headers::{add_forwarded_shared, remove_hop_by_hop, request_id, ClientForwarding, X_REQUEST_ID};
 use crate::metrics::{GatewayMetrics, MirrorOutcome};
 use crate::mirror;
 use crate::pipeline::{Pipeline, RequestOutcome};
@@ -58,6 +58,10 @@ impl Connection {
         self
     }
 }
+
+/// The headers the gateway adds to a forwarded request: `X-Forwarded-For`, `-Proto`, `-Host`,
+/// `Forwarded` and `X-Request-Id`.
+const FORWARDING_HEADERS: usize = 5;
 
 /// The data plane's request handler, shared by every connection.
 #[derive(Clone, Debug)]
@@ -127,7 +131,8 @@ impl Gateway {
         let on_upgrade = is_upgrade_request(&request).then(|| hyper::upgrade::on(&mut request));
         let mut trace =
             self.tracer.as_ref().map(|tracer| tracer.start_request(&request, connection.client, connection.is_tls));
-        let mut served = self.serve(request, connection, &request_id, on_upgrade, trace.as_mut()).await;
+        let mut served =
+            self.serve(request, connection, &request_id, &request_id_value, on_upgrade, trace.as_mut()).await;
         served.response.headers_mut().insert(&X_REQUEST_ID, request_id_value);
         let is_gateway_error = served.upstream.is_none() && served.response.status().as_u16() >= 400;
 
@@ -224,8 +229,11 @@ impl Gateway {
                 log.emit(record);
             }
         }
-        let response =
-            if is_grpc && is_gateway_error { into_grpc_error(served.response).await } else { served.response };
+        let response = if is_grpc && is_gateway_error {
+            Box::pin(into_grpc_error(served.response)).await
+        } else {
+            served.response
+        };
         let when_sent = ai_unfinished.map(|ai| {
             self.when_ai_sent(UnfinishedAi { ai, route: route_id, span: unfinished_span, record: unfinished_record })
         });
@@ -267,6 +275,7 @@ impl Gateway {
         request: Request<Incoming>,
         connection: &Connection,
         request_id: &Arc<str>,
+        request_id_value: &HeaderValue,
         on_upgrade: Option<hyper::upgrade::OnUpgrade>,
         mut trace: Option<&mut RequestTrace>,
     ) -> Served {
@@ -305,7 +314,9 @@ impl Gateway {
 
         let body = match route.pipeline.request_body_limit(&parts) {
             None => ClientBody::Streaming(body),
-            Some(limit) => match read_whole_body(body, limit).await {
+            // Boxed, like the other paths only some requests take, so that the future every
+            // request makes and moves stays small.
+            Some(limit) => match Box::pin(read_whole_body(body, limit)).await {
                 Ok(bytes) => {
                     if let Some(metrics) = &route.metrics {
                         metrics.series.count_request_body(bytes.len() as u64);
@@ -386,13 +397,15 @@ impl Gateway {
         };
         let is_upgrade = on_upgrade.is_some();
         remove_hop_by_hop(&mut parts.headers, is_upgrade);
+        // Room for the forwarding headers and the request id at once: a head parsed with room
+        // for its own fields only would otherwise grow, and rehash, once per insertion or two.
+        parts.headers.reserve(FORWARDING_HEADERS);
         if is_upgrade {
             parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        add_forwarded(&mut parts.headers, &connection.forwarding, host);
-        if let Ok(value) = HeaderValue::from_str(request_id) {
-            parts.headers.insert(&X_REQUEST_ID, value);
-        }
+        add_forwarded_shared(&mut parts.headers, &connection.forwarding, host, host_value.as_ref());
+        // The id's header value is shared with the response's, not copied.
+        parts.headers.insert(&X_REQUEST_ID, request_id_value.clone());
         if let Some(trace) = trace.as_deref_mut() {
             if let Some(spans) = trace.recorder() {
                 spans.start_upstream(&upstream.id);
@@ -476,7 +489,7 @@ impl Gateway {
                 let mut body = GatewayBody::Upstream(body, forwarded.in_flight);
                 let pipeline = route.pipeline.selected(&exchange);
                 if let Some(limit) = pipeline.response_body_limit(&head, &exchange).filter(|_| !upgraded) {
-                    body = self.check_response_body(pipeline, &mut head, body, limit, &mut exchange).await;
+                    body = Box::pin(self.check_response_body(pipeline, &mut head, body, limit, &mut exchange)).await;
                 }
                 route.pipeline.selected(&exchange).run_response(&mut head, &mut exchange, None, recorder(&mut trace));
                 let body = apply_response_body_action(&mut exchange, body);

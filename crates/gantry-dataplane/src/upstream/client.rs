@@ -10,7 +10,7 @@ use std::time::Duration;
 use gantry_config::UpstreamScheme;
 use http::Uri;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, MaybeHttpsStream};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::pem::PemObject;
@@ -134,7 +134,7 @@ struct ConnectTimeout(Duration);
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl tower_service::Service<Uri> for TimedConnector {
-    type Response = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+    type Response = UpstreamStream;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -147,10 +147,65 @@ impl tower_service::Service<Uri> for TimedConnector {
         let limit = self.limit;
         Box::pin(async move {
             match tokio::time::timeout(limit, connecting).await {
-                Ok(connected) => connected,
+                Ok(connected) => connected.map(UpstreamStream),
                 Err(_) => Err(ConnectTimeout(limit).into()),
             }
         })
+    }
+}
+
+/// A connection to an upstream endpoint, as the pool holds it. Its [`Connection`] facts leave
+/// out the socket addresses hyper-util's TCP connector attaches: the pool would copy those
+/// into the extensions of every response (an allocation and a hashed insertion per request),
+/// and nothing reads them there.
+#[derive(Debug)]
+pub struct UpstreamStream(MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>);
+
+impl Connection for UpstreamStream {
+    fn connected(&self) -> Connected {
+        let transport = self.0.connected();
+        let connected = Connected::new().proxy(transport.is_proxied());
+        if transport.is_negotiated_h2() {
+            connected.negotiated_h2()
+        } else {
+            connected
+        }
+    }
+}
+
+impl hyper::rt::Read for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for UpstreamStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
     }
 }
 
@@ -192,4 +247,68 @@ pub fn read_certs(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, Client
         return Err(ClientError::Pem { path: path.clone(), reason: "no certificate in the file".to_owned() });
     }
     Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn settings() -> ClientSettings {
+        ClientSettings {
+            scheme: UpstreamScheme::Http,
+            connect_timeout: Duration::from_secs(2),
+            max_idle_per_endpoint: 4,
+            idle_timeout: Duration::from_secs(30),
+            ca_file: None,
+            client_identity: None,
+            server_name: None,
+        }
+    }
+
+    /// Two requests over one kept-alive connection; the responses carry no connection facts.
+    #[tokio::test]
+    async fn pooled_requests_reuse_the_connection_and_carry_no_socket_addresses() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut buffer = vec![0u8; 4096];
+            let mut seen = Vec::new();
+            let mut answered = 0;
+            while answered < 2 {
+                let read = socket.read(&mut buffer).await.expect("read");
+                assert!(read > 0, "the client closed the connection after {answered} answers");
+                seen.extend_from_slice(&buffer[..read]);
+                while let Some(end) = seen.windows(4).position(|window| window == b"\r\n\r\n") {
+                    seen.drain(..end + 4);
+                    socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.expect("write");
+                    answered += 1;
+                }
+            }
+        });
+        let client = UpstreamClient::new(&settings()).expect("client");
+        // The server answers on its first connection only: a second one would wait forever.
+        let limit = Duration::from_secs(5);
+        for _ in 0..2 {
+            let request = http::Request::builder()
+                .uri(format!("http://{address}/"))
+                .header(http::header::HOST, address.to_string())
+                .body(GatewayBody::Empty)
+                .expect("request");
+            let response = tokio::time::timeout(limit, client.request(request))
+                .await
+                .expect("answered on the kept-alive connection")
+                .expect("response");
+            assert_eq!(response.status(), http::StatusCode::OK);
+            assert!(
+                response.extensions().get::<hyper_util::client::legacy::connect::HttpInfo>().is_none(),
+                "no socket addresses are copied into responses"
+            );
+            let body = http_body_util::BodyExt::collect(response.into_body()).await.expect("body").to_bytes();
+            assert_eq!(&body[..], b"ok");
+        }
+        tokio::time::timeout(limit, server).await.expect("server done").expect("server");
+    }
 }
