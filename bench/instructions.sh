@@ -20,6 +20,8 @@
 # Starts its own nginx upstream (96-byte JSON) on 127.0.0.1:19101 and Gantry on :19150,
 # loads it with wrk for 5 s on 10 keep-alive connections, prints instructions ÷ requests.
 # Needs valgrind, nginx and wrk (bench/setup.sh installs the last two); jwt_rs256* need openssl.
+# PROFILE_OUT=FILE keeps the measured part's callgrind profile for callgrind_annotate (function
+# names need a build with line tables: CARGO_PROFILE_RELEASE_DEBUG=line-tables-only).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 binary=${1:-$here/../target/release/gantry}
@@ -130,4 +132,7 @@ requests=$(wrk -t1 -c10 -d5s "${header[@]}" http://127.0.0.1:19150/json | awk '/
 callgrind_control -d > /dev/null 2>&1
 sleep 1
 instructions=$(grep -h '^totals:\|^summary:' "$work"/callgrind.out.* | awk '{print $2}' | sort -n | tail -1)
+if [ -n "${PROFILE_OUT:-}" ]; then
+  cp "$(grep -l "^\(totals\|summary\): $instructions\$" "$work"/callgrind.out.* | head -1)" "$PROFILE_OUT"
+fi
 echo "scenario=$scenario requests=$requests instructions=$instructions per_request=$((instructions / requests))"
