@@ -124,13 +124,9 @@ impl Policy for CompiledPromptDecorator {
     }
 
     fn on_request<'a>(&'a self, request: &'a mut RequestParts, exchange: &'a mut Exchange) -> Hook<'a> {
-        if !prompt::has_prompt(request) {
-            return Hook::Done(Flow::Continue);
-        }
-        let mut body = match prompt::read_body(exchange) {
-            prompt::Body::Json(body) => body,
-            prompt::Body::Empty => return Hook::Done(Flow::Continue),
-            prompt::Body::Invalid(answer) => return Hook::Done(answer),
+        let mut body = match prompt::prompt_body(request, exchange) {
+            Ok(body) => body,
+            Err(flow) => return Hook::Done(*flow),
         };
         // An embeddings request generates no text: there is nothing to instruct.
         if !body.contains_key("messages") && !body.contains_key("prompt") && body.contains_key("input") {

@@ -175,13 +175,9 @@ impl Policy for CompiledPromptGuard {
     }
 
     fn on_request<'a>(&'a self, request: &'a mut RequestParts, exchange: &'a mut Exchange) -> Hook<'a> {
-        if !prompt::has_prompt(request) {
-            return Hook::Done(Flow::Continue);
-        }
-        let body = match prompt::read_body(exchange) {
-            prompt::Body::Json(body) => body,
-            prompt::Body::Empty => return Hook::Done(Flow::Continue),
-            prompt::Body::Invalid(answer) => return Hook::Done(answer),
+        let body = match prompt::prompt_body(request, exchange) {
+            Ok(body) => body,
+            Err(flow) => return Hook::Done(*flow),
         };
         match self.refusal(&body) {
             Some(reason) => {

@@ -7,7 +7,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use gantry_config::{ConfigErrors, Duration, FieldPath, Secret};
 use gantry_policy_api::response_body::stream_response_body;
 use gantry_policy_api::subrequest::{subrequests, ChunkStream, StreamingSubrequest};
@@ -32,7 +31,7 @@ use super::openai::{error_response, json_response};
 pub use super::providers::Provider;
 use super::providers::{self, ChatRequest, Operation, TargetInfo};
 use super::tokens;
-use super::{AnswerFilter, AnswerFilters, AnswerTap, AnswerTaps};
+use super::{read_whole, AnswerFilter, AnswerFilters, AnswerTap, AnswerTaps};
 
 /// Settings of `ai_proxy`.
 #[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
@@ -697,18 +696,6 @@ fn retry_after(headers: &http::HeaderMap) -> Option<u64> {
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(std::time::SystemTime::now()).map_or(0, |left| left.as_secs()))
-}
-
-async fn read_whole(mut chunks: ChunkStream, limit: usize) -> Result<Bytes, String> {
-    let mut whole = Vec::new();
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk?;
-        if whole.len() + chunk.len() > limit {
-            return Err(format!("the answer is longer than {limit} bytes"));
-        }
-        whole.extend_from_slice(&chunk);
-    }
-    Ok(Bytes::from(whole))
 }
 
 /// The endpoint a request path asks for, by its last segments.

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use gantry_config::{ConfigErrors, FieldPath, Secret};
 use gantry_policy_api::subrequest::{subrequests, StreamingSubrequest, Subrequests};
 use gantry_policy_api::{
@@ -248,18 +247,13 @@ impl Embedder {
                 })
                 .await
                 .map_err(|err| err.to_string())?;
-            let (parts, mut chunks) = opened.into_parts();
+            let (parts, chunks) = opened.into_parts();
             if !parts.status.is_success() {
                 return Err(format!("the embeddings endpoint answered {}", parts.status));
             }
-            let mut whole = Vec::new();
-            while let Some(chunk) = chunks.next().await {
-                let chunk = chunk?;
-                if whole.len() + chunk.len() > MAX_EMBEDDING_BYTES {
-                    return Err(format!("the embeddings answer is longer than {MAX_EMBEDDING_BYTES} bytes"));
-                }
-                whole.extend_from_slice(&chunk);
-            }
+            let whole = super::read_whole(chunks, MAX_EMBEDDING_BYTES)
+                .await
+                .map_err(|reason| format!("the embeddings endpoint's answer: {reason}"))?;
             vector_of(&whole)
         };
         tokio::time::timeout(self.timeout, call).await.map_err(|_| format!("no embedding within {:?}", self.timeout))?

@@ -52,3 +52,20 @@ pub type AnswerTap = Arc<dyn Fn(&serde_json::Value) + Send + Sync>;
 /// reassembled, so the taps never see them; whole answers with tool calls are given as they are.
 #[derive(Clone, Default)]
 pub struct AnswerTaps(pub Vec<AnswerTap>);
+
+/// A subrequest's answer read whole, refused past `limit` bytes.
+pub(crate) async fn read_whole(
+    mut chunks: gantry_policy_api::subrequest::ChunkStream,
+    limit: usize,
+) -> Result<bytes::Bytes, String> {
+    use futures_util::StreamExt;
+    let mut whole = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        if whole.len() + chunk.len() > limit {
+            return Err(format!("the answer is longer than {limit} bytes"));
+        }
+        whole.extend_from_slice(&chunk);
+    }
+    Ok(bytes::Bytes::from(whole))
+}

@@ -47,6 +47,20 @@ pub(crate) fn read_body(exchange: &Exchange) -> Body {
     Body::Invalid(Flow::Respond(invalid_request(&message, None)))
 }
 
+/// The prompt body the request-side policies look at, or what the hook answers instead:
+/// `Continue` for a request with no prompt to look at (not a `POST`, no body), the 400 for a
+/// body that is not a JSON object.
+pub(crate) fn prompt_body(request: &RequestParts, exchange: &Exchange) -> Result<Map<String, Value>, Box<Flow>> {
+    if !has_prompt(request) {
+        return Err(Box::new(Flow::Continue));
+    }
+    match read_body(exchange) {
+        Body::Json(body) => Ok(body),
+        Body::Empty => Err(Box::new(Flow::Continue)),
+        Body::Invalid(answer) => Err(Box::new(answer)),
+    }
+}
+
 /// Puts the rewritten body in place of the client's, for the policies after and the upstream.
 pub(crate) fn replace_body(request: &mut RequestParts, exchange: &mut Exchange, body: &Map<String, Value>) {
     let bytes = match serde_json::to_vec(body) {

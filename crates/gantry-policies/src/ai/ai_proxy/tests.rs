@@ -1,6 +1,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use futures_util::StreamExt;
+
 use gantry_policy_api::response_body::take_streamed_body;
 use gantry_policy_api::subrequest::{
     allow_subrequests, StreamingFuture, SubrequestError, SubrequestFuture, SubrequestSender,
