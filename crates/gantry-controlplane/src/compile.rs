@@ -367,6 +367,7 @@ fn compile_upstream(
                     address,
                     authority,
                     weight: endpoint.weight,
+                    pool: Default::default(),
                 });
             }
             Err(_) => errors.push(path.key("endpoints").index(index).key("address"), "not a valid `host:port`"),

@@ -28,7 +28,7 @@ pub enum GatewayBody {
     /// Streamed from a peer, frames (and trailers) passed through as they arrive.
     Streamed(Incoming),
     /// An upstream response body, streamed; the endpoint counts it in flight until it ends.
-    Upstream(Incoming, crate::upstream::InFlight),
+    Upstream(crate::upstream::client::UpstreamBody, crate::upstream::InFlight),
     /// A client body cut off once it exceeds a limit, or counted for the route's metrics.
     Limited(LimitedBody),
     /// A response body that keeps what policies left in the exchange alive until it ends.
@@ -67,9 +67,8 @@ impl Body for GatewayBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            GatewayBody::Streamed(body) | GatewayBody::Upstream(body, _) => {
-                Pin::new(body).poll_frame(cx).map_err(PeerBodyError::boxed)
-            }
+            GatewayBody::Streamed(body) => Pin::new(body).poll_frame(cx).map_err(PeerBodyError::boxed),
+            GatewayBody::Upstream(body, _) => Pin::new(body).poll_frame(cx).map_err(PeerBodyError::boxed),
             GatewayBody::Limited(body) => Pin::new(body).poll_frame(cx),
             GatewayBody::Holding(body) => Pin::new(body).poll_frame(cx),
             GatewayBody::Observed(body) => Pin::new(body).poll_frame(cx),
@@ -87,7 +86,8 @@ impl Body for GatewayBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            GatewayBody::Streamed(body) | GatewayBody::Upstream(body, _) => body.is_end_stream(),
+            GatewayBody::Streamed(body) => body.is_end_stream(),
+            GatewayBody::Upstream(body, _) => body.is_end_stream(),
             GatewayBody::Limited(body) => body.is_end_stream(),
             GatewayBody::Holding(body) => body.is_end_stream(),
             GatewayBody::Observed(body) => body.is_end_stream(),
@@ -100,7 +100,8 @@ impl Body for GatewayBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            GatewayBody::Streamed(body) | GatewayBody::Upstream(body, _) => body.size_hint(),
+            GatewayBody::Streamed(body) => body.size_hint(),
+            GatewayBody::Upstream(body, _) => body.size_hint(),
             GatewayBody::Limited(body) => body.size_hint(),
             GatewayBody::Holding(body) => body.size_hint(),
             GatewayBody::Observed(body) => body.size_hint(),

@@ -8,15 +8,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::HOST;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 
 use crate::body::{GatewayBody, PeerBodyError};
 use crate::metrics::traffic::UpstreamFailure;
 use crate::trace::UpstreamSpan;
 use crate::upstream::balancer::SelectionInput;
 use crate::upstream::bulkhead::Refusal;
+use crate::upstream::client::{SendError, UpstreamBody};
 use crate::upstream::{CompiledUpstream, HostHeader, InFlight};
 
 /// Why a request could not be forwarded.
@@ -72,9 +72,6 @@ pub enum ForwardError {
         /// Full queue or a wait that ran out.
         refusal: Refusal,
     },
-    /// The upstream URI could not be built from the request.
-    #[error("cannot build the upstream request: {0}")]
-    BadRequest(String),
 }
 
 fn overload_reason(refusal: Refusal) -> &'static str {
@@ -95,7 +92,6 @@ impl ForwardError {
             ForwardError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ForwardError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ForwardError::ClientBody { .. } => StatusCode::BAD_REQUEST,
-            ForwardError::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -109,7 +105,6 @@ impl ForwardError {
             ForwardError::Upstream { .. } => "upstream-failed",
             ForwardError::BodyTooLarge { .. } => "request-body-too-large",
             ForwardError::ClientBody { .. } => "client-body-failed",
-            ForwardError::BadRequest(_) => "bad-request",
         }
     }
 
@@ -147,8 +142,9 @@ impl ForwardError {
 /// A forwarded exchange's response and facts for the log.
 #[derive(Debug)]
 pub struct Forwarded {
-    /// The upstream response, body still streaming.
-    pub response: Response<Incoming>,
+    /// The upstream response, body still streaming; read to its end, it frees its connection
+    /// for the next request.
+    pub response: Response<UpstreamBody>,
     /// The endpoint that answered.
     pub endpoint: Arc<str>,
     /// Time from sending to the response head (last try).
@@ -239,7 +235,7 @@ pub async fn forward_traced(
         }
         let attempt_body = body.take().unwrap_or(GatewayBody::Empty);
         let headers = if may_retry { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
-        let outgoing = build_request(upstream, &parts, headers, &endpoint.authority, &path_and_query, attempt_body)?;
+        let outgoing = build_request(upstream, &parts, headers, &endpoint.authority, &path_and_query, attempt_body);
 
         let sent_at = Instant::now();
         let limit = match deadline {
@@ -247,7 +243,11 @@ pub async fn forward_traced(
             None => upstream.timeouts.read,
         };
         let mut in_flight = InFlight::enter(&endpoint.state);
-        let result = tokio::time::timeout(limit, upstream.client.request(outgoing)).await;
+        let sending = async {
+            let pool = endpoint.pool(&upstream.client)?;
+            upstream.client.send(pool, outgoing).await
+        };
+        let result = tokio::time::timeout(limit, sending).await;
         let now = Instant::now();
 
         let outcome = match result {
@@ -322,8 +322,9 @@ pub async fn forward_traced(
     }
 }
 
-/// The request for one try. `headers` are the ones to send: a copy when a retry may need
-/// them again, else the request's own.
+/// The request for one try, with the path and query as its URI (the client adds the scheme
+/// and authority where the protocol wants them). `headers` are the ones to send: a copy when a
+/// retry may need them again, else the request's own.
 fn build_request(
     upstream: &CompiledUpstream,
     parts: &http::request::Parts,
@@ -331,17 +332,10 @@ fn build_request(
     authority: &Authority,
     path_and_query: &PathAndQuery,
     body: GatewayBody,
-) -> Result<Request<GatewayBody>, ForwardError> {
-    let scheme = if upstream.uri_scheme() == "https" { Scheme::HTTPS } else { Scheme::HTTP };
-    let uri = Uri::builder()
-        .scheme(scheme)
-        .authority(authority.clone())
-        .path_and_query(path_and_query.clone())
-        .build()
-        .map_err(|err| ForwardError::BadRequest(err.to_string()))?;
+) -> Request<GatewayBody> {
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = uri;
+    *request.uri_mut() = Uri::from(path_and_query.clone());
     *request.version_mut() = parts.version;
     *request.headers_mut() = headers;
     if matches!(upstream.host_header, HostHeader::Endpoint) {
@@ -353,11 +347,11 @@ fn build_request(
         // HTTP/2 carries the authority in the pseudo-header, not in Host.
         request.headers_mut().remove(HOST);
     }
-    Ok(request)
+    request
 }
 
 fn classify(
-    err: hyper_util::client::legacy::Error,
+    err: SendError,
     endpoint: &Arc<str>,
     body_limit: Option<&(u64, Arc<std::sync::atomic::AtomicBool>)>,
 ) -> ForwardError {

@@ -669,10 +669,7 @@ fn respond_with(
 fn log_forward_error(err: &ForwardError, route: &str, upstream: &str) {
     match err {
         // Refusals by the bulkhead come in floods exactly when the upstream is overloaded.
-        ForwardError::BodyTooLarge { .. }
-        | ForwardError::ClientBody { .. }
-        | ForwardError::BadRequest(_)
-        | ForwardError::Overloaded { .. } => {
+        ForwardError::BodyTooLarge { .. } | ForwardError::ClientBody { .. } | ForwardError::Overloaded { .. } => {
             tracing::debug!(route, upstream, error = %err, "request refused while forwarding");
         }
         _ => tracing::warn!(route, upstream, error = %err, "upstream request failed"),

@@ -1,17 +1,21 @@
-//! Pooled HTTP clients towards upstreams (hyper-util's keep-alive pool, rustls for TLS).
+//! Pooled HTTP clients towards upstreams: hyper's HTTP/1.1 and HTTP/2 connections, kept per
+//! endpoint; hyper-util's connector with rustls for TCP and TLS.
 
-use std::future::Future;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gantry_config::UpstreamScheme;
-use http::Uri;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, MaybeHttpsStream};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -56,13 +60,27 @@ pub enum ClientError {
     ServerName(String),
 }
 
-/// A pooled client; cheap to clone (the pool is shared).
+/// A pooled client; cheap to clone (the pools are shared).
+///
+/// HTTP/1.1 connections are kept per endpoint, most recently used first, and go back to their
+/// pool when the response body has been read to its end: the body itself returns them, so no
+/// task is spawned per request and no pool key is hashed per request (the forwarder keeps
+/// each endpoint's [`EndpointPool`]). An HTTP/2 endpoint (h2c, or h2 chosen by ALPN) has one
+/// shared connection that every request multiplexes over.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
-    inner: Client<TimedConnector, GatewayBody>,
-    /// What the pool was built from; shared by clones, new for every client built, so it also
-    /// tells whether two handles use one pool.
-    settings: Arc<ClientSettings>,
+    inner: Arc<ClientInner>,
+}
+
+#[derive(Debug)]
+struct ClientInner {
+    /// What the pools were built from.
+    settings: ClientSettings,
+    connector: TimedConnector,
+    /// Every endpoint's pool, for the probes and the sweeper.
+    pools: Mutex<HashMap<Arc<str>, Arc<EndpointPool>>>,
+    /// Whether the task that closes idle connections runs.
+    sweeping: AtomicBool,
 }
 
 impl UpstreamClient {
@@ -87,33 +105,353 @@ impl UpstreamClient {
             inner: builder.enable_all_versions().wrap_connector(http),
             limit: settings.connect_timeout,
         };
-
-        let mut client = Client::builder(TokioExecutor::new());
-        client
-            .pool_max_idle_per_host(settings.max_idle_per_endpoint)
-            .pool_idle_timeout(settings.idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .set_host(false);
-        if settings.scheme == UpstreamScheme::H2c {
-            client.http2_only(true);
-        }
-        Ok(Self { inner: client.build(connector), settings: Arc::new(settings.clone()) })
+        Ok(Self {
+            inner: Arc::new(ClientInner {
+                settings: settings.clone(),
+                connector,
+                pools: Mutex::new(HashMap::new()),
+                sweeping: AtomicBool::new(false),
+            }),
+        })
     }
 
     /// True when both handles share one pool, and so the same settings (TLS, timeouts).
     pub fn shares_pool_with(&self, other: &UpstreamClient) -> bool {
-        Arc::ptr_eq(&self.settings, &other.settings)
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// The settings the pool was built from.
     pub fn settings(&self) -> &ClientSettings {
-        &self.settings
+        &self.inner.settings
     }
 
-    /// Sends a request; the URI must be absolute.
-    pub fn request(&self, request: http::Request<GatewayBody>) -> hyper_util::client::legacy::ResponseFuture {
-        self.inner.request(request)
+    /// The pool of connections to `address` (`host:port`), made on first use.
+    pub fn pool_for(&self, address: &Arc<str>) -> Result<Arc<EndpointPool>, SendError> {
+        let mut pools = self.inner.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(pool) = pools.get(address) {
+            return Ok(pool.clone());
+        }
+        let authority = Authority::try_from(&**address).map_err(|err| SendError::Connect(Box::new(err)))?;
+        let settings = &self.inner.settings;
+        let pool = Arc::new(EndpointPool {
+            authority,
+            max_idle: settings.max_idle_per_endpoint,
+            idle_timeout: settings.idle_timeout,
+            connections: Mutex::new(Connections::default()),
+        });
+        pools.insert(address.clone(), pool.clone());
+        drop(pools);
+        self.start_sweeping();
+        Ok(pool)
+    }
+
+    /// Sends `request` to the endpoint of `pool`. Its URI is the path and query only (the
+    /// origin form HTTP/1.1 sends); for HTTP/2 the scheme and the endpoint's authority are
+    /// added. A request that a kept-alive connection closed under before sending it is sent
+    /// again on another one, as no byte of it reached the upstream.
+    pub async fn send(
+        &self,
+        pool: &Arc<EndpointPool>,
+        mut request: Request<GatewayBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        while let Some(connection) = pool.checkout() {
+            match self.send_on(pool, connection, request).await {
+                Ok(response) => return Ok(response),
+                Err(Unsent::Request(unsent)) => request = *unsent,
+                Err(Unsent::Failed(err)) => return Err(err),
+            }
+        }
+        // Boxed: a new connection is the rare case, and its setup makes a large future.
+        Box::pin(async {
+            let connection = self.connect(pool).await?;
+            match self.send_on(pool, connection, request).await {
+                Ok(response) => Ok(response),
+                Err(Unsent::Request(_)) => Err(SendError::Exchange(None)),
+                Err(Unsent::Failed(err)) => Err(err),
+            }
+        })
+        .await
+    }
+
+    async fn send_on(
+        &self,
+        pool: &Arc<EndpointPool>,
+        connection: Pooled,
+        mut request: Request<GatewayBody>,
+    ) -> Result<Response<UpstreamBody>, Unsent> {
+        match connection {
+            Pooled::Http2(mut sender) => {
+                let path_and_query = request.uri().path_and_query().cloned();
+                let mut uri = http::uri::Parts::default();
+                uri.scheme = Some(self.scheme());
+                uri.authority = Some(pool.authority.clone());
+                uri.path_and_query = path_and_query;
+                *request.uri_mut() =
+                    Uri::from_parts(uri).map_err(|err| Unsent::Failed(SendError::Connect(Box::new(err))))?;
+                let response = sender.send_request(request).await.map_err(|err| Unsent::Failed(err.into()))?;
+                Ok(response.map(|body| UpstreamBody { incoming: body, reusable: None }))
+            }
+            Pooled::Http1(mut sender) => {
+                if !sender.is_ready() && sender.ready().await.is_err() {
+                    // Closed while idle: the request was not sent.
+                    return Err(Unsent::Request(Box::new(request)));
+                }
+                match sender.try_send_request(request).await {
+                    Ok(response) => {
+                        // An upgraded connection belongs to the tunnel from now on.
+                        let reusable = (response.status() != http::StatusCode::SWITCHING_PROTOCOLS)
+                            .then(|| Returning { sender, pool: pool.clone() });
+                        Ok(response.map(|body| UpstreamBody { incoming: body, reusable }))
+                    }
+                    Err(mut err) => match err.take_message() {
+                        Some(unsent) => Err(Unsent::Request(Box::new(unsent))),
+                        None => Err(Unsent::Failed(err.into_error().into())),
+                    },
+                }
+            }
+        }
+    }
+
+    fn scheme(&self) -> Scheme {
+        match self.inner.settings.scheme {
+            UpstreamScheme::Https => Scheme::HTTPS,
+            UpstreamScheme::Http | UpstreamScheme::H2c => Scheme::HTTP,
+        }
+    }
+
+    /// Opens a connection to the pool's endpoint: HTTP/2 for h2c or when TLS chose h2, else
+    /// HTTP/1.1. Its task runs until the upstream or the gateway closes it.
+    async fn connect(&self, pool: &Arc<EndpointPool>) -> Result<Pooled, SendError> {
+        let uri = Uri::builder()
+            .scheme(self.scheme())
+            .authority(pool.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|err| SendError::Connect(Box::new(err)))?;
+        let stream = self.inner.connector.connect(uri).await.map_err(SendError::Connect)?;
+        let http2 = self.inner.settings.scheme == UpstreamScheme::H2c || stream.connected().is_negotiated_h2();
+        if http2 {
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(stream)
+                .await
+                .map_err(|err| SendError::Connect(Box::new(err)))?;
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(error = %err, "upstream HTTP/2 connection ended");
+                }
+            });
+            pool.share(sender.clone());
+            Ok(Pooled::Http2(sender))
+        } else {
+            let (sender, connection) =
+                http1::handshake(stream).await.map_err(|err| SendError::Connect(Box::new(err)))?;
+            tokio::spawn(async move {
+                if let Err(err) = connection.with_upgrades().await {
+                    tracing::debug!(error = %err, "upstream HTTP/1.1 connection ended");
+                }
+            });
+            Ok(Pooled::Http1(sender))
+        }
+    }
+
+    /// Starts the task that closes connections idle for longer than the idle timeout; it ends
+    /// with the client. Without a runtime (a client built for validation only) there is
+    /// nothing to sweep yet.
+    fn start_sweeping(&self) {
+        if self.inner.sweeping.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        if self.inner.sweeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let client = Arc::downgrade(&self.inner);
+        let period = self.inner.settings.idle_timeout.max(Duration::from_millis(100));
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(client) = client.upgrade() else { return };
+                let now = Instant::now();
+                let mut pools = client.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                // A pool no endpoint refers to any more, with nothing kept, goes as well.
+                pools.retain(|_, pool| pool.sweep(now) || Arc::strong_count(pool) > 1);
+            }
+        });
+    }
+}
+
+/// The kept connections to one endpoint.
+#[derive(Debug)]
+pub struct EndpointPool {
+    authority: Authority,
+    max_idle: usize,
+    idle_timeout: Duration,
+    connections: Mutex<Connections>,
+}
+
+#[derive(Debug, Default)]
+struct Connections {
+    /// Idle HTTP/1.1 connections, the most recently used last.
+    idle: Vec<Idle>,
+    /// The HTTP/2 connection all requests share.
+    shared: Option<http2::SendRequest<GatewayBody>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<GatewayBody>,
+    since: Instant,
+}
+
+enum Pooled {
+    Http1(http1::SendRequest<GatewayBody>),
+    Http2(http2::SendRequest<GatewayBody>),
+}
+
+/// Why a try on one connection gave no response.
+enum Unsent {
+    /// The connection closed before the request was written: it can go on another.
+    Request(Box<Request<GatewayBody>>),
+    /// The exchange failed.
+    Failed(SendError),
+}
+
+impl EndpointPool {
+    fn connections(&self) -> std::sync::MutexGuard<'_, Connections> {
+        self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A kept connection, if one is open and has not idled past the timeout.
+    fn checkout(&self) -> Option<Pooled> {
+        let mut connections = self.connections();
+        if let Some(shared) = &connections.shared {
+            if !shared.is_closed() {
+                return Some(Pooled::Http2(shared.clone()));
+            }
+            connections.shared = None;
+        }
+        let now = Instant::now();
+        while let Some(idle) = connections.idle.pop() {
+            if !idle.sender.is_closed() && now.saturating_duration_since(idle.since) < self.idle_timeout {
+                return Some(Pooled::Http1(idle.sender));
+            }
+        }
+        None
+    }
+
+    /// Keeps an HTTP/1.1 connection whose exchange ended, unless the pool is full.
+    fn put(&self, sender: http1::SendRequest<GatewayBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut connections = self.connections();
+        if connections.idle.len() < self.max_idle {
+            connections.idle.push(Idle { sender, since: Instant::now() });
+        }
+    }
+
+    fn share(&self, sender: http2::SendRequest<GatewayBody>) {
+        self.connections().shared = Some(sender);
+    }
+
+    /// Closes idle connections past the timeout; true when the pool still holds one.
+    fn sweep(&self, now: Instant) -> bool {
+        let mut connections = self.connections();
+        let timeout = self.idle_timeout;
+        connections.idle.retain(|idle| !idle.sender.is_closed() && now.saturating_duration_since(idle.since) < timeout);
+        if connections.shared.as_ref().is_some_and(http2::SendRequest::is_closed) {
+            connections.shared = None;
+        }
+        !connections.idle.is_empty() || connections.shared.is_some()
+    }
+
+    /// Idle HTTP/1.1 connections kept (for tests and status).
+    pub fn idle_connections(&self) -> usize {
+        self.connections().idle.len()
+    }
+}
+
+/// An upstream response body. Once read to its end, it gives its HTTP/1.1 connection back to
+/// the pool; dropped before that, the connection closes, as a half-read response cannot be
+/// followed by another on it.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    incoming: Incoming,
+    reusable: Option<Returning>,
+}
+
+#[derive(Debug)]
+struct Returning {
+    sender: http1::SendRequest<GatewayBody>,
+    pool: Arc<EndpointPool>,
+}
+
+impl UpstreamBody {
+    fn release(&mut self) {
+        if let Some(Returning { sender, pool }) = self.reusable.take() {
+            pool.put(sender);
+        }
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.incoming).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Err(_))) => this.reusable = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.incoming.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if http_body::Body::is_end_stream(&self.incoming) {
+            self.release();
+        }
+    }
+}
+
+/// Sending to an upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be made (TCP, TLS or the HTTP/2 handshake).
+    #[error("connecting failed")]
+    Connect(#[source] BoxError),
+    /// The exchange on a connection failed; `None` when a new connection closed before the
+    /// request could be written.
+    #[error("the exchange failed")]
+    Exchange(#[source] Option<hyper::Error>),
+}
+
+impl From<hyper::Error> for SendError {
+    fn from(err: hyper::Error) -> Self {
+        SendError::Exchange(Some(err))
+    }
+}
+
+impl SendError {
+    /// True when no connection was made.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, SendError::Connect(_))
     }
 }
 
@@ -133,79 +471,15 @@ struct ConnectTimeout(Duration);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-impl tower_service::Service<Uri> for TimedConnector {
-    type Response = UpstreamStream;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+type UpstreamStream = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.inner.call(uri);
-        let limit = self.limit;
-        Box::pin(async move {
-            match tokio::time::timeout(limit, connecting).await {
-                Ok(connected) => connected.map(UpstreamStream),
-                Err(_) => Err(ConnectTimeout(limit).into()),
-            }
-        })
-    }
-}
-
-/// A connection to an upstream endpoint, as the pool holds it. Its [`Connection`] facts leave
-/// out the socket addresses hyper-util's TCP connector attaches: the pool would copy those
-/// into the extensions of every response (an allocation and a hashed insertion per request),
-/// and nothing reads them there.
-#[derive(Debug)]
-pub struct UpstreamStream(MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>);
-
-impl Connection for UpstreamStream {
-    fn connected(&self) -> Connected {
-        let transport = self.0.connected();
-        let connected = Connected::new().proxy(transport.is_proxied());
-        if transport.is_negotiated_h2() {
-            connected.negotiated_h2()
-        } else {
-            connected
+impl TimedConnector {
+    async fn connect(&self, uri: Uri) -> Result<UpstreamStream, BoxError> {
+        let connecting = tower_service::Service::call(&mut self.inner.clone(), uri);
+        match tokio::time::timeout(self.limit, connecting).await {
+            Ok(connected) => connected,
+            Err(_) => Err(ConnectTimeout(self.limit).into()),
         }
-    }
-}
-
-impl hyper::rt::Read for UpstreamStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for UpstreamStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
     }
 }
 
@@ -267,9 +541,10 @@ mod tests {
         }
     }
 
-    /// Two requests over one kept-alive connection; the responses carry no connection facts.
+    /// Two requests over one kept-alive connection, which goes back to the pool once each
+    /// response body has been read to its end.
     #[tokio::test]
-    async fn pooled_requests_reuse_the_connection_and_carry_no_socket_addresses() {
+    async fn pooled_requests_reuse_the_connection() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let server = tokio::spawn(async move {
@@ -282,33 +557,70 @@ mod tests {
                 assert!(read > 0, "the client closed the connection after {answered} answers");
                 seen.extend_from_slice(&buffer[..read]);
                 while let Some(end) = seen.windows(4).position(|window| window == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                    assert!(head.starts_with("GET /path?query HTTP/1.1\r\n"), "origin form: {head}");
                     seen.drain(..end + 4);
                     socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.expect("write");
                     answered += 1;
                 }
             }
+            // Kept open (the task's output) so that the connection stays poolable.
+            socket
         });
         let client = UpstreamClient::new(&settings()).expect("client");
+        let pool = client.pool_for(&Arc::from(address.to_string())).expect("pool");
         // The server answers on its first connection only: a second one would wait forever.
         let limit = Duration::from_secs(5);
         for _ in 0..2 {
             let request = http::Request::builder()
-                .uri(format!("http://{address}/"))
+                .uri("/path?query")
                 .header(http::header::HOST, address.to_string())
                 .body(GatewayBody::Empty)
                 .expect("request");
-            let response = tokio::time::timeout(limit, client.request(request))
+            let response = tokio::time::timeout(limit, client.send(&pool, request))
                 .await
                 .expect("answered on the kept-alive connection")
                 .expect("response");
             assert_eq!(response.status(), http::StatusCode::OK);
-            assert!(
-                response.extensions().get::<hyper_util::client::legacy::connect::HttpInfo>().is_none(),
-                "no socket addresses are copied into responses"
-            );
+            assert_eq!(pool.idle_connections(), 0, "in use until its body ends");
             let body = http_body_util::BodyExt::collect(response.into_body()).await.expect("body").to_bytes();
             assert_eq!(&body[..], b"ok");
+            assert_eq!(pool.idle_connections(), 1, "back in the pool");
         }
-        tokio::time::timeout(limit, server).await.expect("server done").expect("server");
+        let _socket = tokio::time::timeout(limit, server).await.expect("server done").expect("server");
+    }
+
+    /// A response dropped before its body was read closes its connection: the next request
+    /// opens another one.
+    #[tokio::test]
+    async fn a_half_read_response_does_not_return_its_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            let mut connections = 0;
+            while connections < 2 {
+                let (mut socket, _) = listener.accept().await.expect("accept");
+                connections += 1;
+                let mut buffer = vec![0u8; 4096];
+                let _ = socket.read(&mut buffer).await.expect("read");
+                // Promises 10 bytes and sends 2: the body never ends.
+                socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok").await.expect("write");
+                tokio::spawn(async move {
+                    let _ = socket.read(&mut buffer).await;
+                });
+            }
+            connections
+        });
+        let client = UpstreamClient::new(&settings()).expect("client");
+        let pool = client.pool_for(&Arc::from(address.to_string())).expect("pool");
+        let limit = Duration::from_secs(5);
+        for _ in 0..2 {
+            let request = http::Request::builder().uri("/").body(GatewayBody::Empty).expect("request");
+            let response = tokio::time::timeout(limit, client.send(&pool, request)).await.expect("head").expect("ok");
+            drop(response);
+            assert_eq!(pool.idle_connections(), 0);
+        }
+        let connections = tokio::time::timeout(limit, server).await.expect("server done").expect("server");
+        assert_eq!(connections, 2);
     }
 }

@@ -154,13 +154,13 @@ async fn probe_loop(upstream: Arc<str>, plan: ProbePlan) {
     }
 }
 
-async fn probe(plan: &ProbePlan, address: &str) -> bool {
-    let uri = format!("{}://{address}{}", plan.scheme, plan.check.path);
-    let request = match Request::get(uri).header(http::header::HOST, address).body(GatewayBody::Empty) {
+async fn probe(plan: &ProbePlan, address: &Arc<str>) -> bool {
+    let request = match Request::get(&plan.check.path).header(http::header::HOST, &**address).body(GatewayBody::Empty) {
         Ok(request) => request,
         Err(_) => return false,
     };
-    match tokio::time::timeout(plan.check.timeout, plan.client.request(request)).await {
+    let Ok(pool) = plan.client.pool_for(address) else { return false };
+    match tokio::time::timeout(plan.check.timeout, plan.client.send(&pool, request)).await {
         Ok(Ok(response)) => plan.check.is_healthy_status(response.status()),
         _ => false,
     }

@@ -36,6 +36,19 @@ pub struct Endpoint {
     pub state: Arc<EndpointState>,
     /// Its request metrics, bound at compile time; `None` when requests are not counted.
     pub metrics: Option<Arc<crate::metrics::traffic::EndpointSeries>>,
+    /// Its connection pool in the upstream's client, found on first use.
+    pub pool: OnceLock<Arc<client::EndpointPool>>,
+}
+
+impl Endpoint {
+    /// Its connection pool in `client`, the client of its upstream.
+    pub fn pool(&self, client: &UpstreamClient) -> Result<&Arc<client::EndpointPool>, client::SendError> {
+        if let Some(pool) = self.pool.get() {
+            return Ok(pool);
+        }
+        let pool = client.pool_for(&self.address)?;
+        Ok(self.pool.get_or_init(|| pool))
+    }
 }
 
 /// Health and load of one endpoint; outlives snapshots.

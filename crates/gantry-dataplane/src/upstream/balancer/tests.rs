@@ -15,6 +15,7 @@ fn endpoints(weights: &[u32]) -> Vec<Endpoint> {
                 weight: *weight,
                 state: Arc::new(EndpointState::default()),
                 metrics: None,
+                pool: Default::default(),
             }
         })
         .collect()
