@@ -623,4 +623,88 @@ mod tests {
         let connections = tokio::time::timeout(limit, server).await.expect("server done").expect("server");
         assert_eq!(connections, 2);
     }
+
+    /// Accepts connections and answers each request on them with `ok`; a connection closes
+    /// after `per_connection` answers. Returns how many connections it accepted.
+    async fn counting_server(
+        listener: tokio::net::TcpListener,
+        per_connection: usize,
+        accepted: Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            accepted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                let mut answered = 0;
+                while answered < per_connection {
+                    let Ok(read) = socket.read(&mut buffer).await else { return };
+                    if read == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buffer[..read]);
+                    while let Some(end) = seen.windows(4).position(|window| window == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if socket.write_all(answer).await.is_err() {
+                            return;
+                        }
+                        answered += 1;
+                    }
+                }
+                // Reads to the client's close (or drops the socket after its last answer).
+                if per_connection == usize::MAX {
+                    let _ = socket.read(&mut buffer).await;
+                }
+            });
+        }
+    }
+
+    async fn get_ok(client: &UpstreamClient, pool: &Arc<EndpointPool>) {
+        let request = http::Request::builder().uri("/").body(GatewayBody::Empty).expect("request");
+        let response = tokio::time::timeout(Duration::from_secs(5), client.send(pool, request))
+            .await
+            .expect("answered in time")
+            .expect("response");
+        let body = http_body_util::BodyExt::collect(response.into_body()).await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"ok");
+    }
+
+    /// A kept connection the upstream closed while it was idle is not used again: the next
+    /// request goes out on a new connection and succeeds.
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        tokio::spawn(counting_server(listener, 1, accepted.clone()));
+        let client = UpstreamClient::new(&settings()).expect("client");
+        let pool = client.pool_for(&Arc::from(address.to_string())).expect("pool");
+        for round in 1..=3 {
+            get_ok(&client, &pool).await;
+            // Lets the upstream's close reach the connection's task.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(accepted.load(Ordering::SeqCst), round);
+        }
+    }
+
+    /// Connections idle for longer than the idle timeout are closed by the sweeper.
+    #[tokio::test]
+    async fn idle_connections_are_closed_after_the_idle_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        tokio::spawn(counting_server(listener, usize::MAX, accepted.clone()));
+        let client = UpstreamClient::new(&ClientSettings { idle_timeout: Duration::from_millis(200), ..settings() })
+            .expect("client");
+        let pool = client.pool_for(&Arc::from(address.to_string())).expect("pool");
+        get_ok(&client, &pool).await;
+        get_ok(&client, &pool).await;
+        assert_eq!((accepted.load(Ordering::SeqCst), pool.idle_connections()), (1, 1), "one kept connection");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(pool.idle_connections(), 0, "closed by the sweeper");
+        get_ok(&client, &pool).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new connection after the idle timeout");
+    }
 }
