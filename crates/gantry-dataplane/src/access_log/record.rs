@@ -76,7 +76,7 @@ impl Serialize for View<'_> {
         let mut map = serializer.serialize_map(None)?;
         for field in &self.format.fields {
             match field {
-                Time => map.serialize_entry("time", &Text(Rfc3339(record.time)))?,
+                Time => map.serialize_entry("time", &Rfc3339(record.time))?,
                 RequestId => map.serialize_entry("request_id", &*record.request_id)?,
                 TraceId => {
                     if let Some(id) = &record.trace_id {
@@ -91,9 +91,13 @@ impl Serialize for View<'_> {
                 Route => optional(&mut map, "route", record.route_id.as_deref())?,
                 Service => optional(&mut map, "service", record.service_id.as_deref())?,
                 Consumer => optional(&mut map, "consumer", record.consumer_id.as_deref())?,
-                Client => map.serialize_entry("client_ip", &Text(record.client.ip()))?,
+                Client => map.serialize_entry("client_ip", &ClientIp(record.client.ip()))?,
                 Method => map.serialize_entry("method", record.method.as_str())?,
-                Uri => map.serialize_entry("uri", &Text(&record.uri))?,
+                Uri => match record.uri.path_and_query().filter(|_| record.uri.authority().is_none()) {
+                    // The origin form HTTP/1.1 requests arrive in is its own text.
+                    Some(origin) => map.serialize_entry("uri", origin.as_str())?,
+                    None => map.serialize_entry("uri", &Text(&record.uri))?,
+                },
                 Path => map.serialize_entry("path", record.uri.path())?,
                 Query => optional(&mut map, "query", record.uri.query())?,
                 Protocol => map.serialize_entry("protocol", protocol_name(record.version))?,
@@ -222,17 +226,90 @@ impl std::fmt::Display for Hex<'_> {
     }
 }
 
-/// A time shown as RFC 3339 UTC with milliseconds.
+/// A time shown as RFC 3339 UTC with milliseconds. Its digits are written directly rather
+/// than through `core::fmt`, which cost the access log's sink about 2,600 instructions per
+/// record.
 pub(super) struct Rfc3339(pub(super) SystemTime);
+
+impl Rfc3339 {
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`; `None` for a year outside 0–9999.
+    fn render(&self) -> Option<[u8; 24]> {
+        let civil = Civil::of(self.0);
+        let year = u32::try_from(civil.year).ok().filter(|year| *year <= 9999)?;
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        put_digits(&mut out[0..4], year);
+        put_digits(&mut out[5..7], civil.month);
+        put_digits(&mut out[8..10], civil.day);
+        put_digits(&mut out[11..13], civil.hour as u32);
+        put_digits(&mut out[14..16], civil.minute as u32);
+        put_digits(&mut out[17..19], civil.second as u32);
+        put_digits(&mut out[20..23], civil.millis);
+        Some(out)
+    }
+}
+
+/// Writes `value`'s last `into.len()` decimal digits, zero-padded.
+fn put_digits(into: &mut [u8], mut value: u32) {
+    for slot in into.iter_mut().rev() {
+        *slot = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+}
 
 impl std::fmt::Display for Rfc3339 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let civil = Civil::of(self.0);
-        write!(
-            f,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            civil.year, civil.month, civil.day, civil.hour, civil.minute, civil.second, civil.millis
-        )
+        match self.render() {
+            Some(text) => f.write_str(std::str::from_utf8(&text).map_err(|_| std::fmt::Error)?),
+            None => {
+                let civil = Civil::of(self.0);
+                write!(
+                    f,
+                    "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                    civil.year, civil.month, civil.day, civil.hour, civil.minute, civil.second, civil.millis
+                )
+            }
+        }
+    }
+}
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.render() {
+            Some(text) => serializer.serialize_str(std::str::from_utf8(&text).map_err(serde::ser::Error::custom)?),
+            None => serializer.collect_str(self),
+        }
+    }
+}
+
+/// A client address as text; IPv4, nearly every client's, written without `core::fmt` (about
+/// 1,100 instructions per record through `Display`).
+struct ClientIp(std::net::IpAddr);
+
+impl Serialize for ClientIp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            std::net::IpAddr::V4(ip) => {
+                let mut out = [0u8; 15];
+                let mut length = 0;
+                for (index, octet) in ip.octets().into_iter().enumerate() {
+                    if index > 0 {
+                        out[length] = b'.';
+                        length += 1;
+                    }
+                    let digits = if octet >= 100 {
+                        3
+                    } else if octet >= 10 {
+                        2
+                    } else {
+                        1
+                    };
+                    put_digits(&mut out[length..length + digits], u32::from(octet));
+                    length += digits;
+                }
+                serializer.serialize_str(std::str::from_utf8(&out[..length]).map_err(serde::ser::Error::custom)?)
+            }
+            std::net::IpAddr::V6(ip) => serializer.collect_str(&ip),
+        }
     }
 }
 

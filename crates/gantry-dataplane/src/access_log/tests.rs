@@ -69,8 +69,38 @@ fn keys_in_order(format: &RecordFormat, record: &AccessRecord) -> Vec<String> {
 fn formats_timestamps_as_rfc3339_utc_and_index_patterns_by_date() {
     let time = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
     assert_eq!(Rfc3339(time).to_string(), "2023-11-14T22:13:20.123Z");
+    assert_eq!(serde_json::to_value(Rfc3339(time)).expect("json"), "2023-11-14T22:13:20.123Z");
+    let early = SystemTime::UNIX_EPOCH + Duration::from_millis(5);
+    assert_eq!(Rfc3339(early).to_string(), "1970-01-01T00:00:00.005Z");
+    // Past year 9999 the digits are not cut to four.
+    let far = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+    assert_eq!(Rfc3339(far).to_string(), "10000-01-01T00:00:00.000Z");
     assert_eq!(format_date_pattern("gantry-%Y.%m.%d", time), "gantry-2023.11.14");
     assert_eq!(format_date_pattern("g-%H%%", time), "g-22%");
+}
+
+#[test]
+fn writes_client_addresses_of_every_length() {
+    let format = format_of(r#"{"path": "/dev/null", "fields": ["client"]}"#);
+    for (client, shown) in [
+        ("127.0.0.1:5000", "127.0.0.1"),
+        ("0.0.0.0:1", "0.0.0.0"),
+        ("10.20.255.9:80", "10.20.255.9"),
+        ("255.255.255.255:80", "255.255.255.255"),
+        ("[2001:db8::1]:443", "2001:db8::1"),
+    ] {
+        let record = AccessRecord { client: client.parse().expect("addr"), ..record() };
+        assert_eq!(json(&format, &record)["client_ip"], shown);
+    }
+}
+
+#[test]
+fn writes_origin_form_and_absolute_uris_as_received() {
+    let format = format_of(r#"{"path": "/dev/null", "fields": ["uri"]}"#);
+    for uri in ["/a/b?c=1&d=%20", "/", "https://h2.example.com/a?b=1", "http://h2.example.com:8080/"] {
+        let record = AccessRecord { uri: uri.parse().expect("uri"), ..record() };
+        assert_eq!(json(&format, &record)["uri"], uri);
+    }
 }
 
 #[test]
