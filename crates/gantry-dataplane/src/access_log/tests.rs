@@ -594,3 +594,39 @@ async fn posts_retry_server_errors_and_429_with_backoff_but_not_refusals() {
     assert!(matches!(answer, Err(PostError::Unavailable(_))), "{answer:?}");
     assert_eq!(count.load(Ordering::SeqCst), 3, "the first attempt and two retries");
 }
+
+/// A queued record must not keep its connection's read buffer alive: what it took from the
+/// heads is copied out of the buffer when it is emitted, with the same values.
+#[test]
+fn an_emitted_record_holds_no_slice_of_the_connection_buffer() {
+    let head: &[u8] = b"GET /orders/7?x=1 HTTP/1.1\r\nHost: shop.test\r\nUser-Agent: curl/8\r\nhttps://h2.test/a?b\r\n";
+    let buffer = bytes::Bytes::from(head.to_vec());
+    let slice = |text: &str| {
+        let start = head.windows(text.len()).position(|window| window == text.as_bytes()).expect("in the head");
+        buffer.slice(start..start + text.len())
+    };
+    let inside = |bytes: &[u8]| buffer.as_ptr_range().contains(&bytes.as_ptr());
+    let value = |text: &str| HeaderValue::from_maybe_shared(slice(text)).expect("value");
+    for target in ["/orders/7?x=1", "https://h2.test/a?b"] {
+        let mut record = AccessRecord {
+            uri: Uri::from_maybe_shared(slice(target)).expect("uri"),
+            host: Some(value("shop.test")),
+            user_agent: Some(value("curl/8")),
+            request_headers: vec![(HeaderName::from_static("x-tenant"), value("shop"))],
+            ..record()
+        };
+        let shared = record.uri.path_and_query().expect("path").as_str().as_bytes();
+        assert!(inside(shared), "{target}: parsed as a slice of the buffer, as hyper parses heads");
+        record.detach();
+        assert_eq!(record.uri.to_string(), target);
+        let path = record.uri.path_and_query().expect("path").as_str().as_bytes();
+        assert!(!inside(path), "{target}: the URI is copied");
+        for (copied, text) in [(&record.host, "shop.test"), (&record.user_agent, "curl/8")] {
+            let copied = copied.as_ref().expect("kept");
+            assert_eq!(copied, text);
+            assert!(!inside(copied.as_bytes()), "{text} is copied");
+        }
+        assert_eq!(record.request_headers[0].1, "shop");
+        assert!(!inside(record.request_headers[0].1.as_bytes()));
+    }
+}
