@@ -188,8 +188,21 @@ impl UpstreamClient {
                 uri.path_and_query = path_and_query;
                 *request.uri_mut() =
                     Uri::from_parts(uri).map_err(|err| Unsent::Failed(SendError::Connect(Box::new(err))))?;
-                let response = sender.send_request(request).await.map_err(|err| Unsent::Failed(err.into()))?;
-                Ok(response.map(|body| UpstreamBody { incoming: body, reusable: None }))
+                match sender.try_send_request(request).await {
+                    Ok(response) => Ok(response.map(|body| UpstreamBody { incoming: body, reusable: None })),
+                    Err(mut err) => match err.take_message() {
+                        // The connection was going away (GOAWAY, closed): it is shared no more,
+                        // and the request goes out as it came, on another connection.
+                        Some(mut unsent) => {
+                            pool.unshare();
+                            if let Some(path_and_query) = unsent.uri().path_and_query().cloned() {
+                                *unsent.uri_mut() = Uri::from(path_and_query);
+                            }
+                            Err(Unsent::Request(Box::new(unsent)))
+                        }
+                        None => Err(Unsent::Failed(err.into_error().into())),
+                    },
+                }
             }
             Pooled::Http1(mut sender) => {
                 if !sender.is_ready() && sender.ready().await.is_err() {
@@ -353,6 +366,13 @@ impl EndpointPool {
 
     fn share(&self, sender: http2::SendRequest<GatewayBody>) {
         self.connections().shared = Some(sender);
+    }
+
+    /// Stops sharing the HTTP/2 connection, which refused a request: the next request opens
+    /// another. (Should a second connection have been shared meanwhile, it is let go too; the
+    /// requests on it finish.)
+    fn unshare(&self) {
+        self.connections().shared = None;
     }
 
     /// Closes idle connections past the timeout; true when the pool still holds one.
@@ -706,5 +726,75 @@ mod tests {
         assert_eq!(pool.idle_connections(), 0, "closed by the sweeper");
         get_ok(&client, &pool).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new connection after the idle timeout");
+    }
+
+    /// An h2c server answering `ok`; each connection says goodbye (GOAWAY) after
+    /// `per_connection` requests.
+    async fn h2c_server(
+        listener: tokio::net::TcpListener,
+        per_connection: usize,
+        accepted: Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else { return };
+            accepted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                let enough = Arc::new(tokio::sync::Notify::new());
+                let enough_seen = enough.clone();
+                let service = hyper::service::service_fn(move |_request: Request<Incoming>| {
+                    if served.fetch_add(1, Ordering::SeqCst) + 1 == per_connection {
+                        enough.notify_one();
+                    }
+                    async {
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(b"ok"),
+                        )))
+                    }
+                });
+                let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(socket), service);
+                tokio::pin!(connection);
+                tokio::select! {
+                    _ = connection.as_mut() => {}
+                    () = enough_seen.notified() => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                    }
+                }
+            });
+        }
+    }
+
+    /// h2c requests share one connection; once the upstream says goodbye on it, the next request
+    /// goes out on a new one.
+    #[tokio::test]
+    async fn http2_requests_share_a_connection_until_the_upstream_closes_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        tokio::spawn(h2c_server(listener, 3, accepted.clone()));
+        let client =
+            UpstreamClient::new(&ClientSettings { scheme: UpstreamScheme::H2c, ..settings() }).expect("client");
+        let pool = client.pool_for(&Arc::from(address.to_string())).expect("pool");
+        let http2 = || {
+            http::Request::builder().uri("/").version(http::Version::HTTP_2).body(GatewayBody::Empty).expect("request")
+        };
+        let send = |request| async {
+            let response = tokio::time::timeout(Duration::from_secs(5), client.send(&pool, request))
+                .await
+                .expect("answered in time")
+                .expect("response");
+            assert_eq!(response.version(), http::Version::HTTP_2);
+            let body = http_body_util::BodyExt::collect(response.into_body()).await.expect("body").to_bytes();
+            assert_eq!(&body[..], b"ok");
+        };
+        send(http2()).await;
+        // Two at once, on the connection the first opened; the third request ends it.
+        futures_util::join!(send(http2()), send(http2()));
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one shared connection");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        send(http2()).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new connection after the goodbye");
     }
 }
