@@ -544,12 +544,12 @@ pub fn read_certs(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, Client
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
 
-    fn settings() -> ClientSettings {
+    pub(crate) fn settings() -> ClientSettings {
         ClientSettings {
             scheme: UpstreamScheme::Http,
             connect_timeout: Duration::from_secs(2),
@@ -646,7 +646,7 @@ mod tests {
 
     /// Accepts connections and answers each request on them with `ok`; a connection closes
     /// after `per_connection` answers. Returns how many connections it accepted.
-    async fn counting_server(
+    pub(crate) async fn counting_server(
         listener: tokio::net::TcpListener,
         per_connection: usize,
         accepted: Arc<std::sync::atomic::AtomicUsize>,

@@ -160,8 +160,50 @@ async fn probe(plan: &ProbePlan, address: &Arc<str>) -> bool {
         Err(_) => return false,
     };
     let Ok(pool) = plan.client.pool_for(address) else { return false };
-    match tokio::time::timeout(plan.check.timeout, plan.client.send(&pool, request)).await {
-        Ok(Ok(response)) => plan.check.is_healthy_status(response.status()),
+    let deadline = tokio::time::Instant::now() + plan.check.timeout;
+    match tokio::time::timeout_at(deadline, plan.client.send(&pool, request)).await {
+        Ok(Ok(response)) => {
+            let healthy = plan.check.is_healthy_status(response.status());
+            // The status decides. The body is read to its end only so that its connection goes
+            // back to the pool for the next probe; a long or slow one is left, and closed.
+            let body = http_body_util::Limited::new(response.into_body(), PROBE_BODY_KEPT);
+            let _ = tokio::time::timeout_at(deadline, http_body_util::BodyExt::collect(body)).await;
+            healthy
+        }
         _ => false,
+    }
+}
+
+/// The longest probe answer read to its end to keep its connection.
+const PROBE_BODY_KEPT: usize = 64 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::upstream::client::tests::{counting_server, settings};
+
+    /// Probes read their answers to the end, so one kept-alive connection serves them all.
+    #[tokio::test]
+    async fn probes_reuse_one_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address: Arc<str> = listener.local_addr().expect("address").to_string().into();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(counting_server(listener, usize::MAX, accepted.clone()));
+        let client = UpstreamClient::new(&settings()).expect("client");
+        let check = ActiveHealthCheck {
+            path: "/healthz".to_owned(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            healthy_threshold: 1,
+            unhealthy_threshold: 1,
+            healthy_statuses: Vec::new(),
+        };
+        let plan = ProbePlan { check, scheme: "http", targets: Vec::new(), client };
+        for _ in 0..3 {
+            assert!(probe(&plan, &address).await, "the endpoint answers 200");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 }
