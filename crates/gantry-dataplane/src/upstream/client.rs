@@ -138,6 +138,8 @@ impl UpstreamClient {
             max_idle: settings.max_idle_per_endpoint,
             idle_timeout: settings.idle_timeout,
             connections: Mutex::new(Connections::default()),
+            speaks_http2: AtomicBool::new(false),
+            opening_http2: tokio::sync::Mutex::new(()),
         });
         pools.insert(address.clone(), pool.clone());
         drop(pools);
@@ -163,7 +165,15 @@ impl UpstreamClient {
         }
         // Boxed: a new connection is the rare case, and its setup makes a large future.
         Box::pin(async {
-            let connection = self.connect(pool).await?;
+            // Requests that find no connection to an HTTP/2 endpoint wait for the one opening
+            // it and share its connection, instead of each opening one.
+            let http2 = self.inner.settings.scheme == UpstreamScheme::H2c || pool.speaks_http2.load(Ordering::Relaxed);
+            let opening = if http2 { Some(pool.opening_http2.lock().await) } else { None };
+            let connection = match pool.checkout() {
+                Some(opened) => opened,
+                None => self.connect(pool).await?,
+            };
+            drop(opening);
             match self.send_on(pool, connection, request).await {
                 Ok(response) => Ok(response),
                 Err(Unsent::Request(_)) => Err(SendError::Exchange(None)),
@@ -254,6 +264,7 @@ impl UpstreamClient {
                     tracing::debug!(error = %err, "upstream HTTP/2 connection ended");
                 }
             });
+            pool.speaks_http2.store(true, Ordering::Relaxed);
             pool.share(sender.clone());
             Ok(Pooled::Http2(sender))
         } else {
@@ -301,6 +312,10 @@ pub struct EndpointPool {
     max_idle: usize,
     idle_timeout: Duration,
     connections: Mutex<Connections>,
+    /// Set once a connection to the endpoint chose HTTP/2 (by ALPN or h2c).
+    speaks_http2: AtomicBool,
+    /// Held while a connection to an HTTP/2 endpoint is being opened.
+    opening_http2: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -789,9 +804,9 @@ pub(crate) mod tests {
             let body = http_body_util::BodyExt::collect(response.into_body()).await.expect("body").to_bytes();
             assert_eq!(&body[..], b"ok");
         };
-        send(http2()).await;
-        // Two at once, on the connection the first opened; the third request ends it.
-        futures_util::join!(send(http2()), send(http2()));
+        // Three at once on a new pool: one opens the connection, the others wait and share it;
+        // the third request ends it.
+        futures_util::join!(send(http2()), send(http2()), send(http2()));
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one shared connection");
         tokio::time::sleep(Duration::from_millis(100)).await;
         send(http2()).await;
