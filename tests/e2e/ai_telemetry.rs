@@ -13,7 +13,7 @@ use gantry_testkit::{eventually, promtool, EchoUpstream, GatewayProcess};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{metrics, start_gateway, with_admin};
+use crate::support::{metrics, sse_chunks, start_gateway, with_admin};
 
 const KEY: &str = "ai-telemetry-admin-key-0123";
 const SERVER: i32 = 2;
@@ -206,12 +206,7 @@ async fn a_whole_and_a_streamed_chat_completion_report_their_tokens_in_the_log_t
     while let Some(chunk) = stream.chunk().await.expect("a chunk") {
         text.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
     }
-    let chunks: Vec<Value> = text
-        .split("\n\n")
-        .filter_map(|event| event.strip_prefix("data: "))
-        .filter(|data| *data != "[DONE]")
-        .map(|data| serde_json::from_str(data).expect("a JSON chunk"))
-        .collect();
+    let chunks = sse_chunks(&text);
     let usage = chunks.iter().rev().find(|chunk| chunk["usage"].is_object()).expect("a chunk with the usage");
     let (stream_input, stream_output) = reported_usage(&usage["usage"]);
     assert!(stream_output > 0, "{usage}");

@@ -53,3 +53,20 @@ pub async fn assert_metric(gateway: &GatewayProcess, line: &str) {
 pub fn closed_address() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 1))
 }
+
+/// The JSON chunks of a streamed answer in OpenAI's format, checking that it ends with one
+/// `data: [DONE]` and that every other event is a `data:` line.
+pub fn sse_chunks(text: &str) -> Vec<serde_json::Value> {
+    let events: Vec<&str> = text.split("\n\n").filter(|event| !event.is_empty()).collect();
+    assert_eq!(events.last().copied(), Some("data: [DONE]"), "{text}");
+    assert_eq!(events.iter().filter(|event| **event == "data: [DONE]").count(), 1, "{text}");
+    events[..events.len() - 1]
+        .iter()
+        .map(|event| serde_json::from_str(event.strip_prefix("data: ").expect("a data event")).expect("JSON"))
+        .collect()
+}
+
+/// The text deltas of streamed chat chunks, in order.
+pub fn delta_content(chunks: &[serde_json::Value]) -> String {
+    chunks.iter().filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str()).collect()
+}

@@ -12,7 +12,7 @@ use gantry_testkit::{eventually, GatewayProcess};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{metrics, start_gateway, with_admin};
+use crate::support::{delta_content, metrics, sse_chunks, start_gateway, with_admin};
 
 const QUESTION: &str = "What is the capital of France?";
 const PARAPHRASE: &str = "What is the capital city of France?";
@@ -72,17 +72,7 @@ fn content(response: &TestResponse) -> String {
 
 /// The chunks of a streamed answer, which must end with `[DONE]`.
 fn chunks(response: &TestResponse) -> Vec<Value> {
-    let text = std::str::from_utf8(&response.body).expect("utf-8");
-    let events: Vec<&str> = text.split("\n\n").filter(|event| !event.is_empty()).collect();
-    assert_eq!(events.last().copied(), Some("data: [DONE]"), "{text}");
-    events[..events.len() - 1]
-        .iter()
-        .map(|event| serde_json::from_str(event.strip_prefix("data: ").expect("a data event")).expect("JSON"))
-        .collect()
-}
-
-fn streamed_content(chunks: &[Value]) -> String {
-    chunks.iter().filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str()).collect()
+    sse_chunks(std::str::from_utf8(&response.body).expect("utf-8"))
 }
 
 async fn provider_calls(llmock: &Llmock) -> usize {
@@ -116,7 +106,7 @@ async fn exact_cache_in_memory_answers_repeats_whole_and_streamed_without_the_pr
     assert_eq!(streamed.headers["content-type"], "text/event-stream");
     let replayed = chunks(&streamed);
     assert_eq!(replayed[0]["choices"][0]["delta"]["role"], "assistant");
-    assert_eq!(streamed_content(&replayed), content(&first));
+    assert_eq!(delta_content(&replayed), content(&first));
     let finish = replayed.iter().find_map(|chunk| chunk["choices"][0]["finish_reason"].as_str());
     assert_eq!(finish, Some("stop"));
     assert_eq!(replayed.last().expect("chunks")["usage"], first.json()["usage"], "usage asked for: the stored one");
@@ -138,7 +128,7 @@ async fn exact_cache_in_memory_answers_repeats_whole_and_streamed_without_the_pr
     let other = "Name three rivers of Europe.";
     let streamed = ask(&client, &url, other, true).await;
     assert_eq!(cache_status(&streamed), "miss");
-    let streamed_text = streamed_content(&chunks(&streamed));
+    let streamed_text = delta_content(&chunks(&streamed));
     assert!(streamed_text.contains("rivers"), "{streamed_text}");
     let whole = ask(&client, &url, other, false).await;
     assert_eq!(cache_status(&whole), "hit");
@@ -177,7 +167,7 @@ async fn exact_cache_in_redis_is_shared_by_gateways() {
     .await;
     let hit = ask(&client, &second.url("/v1/chat/completions"), QUESTION, true).await;
     assert_eq!(cache_status(&hit), "hit", "another gateway process finds it");
-    assert_eq!(streamed_content(&chunks(&hit)), content(&miss));
+    assert_eq!(delta_content(&chunks(&hit)), content(&miss));
     assert_eq!(provider_calls(&llmock).await, 1);
 }
 
@@ -222,7 +212,7 @@ async fn semantic_cache_in_memory_answers_paraphrases_respects_the_threshold_and
 
     let streamed = ask(&client, &url, PARAPHRASE, true).await;
     assert_eq!(cache_status(&streamed), "hit");
-    assert_eq!(streamed_content(&chunks(&streamed)), content(&first));
+    assert_eq!(delta_content(&chunks(&streamed)), content(&first));
 
     let unrelated = ask(&client, &url, UNRELATED, false).await;
     assert_eq!(cache_status(&unrelated), "miss");

@@ -13,7 +13,7 @@ use gantry_testkit::cloud_llm::CloudLlm;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{start_gateway, with_listener};
+use crate::support::{delta_content, sse_chunks, start_gateway, with_listener};
 
 const KEY: &str = "e2e-cloud-team-key";
 const AZURE_KEY: &str = "azure-e2e-key";
@@ -97,16 +97,6 @@ fn content(response: &TestResponse) -> String {
     response.json()["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_owned()
 }
 
-/// The chunks of a client stream, which must end with `[DONE]`.
-fn chunks_of(text: &str) -> Vec<Value> {
-    let events: Vec<&str> = text.split("\n\n").filter(|event| !event.is_empty()).collect();
-    assert_eq!(events.last().copied(), Some("data: [DONE]"), "{text}");
-    events[..events.len() - 1]
-        .iter()
-        .map(|event| serde_json::from_str(event.strip_prefix("data: ").expect("a data event")).expect("JSON"))
-        .collect()
-}
-
 #[tokio::test]
 async fn azure_openai_paths_versions_keys_and_content_filter() {
     let fake = fake("0");
@@ -144,9 +134,9 @@ async fn azure_openai_paths_versions_keys_and_content_filter() {
 
     let response = post(&client, &gateway.url("/v1/chat/completions"), chat("azure", "Stream it", true)).await;
     assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
-    let chunks = chunks_of(&String::from_utf8_lossy(&response.body));
+    let chunks = sse_chunks(&String::from_utf8_lossy(&response.body));
     assert!(chunks[0]["prompt_filter_results"].is_array(), "{chunks:?}");
-    let text: String = chunks.iter().filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str()).collect();
+    let text = delta_content(&chunks);
     assert_eq!(text, "azure answers: Stream it ");
     assert_eq!(chunks.last().expect("chunks")["usage"]["prompt_tokens"], 2);
 
@@ -272,10 +262,10 @@ async fn bedrock_event_streams_arrive_as_openai_chunks_while_generated() {
         first_content_at + Duration::from_millis(2 * DELAY_MS) < total,
         "first word after {first_content_at:?}, the whole stream after {total:?}: the answer was buffered"
     );
-    let chunks = chunks_of(&text);
+    let chunks = sse_chunks(&text);
     assert!(chunks.iter().all(|chunk| chunk["object"] == "chat.completion.chunk"), "{text}");
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    let words: String = chunks.iter().filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str()).collect();
+    let words = delta_content(&chunks);
     assert_eq!(words, "bedrock answers: Hi there ");
     let finish: Vec<&Value> =
         chunks.iter().map(|chunk| &chunk["choices"][0]["finish_reason"]).filter(|reason| !reason.is_null()).collect();
@@ -288,7 +278,7 @@ async fn bedrock_event_streams_arrive_as_openai_chunks_while_generated() {
     let client = TestClient::default();
     let response = post(&client, &gateway.url("/v1/chat/completions"), chat("claude", "Hi STREAM_FAIL", true)).await;
     assert_eq!(response.status, StatusCode::OK);
-    let chunks = chunks_of(&String::from_utf8_lossy(&response.body));
+    let chunks = sse_chunks(&String::from_utf8_lossy(&response.body));
     let error = &chunks.last().expect("chunks")["error"];
     assert_eq!(error["code"], "throttlingException", "{chunks:?}");
     assert_eq!(error["type"], "rate_limit_error");

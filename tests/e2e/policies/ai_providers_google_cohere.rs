@@ -12,7 +12,7 @@ use gantry_testkit::llmock::Llmock;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{start_gateway, with_listener};
+use crate::support::{delta_content, sse_chunks, start_gateway, with_listener};
 
 const KEY: &str = "e2e-google-cohere-key";
 
@@ -60,17 +60,6 @@ async fn post(client: &TestClient, url: &str, body: &Value) -> TestResponse {
     client
         .request(Method::POST, url, &[("x-api-key", KEY), ("content-type", "application/json")], body.to_string())
         .await
-}
-
-/// The chunks of a streamed answer, checking it ends with one `[DONE]`.
-fn chunks_of(text: &str) -> Vec<Value> {
-    let events: Vec<&str> = text.split("\n\n").filter(|event| !event.is_empty()).collect();
-    assert_eq!(events.last().copied(), Some("data: [DONE]"), "{text}");
-    assert_eq!(events.iter().filter(|event| **event == "data: [DONE]").count(), 1, "{text}");
-    events[..events.len() - 1]
-        .iter()
-        .map(|event| serde_json::from_str(event.strip_prefix("data: ").expect("a data event")).expect("JSON"))
-        .collect()
 }
 
 #[tokio::test]
@@ -165,11 +154,10 @@ async fn streams_gemini_and_cohere_events_as_openai_chunks_while_they_are_genera
             "{model}: first chunk after {first_at:?}, the whole stream after {total:?}: the answer was buffered"
         );
 
-        let chunks = chunks_of(&text);
+        let chunks = sse_chunks(&text);
         assert!(chunks.iter().all(|chunk| chunk["object"] == "chat.completion.chunk"), "{text}");
         assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant", "{text}");
-        let content: String =
-            chunks.iter().filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str()).collect();
+        let content = delta_content(&chunks);
         assert!(content.len() > 5, "{model}: the text deltas were passed on: {text}");
         let finishes: Vec<&Value> = chunks
             .iter()
@@ -231,7 +219,7 @@ async fn calls_tools_through_gemini_and_cohere_and_sends_their_results_back() {
         streamed["stream"] = json!(true);
         let response = post(&client, &gateway.url("/v1/chat/completions"), &streamed).await;
         assert_eq!(response.status, StatusCode::OK);
-        let chunks = chunks_of(std::str::from_utf8(&response.body).expect("utf-8"));
+        let chunks = sse_chunks(std::str::from_utf8(&response.body).expect("utf-8"));
         let calls: Vec<&Value> =
             chunks.iter().filter_map(|chunk| chunk["choices"][0]["delta"]["tool_calls"].as_array()).flatten().collect();
         assert_eq!(calls[0]["function"]["name"], "get_weather", "{model}: {chunks:?}");

@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{json, Value};
 
-use crate::support::{start_gateway, with_listener};
+use crate::support::{delta_content, sse_chunks, start_gateway, with_listener};
 
 /// A throwaway RSA key, made for this test only, as a service account key file holds it.
 const PRIVATE_KEY: &str = concat!(
@@ -259,13 +259,8 @@ routes:
     assert_eq!(response.status, StatusCode::OK);
     let text = String::from_utf8(response.body.to_vec()).expect("utf-8");
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-    let chunks: Vec<Value> = text
-        .split("\n\n")
-        .filter_map(|event| event.strip_prefix("data: "))
-        .filter(|data| *data != "[DONE]")
-        .map(|data| serde_json::from_str(data).expect("a JSON chunk"))
-        .collect();
-    let content: String = chunks.iter().filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str()).collect();
+    let chunks = sse_chunks(&text);
+    let content = delta_content(&chunks);
     assert_eq!(content, "Hello from Vertex.");
     assert!(chunks.iter().any(|chunk| chunk["choices"][0]["finish_reason"] == "stop"), "{text}");
 

@@ -11,7 +11,7 @@ use gantry_testkit::EchoUpstream;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::support::{start_gateway, with_listener};
+use crate::support::{delta_content, sse_chunks, start_gateway, with_listener};
 
 const KEY: &str = "e2e-ai-team-key";
 
@@ -155,15 +155,10 @@ async fn streams_anthropic_events_as_openai_chunks_while_they_are_generated() {
     assert_eq!(journal[0]["completed"], true);
     assert_eq!(journal[0]["stream"], true);
 
-    let events: Vec<&str> = text.split("\n\n").filter(|event| !event.is_empty()).collect();
-    assert_eq!(events.last().copied(), Some("data: [DONE]"), "{text}");
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|event| serde_json::from_str(event.strip_prefix("data: ").expect("a data event")).expect("JSON"))
-        .collect();
+    let chunks = sse_chunks(&text);
     assert!(chunks.iter().all(|chunk| chunk["object"] == "chat.completion.chunk"), "{text}");
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    let content: String = chunks.iter().filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str()).collect();
+    let content = delta_content(&chunks);
     assert!(content.len() > 5, "the text deltas were passed on: {text}");
     assert_eq!(chunks.last().expect("chunks")["choices"][0]["finish_reason"], "stop");
 }
@@ -205,10 +200,7 @@ async fn maps_tool_calls_through_anthropic_and_streams_openai_as_it_came() {
     assert_eq!(response.status, StatusCode::OK);
     assert_eq!(response.header("content-type"), Some("text/event-stream"));
     let text = std::str::from_utf8(&response.body).expect("utf-8");
-    let events: Vec<&str> = text.split("\n\n").filter(|event| !event.is_empty()).collect();
-    assert_eq!(events.iter().filter(|event| **event == "data: [DONE]").count(), 1, "{text}");
-    assert_eq!(events.last().copied(), Some("data: [DONE]"));
-    let first: Value = serde_json::from_str(events[0].strip_prefix("data: ").expect("data")).expect("JSON");
+    let first = &sse_chunks(text)[0];
     assert_eq!(first["object"], "chat.completion.chunk");
     assert_eq!(first["model"], "gpt-4o-mini");
 }
@@ -376,13 +368,8 @@ async fn serves_embeddings_and_text_completions_also_from_a_provider_that_only_c
     let response = post(&client, &gateway.url("/v1/completions"), body).await;
     assert_eq!(response.status, StatusCode::OK);
     let text = String::from_utf8(response.body.to_vec()).expect("utf-8");
-    let chunks: Vec<Value> = text
-        .split("\n\n")
-        .filter_map(|event| event.strip_prefix("data: "))
-        .filter(|data| *data != "[DONE]")
-        .map(|data| serde_json::from_str(data).expect("a JSON chunk"))
-        .collect();
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let chunks = sse_chunks(&text);
     assert!(chunks.iter().all(|chunk| chunk["object"] == "text_completion"), "{text}");
     let streamed: String = chunks.iter().filter_map(|chunk| chunk["choices"][0]["text"].as_str()).collect();
     assert!(streamed.contains("Stream this line"), "{streamed}");
@@ -464,18 +451,12 @@ async fn serves_openai_compatible_providers_through_their_presets() {
         assert_eq!(response.status, StatusCode::OK, "{provider}: {:?}", response.body);
         let text = String::from_utf8(response.body.to_vec()).expect("utf-8");
         assert!(text.ends_with("data: [DONE]\n\n"), "{provider}: {text}");
-        let chunks: Vec<Value> = text
-            .split("\n\n")
-            .filter_map(|event| event.strip_prefix("data: "))
-            .filter(|data| *data != "[DONE]")
-            .map(|data| serde_json::from_str::<Value>(data).expect("a JSON chunk"))
-            .collect();
+        let chunks = sse_chunks(&text);
         assert!(
             chunks.iter().all(|chunk| chunk["usage"].is_null()),
             "{provider}: the client did not ask for the usage chunk: {text}"
         );
-        let streamed: String =
-            chunks.iter().filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str()).collect();
+        let streamed = delta_content(&chunks);
         assert!(streamed.contains("Hi there"), "{provider}: {text}");
     }
 
