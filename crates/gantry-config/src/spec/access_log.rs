@@ -362,7 +362,7 @@ pub struct SinkQueueSpec {
     /// the network sinks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_records: Option<usize>,
-    /// Longest a record waits for its batch to fill. Absent: 20ms for `file` and `stdout`,
+    /// Longest a record waits for its batch to fill. Absent: 5ms for `file` and `stdout`,
     /// 1s for the network sinks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flush_interval: Option<Duration>,

@@ -19,6 +19,11 @@ use super::record::day_number;
 use super::sink::{FailureLog, Outcome, Sink};
 use super::{AccessRecord, RecordFormat};
 
+/// Most bytes of lines held before they are written. A batch of 1,024 records is about
+/// 400 KB of JSON; written in pieces of this size, its buffer stays this small instead of
+/// growing to, and staying at, the largest batch's size.
+pub(super) const WRITE_CHUNK: usize = 64 * 1024;
+
 /// JSON lines appended to a file.
 pub(super) struct FileSink {
     path: PathBuf,
@@ -49,32 +54,41 @@ impl FileSink {
             format,
             file: None,
             line: Vec::with_capacity(512),
-            pending: Vec::with_capacity(64 * 1024),
+            pending: Vec::with_capacity(WRITE_CHUNK),
             failures: FailureLog::new(spec.name.as_deref().unwrap_or("file")),
         };
         sink.file = Some(open_file(&sink.path).map_err(|err| format!("cannot open {}: {err}", sink.path.display()))?);
         Ok(sink)
     }
 
-    fn write_batch(&mut self, batch: &[Arc<AccessRecord>]) -> std::io::Result<()> {
+    /// Writes `batch`; when that fails, says how many of its records were written before.
+    fn write_batch(&mut self, batch: &[Arc<AccessRecord>]) -> Result<(), (usize, std::io::Error)> {
         if self.file.as_ref().is_some_and(|open| open.identity.is_some() && open.identity != identity_of(&self.path)) {
             // Moved or deleted from outside: continue in a new file at the path.
             self.file = None;
         }
         if self.file.is_none() {
-            self.file = Some(open_file(&self.path)?);
+            self.file = Some(open_file(&self.path).map_err(|err| (0, err))?);
         }
         let today = day_number(SystemTime::now());
         self.pending.clear();
+        let mut written = 0;
+        let mut pending = 0;
         for record in batch {
             self.line.clear();
             self.format.write_json(record, &mut self.line);
             self.line.push(b'\n');
-            if self.needs_rotation(today, self.line.len() as u64) {
-                self.flush_pending()?;
-                self.rotate_now()?;
+            let rotating = self.needs_rotation(today, self.line.len() as u64);
+            if rotating || self.pending.len() + self.line.len() > WRITE_CHUNK {
+                self.flush_pending().map_err(|err| (written, err))?;
+                written += pending;
+                pending = 0;
+            }
+            if rotating {
+                self.rotate_now().map_err(|err| (written, err))?;
             }
             self.pending.extend_from_slice(&self.line);
+            pending += 1;
             if let Some(open) = self.file.as_mut() {
                 open.size += self.line.len() as u64;
                 if open.size == self.line.len() as u64 {
@@ -82,7 +96,7 @@ impl FileSink {
                 }
             }
         }
-        self.flush_pending()
+        self.flush_pending().map_err(|err| (written, err))
     }
 
     /// Whether the file must rotate before `adding` more bytes today: a line is never split,
@@ -124,11 +138,11 @@ impl Sink for FileSink {
     async fn write(&mut self, batch: &[Arc<AccessRecord>]) -> Outcome {
         match self.write_batch(batch) {
             Ok(()) => Outcome::written(batch.len()),
-            Err(err) => {
+            Err((written, err)) => {
                 self.failures.warn(&format_args!("{}: {err}", self.path.display()));
                 // Opened again for the next batch: the disk may have room by then.
                 self.file = None;
-                Outcome::failed(batch.len())
+                Outcome::written_of(written, batch.len())
             }
         }
     }
@@ -141,6 +155,11 @@ impl FileSink {
         if let Some(open) = self.file.as_mut() {
             open.day = day;
         }
+    }
+
+    /// The bytes its line buffer has room for.
+    pub(super) fn buffer_capacity(&self) -> usize {
+        self.pending.capacity()
     }
 }
 
@@ -180,29 +199,51 @@ fn metadata_identity(_: &std::fs::Metadata) -> Option<(u64, u64)> {
 /// JSON lines on standard output.
 pub(super) struct StdoutSink {
     format: Arc<RecordFormat>,
-    buffer: Vec<u8>,
+    line: Vec<u8>,
+    pending: Vec<u8>,
     failures: FailureLog,
 }
 
 impl StdoutSink {
     pub(super) fn new(format: Arc<RecordFormat>) -> Self {
-        Self { format, buffer: Vec::with_capacity(64 * 1024), failures: FailureLog::new("stdout") }
+        Self {
+            format,
+            line: Vec::with_capacity(512),
+            pending: Vec::with_capacity(WRITE_CHUNK),
+            failures: FailureLog::new("stdout"),
+        }
+    }
+
+    /// Writes `batch`; when that fails, says how many of its records were written before.
+    fn write_batch(&mut self, batch: &[Arc<AccessRecord>]) -> Result<(), (usize, std::io::Error)> {
+        let mut out = std::io::stdout().lock();
+        self.pending.clear();
+        let mut written = 0;
+        let mut pending = 0;
+        for record in batch {
+            self.line.clear();
+            self.format.write_json(record, &mut self.line);
+            self.line.push(b'\n');
+            if self.pending.len() + self.line.len() > WRITE_CHUNK {
+                out.write_all(&self.pending).map_err(|err| (written, err))?;
+                self.pending.clear();
+                written += pending;
+                pending = 0;
+            }
+            self.pending.extend_from_slice(&self.line);
+            pending += 1;
+        }
+        out.write_all(&self.pending).and_then(|()| out.flush()).map_err(|err| (written, err))
     }
 }
 
 impl Sink for StdoutSink {
     async fn write(&mut self, batch: &[Arc<AccessRecord>]) -> Outcome {
-        self.buffer.clear();
-        for record in batch {
-            self.format.write_json(record, &mut self.buffer);
-            self.buffer.push(b'\n');
-        }
-        let mut out = std::io::stdout().lock();
-        match out.write_all(&self.buffer).and_then(|()| out.flush()) {
+        match self.write_batch(batch) {
             Ok(()) => Outcome::written(batch.len()),
-            Err(err) => {
+            Err((written, err)) => {
                 self.failures.warn(&err);
-                Outcome::failed(batch.len())
+                Outcome::written_of(written, batch.len())
             }
         }
     }

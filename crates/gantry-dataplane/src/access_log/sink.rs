@@ -10,10 +10,16 @@ use tokio::sync::mpsc;
 
 use super::{AccessRecord, RecordFormat};
 
-/// How often an idle sink looks at its queue. Sinks poll rather than wait on the queue, so a
-/// request's `try_send` never has to wake a thread: on a busy gateway that spares a wake-up
-/// (and a context switch) per request.
-const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How often a sink looks at its queue while records arrive. Sinks poll rather than wait on
+/// the queue, so a request's `try_send` never has to wake a thread: on a busy gateway that
+/// spares a wake-up (and a context switch) per request. Every record waiting costs about
+/// 600 bytes, so the interval is short: at 60k requests a second, 5 ms hold 300 records
+/// where 20 ms held 1,200.
+const BUSY_POLL: Duration = Duration::from_millis(5);
+
+/// How often a sink looks at its queue after finding it empty, so an idle gateway's sinks
+/// wake 50 times a second rather than 200.
+const IDLE_POLL: Duration = Duration::from_millis(20);
 
 /// A sink's delivery counters.
 #[derive(Clone, Debug)]
@@ -36,6 +42,11 @@ impl Outcome {
 
     pub(super) fn failed(count: usize) -> Self {
         Self { written: 0, failed: count as u64 }
+    }
+
+    /// The first `written` of `count` records written, the rest given up on.
+    pub(super) fn written_of(written: usize, count: usize) -> Self {
+        Self { written: written as u64, failed: count.saturating_sub(written) as u64 }
     }
 }
 
@@ -61,7 +72,7 @@ pub(super) struct Batching {
 impl Batching {
     fn of(spec: &AccessLogSinkSpec) -> Self {
         let local = matches!(spec, AccessLogSinkSpec::File(_) | AccessLogSinkSpec::Stdout(_));
-        let (records, interval) = if local { (1024, POLL_INTERVAL) } else { (500, Duration::from_secs(1)) };
+        let (records, interval) = if local { (1024, BUSY_POLL) } else { (500, Duration::from_secs(1)) };
         let queue = spec.queue();
         Self {
             max_records: queue.batch_records.unwrap_or(records).max(1),
@@ -135,9 +146,11 @@ pub(super) async fn run<S: Sink>(
     let mut oldest: Option<Instant> = None;
     loop {
         let mut closed = false;
+        let mut received = false;
         while batch.len() < batching.max_records {
             match receiver.try_recv() {
                 Ok(record) => {
+                    received = true;
                     oldest.get_or_insert_with(Instant::now);
                     batch.push(record);
                 }
@@ -165,8 +178,9 @@ pub(super) async fn run<S: Sink>(
             return;
         }
         let wait = match oldest {
-            Some(since) => batching.flush_interval.saturating_sub(since.elapsed()).min(POLL_INTERVAL),
-            None => POLL_INTERVAL,
+            Some(since) => batching.flush_interval.saturating_sub(since.elapsed()).min(BUSY_POLL),
+            None if received => BUSY_POLL,
+            None => IDLE_POLL,
         };
         tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
     }

@@ -6,7 +6,7 @@ use gantry_config::{AccessLogSpec, FileSinkSpec, HttpBatchFormat, RotateSpec, Si
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use prometheus_client::registry::Registry;
 
-use super::file::{numbered, FileSink};
+use super::file::{numbered, FileSink, WRITE_CHUNK};
 use super::record::{format_date_pattern, Rfc3339};
 use super::sink::{Outcome, Sink};
 use super::*;
@@ -270,6 +270,27 @@ async fn rotates_by_size_without_splitting_lines_and_keeps_the_newest_files() {
     let expected: Vec<String> =
         ["r20", "r21", "r22", "r30", "r31", "r32"].iter().map(|id| format!(r#"{{"request_id":"{id}"}}"#)).collect();
     assert_eq!(all, expected);
+}
+
+#[tokio::test]
+async fn a_batch_larger_than_a_write_chunk_is_written_whole_in_order_without_growing_the_buffer() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut sink = rotating_sink(dir.path(), RotateSpec { max_bytes: None, daily: false, keep: 1 });
+    let ids: Vec<String> = (0..6000).map(|index| format!("request-{index:05}")).collect();
+    let batch: Vec<Arc<AccessRecord>> = ids
+        .iter()
+        .map(|id| {
+            let mut record = record();
+            record.request_id = id.as_str().into();
+            Arc::new(record)
+        })
+        .collect();
+    assert_eq!(sink.write(&batch).await, Outcome::written(batch.len()));
+    let written = lines(&dir.path().join("access.log"));
+    let expected: Vec<String> = ids.iter().map(|id| format!(r#"{{"request_id":"{id}"}}"#)).collect();
+    assert!(expected.iter().map(|line| line.len() + 1).sum::<usize>() > 2 * WRITE_CHUNK, "the batch spans chunks");
+    assert_eq!(written, expected);
+    assert!(sink.buffer_capacity() <= WRITE_CHUNK, "{} bytes buffered", sink.buffer_capacity());
 }
 
 #[tokio::test]
