@@ -28,10 +28,8 @@ pub(super) const WRITE_CHUNK: usize = 64 * 1024;
 pub(super) struct FileSink {
     path: PathBuf,
     rotate: Option<RotateSpec>,
-    format: Arc<RecordFormat>,
     file: Option<OpenFile>,
-    line: Vec<u8>,
-    pending: Vec<u8>,
+    lines: ChunkedLines,
     failures: FailureLog,
 }
 
@@ -51,10 +49,8 @@ impl FileSink {
         let mut sink = Self {
             path: spec.path.clone(),
             rotate: spec.rotate.clone(),
-            format,
             file: None,
-            line: Vec::with_capacity(512),
-            pending: Vec::with_capacity(WRITE_CHUNK),
+            lines: ChunkedLines::new(format),
             failures: FailureLog::new(spec.name.as_deref().unwrap_or("file")),
         };
         sink.file = Some(open_file(&sink.path).map_err(|err| format!("cannot open {}: {err}", sink.path.display()))?);
@@ -71,32 +67,25 @@ impl FileSink {
             self.file = Some(open_file(&self.path).map_err(|err| (0, err))?);
         }
         let today = day_number(SystemTime::now());
-        self.pending.clear();
-        let mut written = 0;
-        let mut pending = 0;
+        self.lines.start_batch();
         for record in batch {
-            self.line.clear();
-            self.format.write_json(record, &mut self.line);
-            self.line.push(b'\n');
-            let rotating = self.needs_rotation(today, self.line.len() as u64);
-            if rotating || self.pending.len() + self.line.len() > WRITE_CHUNK {
-                self.flush_pending().map_err(|err| (written, err))?;
-                written += pending;
-                pending = 0;
+            let (length, chunk_full) = self.lines.next_line(record);
+            let rotating = self.needs_rotation(today, length);
+            if rotating || chunk_full {
+                self.write_chunk()?;
             }
             if rotating {
-                self.rotate_now().map_err(|err| (written, err))?;
+                self.rotate_now().map_err(|err| (self.lines.written, err))?;
             }
-            self.pending.extend_from_slice(&self.line);
-            pending += 1;
+            self.lines.add_line();
             if let Some(open) = self.file.as_mut() {
-                open.size += self.line.len() as u64;
-                if open.size == self.line.len() as u64 {
+                open.size += length;
+                if open.size == length {
                     open.day = today;
                 }
             }
         }
-        self.flush_pending().map_err(|err| (written, err))
+        self.write_chunk()
     }
 
     /// Whether the file must rotate before `adding` more bytes today: a line is never split,
@@ -109,14 +98,11 @@ impl FileSink {
         (rotate.daily && open.day != today) || rotate.max_bytes.is_some_and(|max| open.size + adding > max)
     }
 
-    fn flush_pending(&mut self) -> std::io::Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
+    fn write_chunk(&mut self) -> Result<(), (usize, std::io::Error)> {
+        match self.file.as_mut() {
+            Some(open) => self.lines.write_chunk(&mut open.file),
+            None => Err((self.lines.written, std::io::Error::other("the access log file is not open"))),
         }
-        let open = self.file.as_mut().ok_or_else(|| std::io::Error::other("the access log file is not open"))?;
-        open.file.write_all(&self.pending)?;
-        self.pending.clear();
-        Ok(())
     }
 
     fn rotate_now(&mut self) -> std::io::Result<()> {
@@ -159,7 +145,7 @@ impl FileSink {
 
     /// The bytes its line buffer has room for.
     pub(super) fn buffer_capacity(&self) -> usize {
-        self.pending.capacity()
+        self.lines.chunk.capacity()
     }
 }
 
@@ -198,42 +184,27 @@ fn metadata_identity(_: &std::fs::Metadata) -> Option<(u64, u64)> {
 
 /// JSON lines on standard output.
 pub(super) struct StdoutSink {
-    format: Arc<RecordFormat>,
-    line: Vec<u8>,
-    pending: Vec<u8>,
+    lines: ChunkedLines,
     failures: FailureLog,
 }
 
 impl StdoutSink {
     pub(super) fn new(format: Arc<RecordFormat>) -> Self {
-        Self {
-            format,
-            line: Vec::with_capacity(512),
-            pending: Vec::with_capacity(WRITE_CHUNK),
-            failures: FailureLog::new("stdout"),
-        }
+        Self { lines: ChunkedLines::new(format), failures: FailureLog::new("stdout") }
     }
 
     /// Writes `batch`; when that fails, says how many of its records were written before.
     fn write_batch(&mut self, batch: &[Arc<AccessRecord>]) -> Result<(), (usize, std::io::Error)> {
         let mut out = std::io::stdout().lock();
-        self.pending.clear();
-        let mut written = 0;
-        let mut pending = 0;
+        self.lines.start_batch();
         for record in batch {
-            self.line.clear();
-            self.format.write_json(record, &mut self.line);
-            self.line.push(b'\n');
-            if self.pending.len() + self.line.len() > WRITE_CHUNK {
-                out.write_all(&self.pending).map_err(|err| (written, err))?;
-                self.pending.clear();
-                written += pending;
-                pending = 0;
+            if self.lines.next_line(record).1 {
+                self.lines.write_chunk(&mut out)?;
             }
-            self.pending.extend_from_slice(&self.line);
-            pending += 1;
+            self.lines.add_line();
         }
-        out.write_all(&self.pending).and_then(|()| out.flush()).map_err(|err| (written, err))
+        self.lines.write_chunk(&mut out)?;
+        out.flush().map_err(|err| (self.lines.written, err))
     }
 }
 
@@ -246,5 +217,62 @@ impl Sink for StdoutSink {
                 Outcome::written_of(written, batch.len())
             }
         }
+    }
+}
+
+/// A batch's records as JSON lines, written in chunks of at most [`WRITE_CHUNK`] bytes (or
+/// one longer line), counting the records whose lines were written.
+pub(super) struct ChunkedLines {
+    format: Arc<RecordFormat>,
+    /// The line being added.
+    line: Vec<u8>,
+    /// Lines not written yet.
+    chunk: Vec<u8>,
+    chunk_records: usize,
+    /// Records of this batch written.
+    written: usize,
+}
+
+impl ChunkedLines {
+    pub(super) fn new(format: Arc<RecordFormat>) -> Self {
+        Self {
+            format,
+            line: Vec::with_capacity(512),
+            chunk: Vec::with_capacity(WRITE_CHUNK),
+            chunk_records: 0,
+            written: 0,
+        }
+    }
+
+    pub(super) fn start_batch(&mut self) {
+        self.chunk.clear();
+        self.chunk_records = 0;
+        self.written = 0;
+    }
+
+    /// Serializes `record` as the next line, and says its length and whether the chunk must
+    /// be written before the line is added.
+    pub(super) fn next_line(&mut self, record: &AccessRecord) -> (u64, bool) {
+        self.line.clear();
+        self.format.write_json(record, &mut self.line);
+        self.line.push(b'\n');
+        (self.line.len() as u64, self.chunk.len() + self.line.len() > WRITE_CHUNK)
+    }
+
+    pub(super) fn add_line(&mut self) {
+        self.chunk.extend_from_slice(&self.line);
+        self.chunk_records += 1;
+    }
+
+    /// Writes the chunk to `out`; when that fails, says how many records were written before.
+    pub(super) fn write_chunk(&mut self, out: &mut impl Write) -> Result<(), (usize, std::io::Error)> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        out.write_all(&self.chunk).map_err(|err| (self.written, err))?;
+        self.written += self.chunk_records;
+        self.chunk.clear();
+        self.chunk_records = 0;
+        Ok(())
     }
 }

@@ -6,7 +6,7 @@ use gantry_config::{AccessLogSpec, FileSinkSpec, HttpBatchFormat, RotateSpec, Si
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use prometheus_client::registry::Registry;
 
-use super::file::{numbered, FileSink, WRITE_CHUNK};
+use super::file::{numbered, ChunkedLines, FileSink, WRITE_CHUNK};
 use super::record::{format_date_pattern, Rfc3339};
 use super::sink::{Outcome, Sink};
 use super::*;
@@ -291,6 +291,49 @@ async fn a_batch_larger_than_a_write_chunk_is_written_whole_in_order_without_gro
     assert!(expected.iter().map(|line| line.len() + 1).sum::<usize>() > 2 * WRITE_CHUNK, "the batch spans chunks");
     assert_eq!(written, expected);
     assert!(sink.buffer_capacity() <= WRITE_CHUNK, "{} bytes buffered", sink.buffer_capacity());
+}
+
+/// Takes `room` bytes, then fails as a full disk does.
+struct FillingWriter {
+    taken: Vec<u8>,
+    room: usize,
+}
+
+impl std::io::Write for FillingWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.taken.len() + bytes.len() > self.room {
+            return Err(std::io::Error::other("no space left on device"));
+        }
+        self.taken.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_chunk_that_fails_counts_only_the_records_written_before_it() {
+    let mut lines = ChunkedLines::new(Arc::new(format_of(r#"{"path": "-", "fields": ["request_id"]}"#)));
+    let mut out = FillingWriter { taken: Vec::new(), room: WRITE_CHUNK + WRITE_CHUNK / 2 };
+    let mut record = record();
+    record.request_id = "x".repeat(100).into();
+    lines.start_batch();
+    let mut failure = None;
+    for _ in 0..2000 {
+        if lines.next_line(&record).1 {
+            if let Err(failed) = lines.write_chunk(&mut out) {
+                failure = Some(failed);
+                break;
+            }
+        }
+        lines.add_line();
+    }
+    let (written, _) = failure.expect("the second chunk does not fit");
+    let lines_taken = out.taken.iter().filter(|&&byte| byte == b'\n').count();
+    assert!(written > 0, "the first chunk was written");
+    assert_eq!(written, lines_taken);
 }
 
 #[tokio::test]
