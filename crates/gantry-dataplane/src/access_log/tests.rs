@@ -209,7 +209,7 @@ fn counts_records_dropped_on_a_full_queue_per_sink() {
                       {"file": {"name": "large", "path": "/dev/null", "queue": {"capacity": 100000}}}]}"#,
     ))
     .expect("start");
-    // The sinks poll every 20 ms: a burst far larger than one queue cannot all fit.
+    // The sinks poll every 5 ms at most: a burst far larger than one queue cannot all fit.
     for _ in 0..10_000 {
         log.emit(record());
     }
