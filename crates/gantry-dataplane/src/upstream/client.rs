@@ -659,9 +659,32 @@ pub(crate) mod tests {
         assert_eq!(connections, 2);
     }
 
+    /// Binds a loopback port and serves it with `server`, which counts into the returned
+    /// counter the connections it accepts. Says the address and the counter.
+    async fn start_counted<F>(
+        server: fn(tokio::net::TcpListener, usize, Arc<std::sync::atomic::AtomicUsize>) -> F,
+        per_connection: usize,
+    ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        tokio::spawn(server(listener, per_connection, accepted.clone()));
+        (address, accepted)
+    }
+
+    /// Starts [`counting_server`]; says its address and its count of accepted connections.
+    pub(crate) async fn start_counting_server(
+        per_connection: usize,
+    ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        start_counted(counting_server, per_connection).await
+    }
+
     /// Accepts connections and answers each request on them with `ok`; a connection closes
-    /// after `per_connection` answers. Returns how many connections it accepted.
-    pub(crate) async fn counting_server(
+    /// after `per_connection` answers. Counts the connections it accepts in `accepted`.
+    async fn counting_server(
         listener: tokio::net::TcpListener,
         per_connection: usize,
         accepted: Arc<std::sync::atomic::AtomicUsize>,
@@ -710,10 +733,7 @@ pub(crate) mod tests {
     /// request goes out on a new connection and succeeds.
     #[tokio::test]
     async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("address");
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        tokio::spawn(counting_server(listener, 1, accepted.clone()));
+        let (address, accepted) = start_counting_server(1).await;
         let client = UpstreamClient::new(&settings()).expect("client");
         let pool = client.pool_for(&Arc::from(address.to_string())).expect("pool");
         for round in 1..=3 {
@@ -727,10 +747,7 @@ pub(crate) mod tests {
     /// Connections idle for longer than the idle timeout are closed by the sweeper.
     #[tokio::test]
     async fn idle_connections_are_closed_after_the_idle_timeout() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("address");
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        tokio::spawn(counting_server(listener, usize::MAX, accepted.clone()));
+        let (address, accepted) = start_counting_server(usize::MAX).await;
         let client = UpstreamClient::new(&ClientSettings { idle_timeout: Duration::from_millis(200), ..settings() })
             .expect("client");
         let pool = client.pool_for(&Arc::from(address.to_string())).expect("pool");
@@ -785,10 +802,7 @@ pub(crate) mod tests {
     /// goes out on a new one.
     #[tokio::test]
     async fn http2_requests_share_a_connection_until_the_upstream_closes_it() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("address");
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        tokio::spawn(h2c_server(listener, 3, accepted.clone()));
+        let (address, accepted) = start_counted(h2c_server, 3).await;
         let client =
             UpstreamClient::new(&ClientSettings { scheme: UpstreamScheme::H2c, ..settings() }).expect("client");
         let pool = client.pool_for(&Arc::from(address.to_string())).expect("pool");

@@ -179,18 +179,14 @@ const PROBE_BODY_KEPT: usize = 64 * 1024;
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
-
     use super::*;
-    use crate::upstream::client::tests::{counting_server, settings};
+    use crate::upstream::client::tests::{settings, start_counting_server};
 
     /// Probes read their answers to the end, so one kept-alive connection serves them all.
     #[tokio::test]
     async fn probes_reuse_one_connection() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address: Arc<str> = listener.local_addr().expect("address").to_string().into();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(counting_server(listener, usize::MAX, accepted.clone()));
+        let (address, accepted) = start_counting_server(usize::MAX).await;
+        let address: Arc<str> = address.to_string().into();
         let client = UpstreamClient::new(&settings()).expect("client");
         let check = ActiveHealthCheck {
             path: "/healthz".to_owned(),
