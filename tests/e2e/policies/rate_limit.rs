@@ -163,7 +163,10 @@ routes:
     // `[` opens a character class in KEYS patterns, hence the `?` for the brackets.
     let keys = redis.command(&["KEYS", "gantry:rl:routes?shared?.policies.rate_limit:sliding_window:*"]);
     assert!(keys.starts_with("*1\r\n"), "one counter for this client: {keys:?}");
-    assert!(gateway.logs().iter().any(|line| line.contains("redis store connected")), "{:?}", gateway.logs());
+    eventually("the store's connection is logged", || async {
+        gateway.logs().iter().any(|line| line.contains("redis store connected")).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
